@@ -1,0 +1,40 @@
+# Two commands do all setup on a fresh machine (Python 3.11, git, package registries):
+#   make study   install, then run the whole study (dvc repro) on params.yaml
+#   make test    install, then run the whole test suite
+#   make ui      open the MLflow UI on the study's runs
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# DVC runs each stage's `python ...` through the shell: the venv must come first on PATH.
+export PATH := $(BIN):$(PATH)
+MLFLOW_PORT ?= 5000
+
+.PHONY: study test ui install dataset clean-study
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+# FashionMNIST offline: Debian's dataset-fashion-mnist (installed as root, or the command is printed).
+dataset: install
+	$(BIN)/python -m pipeline.dataset_check
+
+study: install dataset
+	test -d .git || git init --quiet
+	test -d .dvc || $(BIN)/dvc init --quiet
+	$(BIN)/dvc repro
+	@echo "Report: results/report.md (and .html). Runs: make ui"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+ui: install
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments (open the study's experiment, then Runs)"
+	$(BIN)/mlflow ui --workers 1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts

@@ -1,0 +1,1 @@
+"""evohpo: a genetic algorithm for neural-network hyperparameters, compared with grid and random search."""

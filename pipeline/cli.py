@@ -1,0 +1,37 @@
+"""What every stage script shares: load and validate ``params.yaml`` first, and turn the errors a
+user can fix into one clear line and a non-zero exit instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import ConfigError, StudyConfig, load_config
+from pipeline.data import DatasetError
+from pipeline.search import SearchFailed
+from pipeline.tracking import TrackingError
+
+USER_ERRORS = (ConfigError, DatasetError, TrackingError, SearchFailed, FileNotFoundError)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM becomes an exception, so open MLflow runs are closed as KILLED on the way out.
+    raise SystemExit(128 + signum)
+
+
+def stage_main(stage: Callable[[StudyConfig], object]) -> Callable[[], None]:
+    @functools.wraps(stage)
+    def main() -> None:
+        signal.signal(signal.SIGTERM, _terminate)
+        params = Path(os.environ.get("EVOHPO_PARAMS", "params.yaml"))
+        try:
+            stage(load_config(params))
+        except USER_ERRORS as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return main

@@ -1,0 +1,235 @@
+"""Typed, frozen view of ``params.yaml``.
+
+Every key is declared here with its type and range, so a wrong ``params.yaml`` fails before any
+training, with the dotted path of the culprit (``ga.population_size: ...``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Genes the evaluator knows how to apply; a space may not declare others.
+TRAINING_GENES = ("learning_rate", "momentum", "weight_decay", "batch_size", "epochs")
+
+
+class ConfigError(ValueError):
+    """A ``params.yaml`` that cannot run; the message names the dotted key at fault."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist"
+    root: str | None = None
+    train_size: Annotated[int, Field(gt=0)] | None = None
+    val_size: Annotated[int, Field(gt=0)] = 10_000
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits only: it has no official test set
+
+
+class FloatGene(_Section):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> FloatGene:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scaled gene needs low > 0, got {self.low}")
+        return self
+
+
+class IntGene(_Section):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> IntGene:
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scaled gene needs low > 0, got {self.low}")
+        return self
+
+
+class ChoiceGene(_Section):
+    type: Literal["choice"]
+    values: Annotated[list[Union[bool, int, float, str]], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> ChoiceGene:
+        if len(set(map(repr, self.values))) != len(self.values):
+            raise ValueError(f"values must be distinct, got {self.values}")
+        return self
+
+
+GeneConfig = Annotated[Union[FloatGene, IntGene, ChoiceGene], Field(discriminator="type")]
+
+
+class SpaceConfig(_Section):
+    kind: Literal["hyperparameters"] = "hyperparameters"
+    genes: dict[str, GeneConfig]
+
+    @model_validator(mode="after")
+    def _check_genes(self) -> SpaceConfig:
+        unknown = sorted(set(self.genes) - set(TRAINING_GENES))
+        if unknown:
+            raise ValueError(f"unknown gene {unknown[0]!r}{_did_you_mean(unknown[0], TRAINING_GENES)}")
+        missing = [name for name in TRAINING_GENES if name not in self.genes]
+        if missing:
+            raise ValueError(f"missing gene(s) {missing}: the evaluator needs all of {list(TRAINING_GENES)}")
+        return self
+
+
+class BudgetConfig(_Section):
+    evaluations: Annotated[int, Field(gt=0)]
+
+
+class ModelConfig(_Section):
+    conv_channels: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=2, max_length=2)] = [32, 64]
+    hidden_units: Annotated[int, Field(gt=0)] = 128
+
+
+class TrainConfig(_Section):
+    lr_step_size: Annotated[int, Field(gt=0)] = 1
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.7
+    eval_batch_size: Annotated[int, Field(gt=0)] = 1000
+
+
+class OperatorConfig(_Section):
+    """``{name: ..., <settings>}``; the settings are checked against the named operator."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    name: str
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class GAConfig(_Section):
+    population_size: Annotated[int, Field(ge=2)]
+    elites: Annotated[int, Field(ge=0)] = 1
+    selection: OperatorConfig = OperatorConfig(name="truncation", fraction=0.5)
+    crossover: OperatorConfig = OperatorConfig(name="uniform", swap_prob=0.5)
+    mutation: OperatorConfig = OperatorConfig(name="resample", rate=0.2)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> GAConfig:
+        if self.elites >= self.population_size:
+            raise ValueError(
+                f"elites ({self.elites}) must be below population_size ({self.population_size}),"
+                " or no child is ever bred"
+            )
+        return self
+
+
+class ChampionConfig(_Section):
+    epochs: Annotated[int, Field(gt=0)]
+    train_size: Annotated[int, Field(gt=0)] | None = None  # None: every training image not in validation
+    registered_model: str = "evohpo-champion"
+
+
+class MlflowConfig(_Section):
+    experiment: Annotated[str, Field(min_length=1)]
+
+
+class StudyConfig(_Section):
+    seed: Annotated[int, Field(ge=0)]
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    space: SpaceConfig
+    budget: BudgetConfig
+    train: TrainConfig = TrainConfig()
+    ga: GAConfig
+    champion: ChampionConfig
+    mlflow: MlflowConfig
+
+    @model_validator(mode="after")
+    def _check_cross_section(self) -> StudyConfig:
+        if self.ga.population_size > self.budget.evaluations:
+            raise ValueError(
+                f"ga.population_size ({self.ga.population_size}) exceeds budget.evaluations "
+                f"({self.budget.evaluations}): the first generation alone would overrun the budget"
+            )
+        return self
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a section at ``loc`` accepts, for 'did you mean' hints."""
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    # Drop the discriminator tags pydantic inserts into the location of a union member.
+    loc = [str(p) for p in error["loc"] if p not in ("float", "int", "choice")]
+    key = ".".join(loc) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        hint = _did_you_mean(loc[-1], _allowed_keys(StudyConfig, tuple(loc[:-1])))
+        return f"{key}: unknown key{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] not in ("value_error", "missing"):
+        message += f" (got {error.get('input')!r})"
+    return f"{key}: {message}"
+
+
+def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
+    """Validate a loaded ``params.yaml`` mapping; raises ``ConfigError`` naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        config = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    _check_operators(config, source)
+    return config
+
+
+def _check_operators(config: StudyConfig, source: str) -> None:
+    # Imported here: the operator registries import numpy-only code, not this module.
+    from pipeline.operators import bind_operator
+
+    for role in ("selection", "crossover", "mutation"):
+        spec: OperatorConfig = getattr(config.ga, role)
+        try:
+            bind_operator(role, spec.name, spec.settings)
+        except (KeyError, TypeError, ValueError) as exc:
+            message = exc.args[0] if exc.args else str(exc)
+            raise ConfigError(f"{source} is invalid:\n  ga.{role}: {message}") from None
+
+
+def load_config(path: str | Path = "params.yaml") -> StudyConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, source=str(path))

@@ -1,0 +1,352 @@
+"""Datasets: find, read and split them once (``prepare``), then feed them from memory.
+
+Prepared splits are stored as ``uint8`` images ``[N, H, W]`` and ``int64`` labels; they are
+normalised once when loaded, and batches are formed by indexing those tensors (no per-sample
+Python work, no PIL).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from pipeline.config import DataConfig
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_INSTALL_COMMAND = "sudo apt-get install dataset-fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+SPLITS = ("train", "val", "full_train", "test")
+_IDX_MAGIC = {0x0801: 1, 0x0803: 3}  # unsigned-byte IDX files: labels (1-D), images (3-D)
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be found or read; the message names the file and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading IDX files
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX file (``.gz`` or plain) as a ``uint8`` array of its declared shape."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc}); delete it and run prepare again") from None
+    if len(data) < 4:
+        raise DatasetError(f"{path}: truncated IDX file ({len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in _IDX_MAGIC:
+        raise DatasetError(f"{path}: bad IDX magic number 0x{magic:08x}; expected 0x00000801 or 0x00000803")
+    ndim = _IDX_MAGIC[magic]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + math.prod(shape)
+    if len(data) != expected:
+        raise DatasetError(
+            f"{path}: header declares shape {shape} ({expected} bytes) but the file has {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a ``uint8`` array (1-D labels or 3-D images) as an IDX file, gzipped if ``.gz``."""
+    magic = {1: 0x0801, 3: 0x0803}[array.ndim]
+    payload = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    payload += np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as handle:
+        handle.write(payload)
+
+
+def _find_idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem, folder / "FashionMNIST" / "raw" / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_folder_files(folder: Path) -> dict[str, Path] | None:
+    found = {key: _find_idx_file(folder, stem) for key, stem in FASHION_MNIST_FILES.items()}
+    return found if all(found.values()) else None  # type: ignore[return-value]
+
+
+def locate_fashion_mnist(root: str | None, download_dir: Path) -> dict[str, Path]:
+    """The four FashionMNIST IDX files: ``data.root`` if set, else Debian's package, else torchvision."""
+    if root is not None:
+        files = _idx_folder_files(Path(root))
+        if files is None:
+            missing = [s for s in FASHION_MNIST_FILES.values() if _find_idx_file(Path(root), s) is None]
+            raise DatasetError(f"data.root={root}: missing {', '.join(missing)} (plain or .gz IDX files)")
+        return files
+    files = _idx_folder_files(DEBIAN_FASHION_MNIST)
+    if files is not None:
+        return files
+    files = _idx_folder_files(download_dir)
+    if files is None:
+        files = _download_with_torchvision(download_dir)
+    return files
+
+
+def _download_with_torchvision(download_dir: Path) -> dict[str, Path]:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(download_dir), train=True, download=True)
+        FashionMNIST(str(download_dir), train=False, download=True)
+    except Exception as exc:  # noqa: BLE001 - any download failure means: no dataset here
+        raise DatasetError(
+            f"FashionMNIST not found in {DEBIAN_FASHION_MNIST} and torchvision could not download it "
+            f"({type(exc).__name__}). Install it with `{DEBIAN_INSTALL_COMMAND}`, or set data.root "
+            "to a folder holding the IDX files"
+        ) from None
+    files = _idx_folder_files(download_dir)
+    if files is None:
+        raise DatasetError(f"{download_dir}: torchvision's download left no IDX files")
+    return files
+
+
+def ensure_debian_dataset() -> str:
+    """Install Debian's FashionMNIST package when it is missing and we may; says what happened."""
+    if _idx_folder_files(DEBIAN_FASHION_MNIST) is not None:
+        return f"FashionMNIST found in {DEBIAN_FASHION_MNIST}"
+    if shutil.which("apt-get") is None:
+        return "no Debian package manager: torchvision will download FashionMNIST"
+    import os
+
+    if os.geteuid() != 0:
+        return (
+            f"FashionMNIST is not in {DEBIAN_FASHION_MNIST}; torchvision will try to download it. "
+            f"Offline, run `{DEBIAN_INSTALL_COMMAND}` first"
+        )
+    install = ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"]
+    if subprocess.run(install, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=False)
+        subprocess.run(install, check=False)
+    return "installed Debian's dataset-fashion-mnist"
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing splits
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    name: str
+    train_images: np.ndarray  # uint8 [N, H, W]
+    train_labels: np.ndarray  # int64 [N]
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+    sources: dict[str, str]  # file name -> sha256
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_fashion_mnist(root: str | None, download_dir: Path) -> RawDataset:
+    files = locate_fashion_mnist(root, download_dir)
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise DatasetError(
+                f"{files[f'{split}_images']}: {len(images)} images but {files[f'{split}_labels']} "
+                f"has {len(labels)} labels"
+            )
+        if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+            raise DatasetError(f"{files[f'{split}_labels']}: label {labels.max()} is not a FashionMNIST class")
+    return RawDataset(
+        name="fashion_mnist",
+        train_images=arrays["train_images"],
+        train_labels=arrays["train_labels"].astype(np.int64),
+        test_images=arrays["test_images"],
+        test_labels=arrays["test_labels"].astype(np.int64),
+        classes=FASHION_MNIST_CLASSES,
+        sources={str(path): _sha256(path) for path in files.values()},
+    )
+
+
+def load_digits_dataset(test_size: float, seed: int) -> RawDataset:
+    """scikit-learn's bundled 8x8 digits, split into train and a held-out test set (seeded)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.clip(np.rint(digits.images * (255 / 16)), 0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed
+    )
+    return RawDataset(
+        name="digits",
+        train_images=images[train_idx],
+        train_labels=labels[train_idx],
+        test_images=images[test_idx],
+        test_labels=labels[test_idx],
+        classes=[str(d) for d in range(10)],
+        sources={"sklearn.datasets.load_digits": hashlib.sha256(images.tobytes()).hexdigest()},
+    )
+
+
+def split_indices(labels: np.ndarray, train_size: int | None, val_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Stratified, seeded split of the official training set.
+
+    ``val``: ``val_size`` images (fitness). ``full_train``: every other image (the champion's
+    data). ``train``: a stratified subset of ``full_train`` of ``train_size`` images (search-time
+    training), or all of it when ``train_size`` is None.
+    """
+    if val_size >= len(labels):
+        raise DatasetError(f"data.val_size={val_size} leaves no training images (the set has {len(labels)})")
+    everything = np.arange(len(labels))
+    full_train, val = train_test_split(everything, test_size=val_size, stratify=labels, random_state=seed)
+    if train_size is None or train_size >= len(full_train):
+        if train_size is not None and train_size > len(full_train):
+            raise DatasetError(
+                f"data.train_size={train_size} exceeds the {len(full_train)} images left after validation"
+            )
+        train = full_train
+    else:
+        train, _ = train_test_split(full_train, train_size=train_size, stratify=labels[full_train], random_state=seed)
+    return {"train": np.sort(train), "val": np.sort(val), "full_train": np.sort(full_train)}
+
+
+def load_raw(config: DataConfig, seed: int, download_dir: Path) -> RawDataset:
+    if config.dataset == "digits":
+        return load_digits_dataset(config.test_size, seed)
+    return load_fashion_mnist(config.root, download_dir)
+
+
+def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: Path) -> dict:
+    """Write ``{train,val,full_train,test}.pt`` and ``dataset.json`` to ``out_dir``; return the JSON."""
+    raw = load_raw(config, seed, download_dir)
+    indices = split_indices(raw.train_labels, config.train_size, config.val_size, seed)
+    splits = {name: (raw.train_images[idx], raw.train_labels[idx]) for name, idx in indices.items()}
+    splits["test"] = (raw.test_images, raw.test_labels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, (images, labels) in splits.items():
+        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, out_dir / f"{name}.pt")
+    train_pixels = splits["train"][0].astype(np.float64) / 255.0
+    summary = {
+        "dataset": raw.name,
+        "seed": seed,
+        "image_shape": [1, *raw.train_images.shape[1:]],
+        "classes": raw.classes,
+        # Normalisation statistics from the search-time training split only (no leak from val/test).
+        "mean": float(train_pixels.mean()),
+        "std": float(train_pixels.std()),
+        "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()},
+        "class_counts": {
+            name: np.bincount(labels, minlength=len(raw.classes)).tolist() for name, (_, labels) in splits.items()
+        },
+        "sources": raw.sources,
+    }
+    (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Feeding prepared data
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    images: torch.Tensor  # float32 [N, 1, H, W], normalised
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    folder: Path
+    summary: dict
+
+    @classmethod
+    def open(cls, folder: str | Path) -> PreparedData:
+        folder = Path(folder)
+        path = folder / "dataset.json"
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing; run the prepare stage first (dvc repro prepare)")
+        return cls(folder, json.loads(path.read_text()))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.summary["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.summary["image_shape"])  # type: ignore[return-value]
+
+    def load(self, split: str, limit: int | None = None, seed: int = 0) -> TensorSplit:
+        """A split as normalised tensors; ``limit`` takes a seeded random subset of that size."""
+        path = self.folder / f"{split}.pt"
+        try:
+            stored = torch.load(path, weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise DatasetError(f"{path}: cannot load ({exc}); run the prepare stage again") from None
+        images, labels = stored["images"], stored["labels"]
+        if limit is not None and limit < len(labels):
+            keep, _ = train_test_split(
+                np.arange(len(labels)), train_size=limit, stratify=labels.numpy(), random_state=seed
+            )
+            keep = torch.from_numpy(np.sort(keep))
+            images, labels = images[keep], labels[keep]
+        normalised = (images.float().div_(255.0).sub_(self.summary["mean"])).div_(self.summary["std"])
+        return TensorSplit(normalised.unsqueeze(1), labels)
+
+
+class TensorBatches:
+    """Mini-batches of an in-memory split, formed by indexing; reshuffled (seeded) every epoch.
+
+    Lightning accepts any iterable with ``__len__`` as a dataloader; ``__iter__`` is called once
+    per epoch, and epoch ``e`` uses the permutation of ``torch.Generator(seed + e)``.
+    """
+
+    def __init__(self, split: TensorSplit, batch_size: int, *, shuffle: bool, seed: int = 0) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.split)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self._epoch))
+            self._epoch += 1
+            for start in range(0, n, self.batch_size):
+                index = order[start : start + self.batch_size]
+                yield self.split.images[index], self.split.labels[index]
+        else:
+            for start in range(0, n, self.batch_size):
+                yield self.split.images[start : start + self.batch_size], self.split.labels[start : start + self.batch_size]

@@ -1,0 +1,199 @@
+"""The one place that trains during a search: genome in, fitness (validation accuracy) out.
+
+``Evaluator.evaluate`` takes a whole batch of requests (a generation, a slice of the grid), so a
+parallel or vectorised implementation can replace the sequential loop behind the same call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.data import PreparedData, TensorBatches, TensorSplit
+from pipeline.lit_module import DivergedError, LitClassifier
+from pipeline.models import build_network
+from pipeline.space import Genome, genome_hash, genome_seed
+from pipeline.tracking import Tracker
+
+# Lightning prints device and hint lines for every Trainer; one per individual drowns the progress.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*is an invalid value for `num_workers`.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """One genome to train, with where its MLflow run goes and how it is tagged."""
+
+    genome: Genome
+    run_name: str
+    parent_run_id: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    genome: Genome
+    genome_hash: str
+    seed: int
+    status: str  # "finished" or "failed"
+    val_acc: float | None
+    val_loss: float | None
+    train_loss: float | None
+    train_seconds: float
+    epochs: list[dict[str, float]]
+    failure: str | None = None
+    run_id: str | None = None
+
+    @property
+    def fitness(self) -> float:
+        """Validation accuracy; a failed individual ranks below every finished one."""
+        return self.val_acc if self.status == "finished" and self.val_acc is not None else -math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitOutcome:
+    module: LitClassifier
+    trainer: pl.Trainer
+    seconds: float
+
+
+def make_trainer(max_epochs: int) -> pl.Trainer:
+    """A Trainer for short fits: no checkpoints, logger, progress bar or summary per individual."""
+    return pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def fit_genome(
+    genome: Genome,
+    *,
+    seed: int,
+    train_split: TensorSplit,
+    val_split: TensorSplit,
+    data: PreparedData,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    epochs: int | None = None,
+) -> FitOutcome:
+    """Train the study's network with the genome's optimiser settings; raises on divergence."""
+    pl.seed_everything(seed, workers=False, verbose=False)
+    network = build_network(model_config, data.image_shape, data.num_classes)
+    module = LitClassifier(
+        network,
+        learning_rate=genome["learning_rate"],
+        momentum=genome["momentum"],
+        weight_decay=genome["weight_decay"],
+        lr_step_size=train_config.lr_step_size,
+        lr_gamma=train_config.lr_gamma,
+    )
+    trainer = make_trainer(epochs or genome["epochs"])
+    train_batches = TensorBatches(train_split, genome["batch_size"], shuffle=True, seed=seed)
+    val_batches = TensorBatches(val_split, train_config.eval_batch_size, shuffle=False)
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+    return FitOutcome(module, trainer, time.perf_counter() - started)
+
+
+class Evaluator:
+    """Trains genomes on the prepared ``train`` split and scores them on ``val``."""
+
+    def __init__(
+        self,
+        data: PreparedData,
+        *,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        study_seed: int,
+        tracker: Tracker | None = None,
+    ) -> None:
+        self.data = data
+        self.model_config = model_config
+        self.train_config = train_config
+        self.study_seed = study_seed
+        self.tracker = tracker
+        self.train_split = data.load("train")
+        self.val_split = data.load("val")
+
+    def evaluate(
+        self,
+        requests: Sequence[EvaluationRequest],
+        on_result: Callable[[EvaluationResult], None] | None = None,
+    ) -> list[EvaluationResult]:
+        """Train every request; results in request order. ``on_result`` sees each as it finishes."""
+        results = []
+        for request in requests:
+            result = self._evaluate_one(request)
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
+
+    def _evaluate_one(self, request: EvaluationRequest) -> EvaluationResult:
+        genome = request.genome
+        hash_ = genome_hash(genome)
+        seed = genome_seed(self.study_seed, genome)
+        run_id = None
+        if self.tracker is not None:
+            run_id = self.tracker.start_run(
+                request.run_name,
+                parent_id=request.parent_run_id,
+                params={**genome, "seed": seed},
+                tags={**request.tags, "genome_hash": hash_},
+            )
+        started = time.perf_counter()
+        try:
+            outcome = fit_genome(
+                genome,
+                seed=seed,
+                train_split=self.train_split,
+                val_split=self.val_split,
+                data=self.data,
+                model_config=self.model_config,
+                train_config=self.train_config,
+            )
+        except (DivergedError, FloatingPointError, ValueError, RuntimeError) as exc:
+            # Any failure inside one individual's training is that individual's, not the search's.
+            reason = f"{type(exc).__name__}: {exc}"
+            result = EvaluationResult(
+                genome, hash_, seed, "failed", None, None, None, time.perf_counter() - started, [], reason, run_id
+            )
+            if self.tracker is not None and run_id is not None:
+                self.tracker.set_tags(run_id, {"failure_reason": reason[:5000]})
+                self.tracker.log_metrics(run_id, {"train_seconds": result.train_seconds})
+                self.tracker.end_run(run_id, "FAILED")
+            return result
+        history = outcome.module.epoch_metrics
+        last = history[-1]
+        result = EvaluationResult(
+            genome, hash_, seed, "finished", last["val_acc"], last["val_loss"], last["train_loss"],
+            outcome.seconds, history, None, run_id,
+        )  # fmt: skip
+        if self.tracker is not None and run_id is not None:
+            for epoch, metrics in enumerate(history):
+                self.tracker.log_metrics(run_id, metrics, step=epoch)
+            self.tracker.log_metrics(
+                run_id, {"final_val_acc": last["val_acc"], "final_val_loss": last["val_loss"], "train_seconds": outcome.seconds}
+            )
+            self.tracker.end_run(run_id, "FINISHED")
+        return result

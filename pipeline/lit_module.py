@@ -1,0 +1,85 @@
+"""The LightningModule every evaluation trains: SGD with the genome's settings and StepLR."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class LitClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        learning_rate: float,
+        momentum: float,
+        weight_decay: float,
+        lr_step_size: int = 1,
+        lr_gamma: float = 0.7,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.lr_step_size = lr_step_size
+        self.lr_gamma = lr_gamma
+        self._train_loss_sum = 0.0
+        self._train_count = 0
+        # Per-epoch summary, filled at the end of each training epoch: train_loss, val_loss, val_acc.
+        self.epoch_metrics: list[dict[str, float]] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels)
+        # A diverged individual must fail fast and be recorded, not train on garbage.
+        if not torch.isfinite(loss):
+            raise DivergedError(f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}")
+        self._train_loss_sum += loss.detach() * len(labels)
+        self._train_count += len(labels)
+        return loss
+
+    def _evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        self.log(f"{prefix}_loss", loss, on_epoch=True, batch_size=len(labels))
+        self.log(f"{prefix}_acc", accuracy, on_epoch=True, batch_size=len(labels))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate_batch(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate_batch(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        # Read before the epoch-end scheduler step, so "lr" is the rate this epoch trained with.
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_epoch_end(self) -> None:
+        # Validation of this epoch has run by now (it runs at the end of the training epoch).
+        metrics = {key: float(self.trainer.callback_metrics[key]) for key in ("val_loss", "val_acc")}
+        train_loss = float(self._train_loss_sum / max(self._train_count, 1))
+        if not math.isfinite(metrics["val_loss"]):
+            raise DivergedError(f"validation loss became {metrics['val_loss']} at epoch {self.current_epoch}")
+        self.epoch_metrics.append({"train_loss": train_loss, **metrics, "lr": self._epoch_lr})
+        self._train_loss_sum, self._train_count = 0.0, 0
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's documented return shape
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=self.learning_rate, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

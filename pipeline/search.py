@@ -1,0 +1,252 @@
+"""Search stages: run one method (GA, grid, random) on the shared evaluator and budget, log every
+evaluation to MLflow and to the stage's results files."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+from pipeline.baselines import grid_genomes, random_genomes
+from pipeline.config import StudyConfig
+from pipeline.data import PreparedData
+from pipeline.evaluate import EvaluationRequest, EvaluationResult, Evaluator
+from pipeline.ga import Candidate, Generation, GeneticSearch
+from pipeline.space import SearchSpace
+from pipeline.tracking import Tracker
+
+METHODS = ("ga", "grid", "random")
+
+
+class SearchFailed(RuntimeError):
+    """A search in which no individual could be trained: there is nothing to report a champion of."""
+
+
+@dataclass
+class SearchLog:
+    """Every trained evaluation of one stage, in order, with when it finished."""
+
+    method: str
+    budget: int
+    started: float = field(default_factory=time.perf_counter)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    progress: tqdm | None = None
+
+    def add(self, result: EvaluationResult, generation: int | None = None) -> dict[str, Any]:
+        record = {
+            "index": len(self.records),
+            "generation": generation,
+            **result.to_dict(),
+            "elapsed_seconds": time.perf_counter() - self.started,
+        }
+        self.records.append(record)
+        self._report(record)
+        return record
+
+    def _report(self, record: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        genes = " ".join(f"{k}={_short(v)}" for k, v in record["genome"].items())
+        outcome = f"val_acc={record['val_acc']:.4f}" if record["status"] == "finished" else f"FAILED ({record['failure']})"
+        where = f" gen {record['generation']}" if record["generation"] is not None else ""
+        self.progress.write(
+            f"[{self.method}] eval {record['index'] + 1}/{self.budget}{where}: {outcome} "
+            f"in {record['train_seconds']:.1f}s | {genes}"
+        )
+        self.progress.update(1)
+        best = self.best()
+        if best is not None:
+            self.progress.set_postfix(best=f"{best['val_acc']:.4f}")
+
+    def best(self) -> dict[str, Any] | None:
+        finished = [r for r in self.records if r["status"] == "finished"]
+        # max() keeps the first of equal scores: the earliest evaluation to reach the best.
+        return max(finished, key=lambda r: r["val_acc"]) if finished else None
+
+    def summary(self) -> dict[str, Any]:
+        best = self.best()
+        total_train = sum(r["train_seconds"] for r in self.records)
+        summary: dict[str, Any] = {
+            "method": self.method,
+            "budget": self.budget,
+            "evaluations": len(self.records),
+            "failed": sum(r["status"] == "failed" for r in self.records),
+            "total_train_seconds": total_train,
+            "wall_seconds": time.perf_counter() - self.started,
+        }
+        if best is not None:
+            summary.update(
+                best_val_acc=best["val_acc"],
+                best_val_loss=best["val_loss"],
+                best_genome=best["genome"],
+                best_genome_hash=best["genome_hash"],
+                best_run_id=best["run_id"],
+                evaluations_to_best=best["index"] + 1,
+                time_to_best_seconds=best["elapsed_seconds"],
+                train_seconds_to_best=sum(r["train_seconds"] for r in self.records[: best["index"] + 1]),
+            )
+        return summary
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _evaluate_list(
+    genomes: Sequence[dict],
+    method: str,
+    evaluator: Evaluator,
+    stage_run: str | None,
+    log: SearchLog,
+) -> dict[str, Any]:
+    requests = [
+        EvaluationRequest(genome, f"{method}-{i:03d}", stage_run, {"method": method, "index": i})
+        for i, genome in enumerate(genomes)
+    ]
+    evaluator.evaluate(requests, on_result=log.add)
+    return {}
+
+
+def search_grid(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tracker, stage_run, log) -> dict:
+    genomes = grid_genomes(space, config.budget.evaluations)
+    if tracker is not None:
+        tracker.log_params(stage_run, {"grid_points": len(genomes)})
+    _evaluate_list(genomes, "grid", evaluator, stage_run, log)
+    return {"grid_points": len(genomes)}
+
+
+def search_random(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tracker, stage_run, log) -> dict:
+    genomes = random_genomes(space, config.budget.evaluations, config.seed)
+    _evaluate_list(genomes, "random", evaluator, stage_run, log)
+    return {}
+
+
+def search_ga(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tracker, stage_run, log) -> dict:
+    ga = GeneticSearch(space, config.ga, budget=config.budget.evaluations, seed=config.seed)
+    generation_runs: dict[int, str | None] = {}
+
+    def generation_run(number: int) -> str | None:
+        if number not in generation_runs:
+            generation_runs[number] = None
+            if tracker is not None:
+                generation_runs[number] = tracker.start_run(
+                    f"generation-{number:02d}",
+                    parent_id=stage_run,
+                    params=_operator_params(config),
+                    tags={"method": "ga", "generation": number},
+                )
+        return generation_runs[number]
+
+    def evaluate(number: int, candidates: Sequence[Candidate]) -> list[tuple[float, str | None]]:
+        parent_run = generation_run(number)
+        requests = [
+            EvaluationRequest(
+                c.genome,
+                f"ga-g{number:02d}-{c.index:02d}",
+                parent_run,
+                {
+                    "method": "ga",
+                    "generation": number,
+                    "index": c.index,
+                    "parent_hashes": ",".join(p.genome_hash for p in c.parents) if c.parents else "",
+                    "parent_run_ids": ",".join(str(p.run_id) for p in c.parents) if c.parents else "",
+                },
+            )
+            for c in candidates
+        ]
+        results = evaluator.evaluate(requests, on_result=lambda r: log.add(r, generation=number))
+        return [(r.fitness, r.run_id) for r in results]
+
+    def finish_generation(generation: Generation) -> None:
+        run = generation_run(generation.number)
+        if tracker is None or run is None:
+            return
+        summary = generation.summary()
+        metrics = {k: summary[k] for k in ("best", "mean", "median", "worst") if summary[k] is not None}
+        metrics |= {k: summary[k] for k in ("failed", "trained", "cache_hits", "diversity")}
+        tracker.log_metrics(run, metrics)
+        tracker.log_metrics(stage_run, {"generation_best": metrics.get("best", 0.0)}, step=generation.number)
+        tracker.set_tags(run, {"elite_hashes": ",".join(m.genome_hash for m in generation.members if m.origin == "elite")})
+        tracker.end_run(run)
+
+    outcome = ga.run(evaluate, on_generation=finish_generation)
+    return {
+        "generations": len(outcome.generations),
+        "stop_reason": outcome.stop_reason,
+        "generation_history": [g.summary() for g in outcome.generations],
+    }
+
+
+def _operator_params(config: StudyConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {"population_size": config.ga.population_size, "elites": config.ga.elites}
+    for role in ("selection", "crossover", "mutation"):
+        spec = getattr(config.ga, role)
+        params[role] = spec.name
+        params |= {f"{role}.{k}": v for k, v in spec.settings.items()}
+    return params
+
+
+SEARCHES: dict[str, Callable[..., dict]] = {"ga": search_ga, "grid": search_grid, "random": search_random}
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a killed stage never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    temporary.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run_search_stage(method: str, config: StudyConfig, prepared_dir: Path, results_dir: Path) -> dict[str, Any]:
+    """Run one search method end to end; writes ``<method>_search.json`` (summary metrics) and
+    ``<method>_search_history.json`` (every evaluation) under ``results_dir``."""
+    tracker = Tracker(config.mlflow.experiment)
+    data = PreparedData.open(prepared_dir)
+    space = SearchSpace.from_config(config.space)
+    evaluator = Evaluator(
+        data, model_config=config.model, train_config=config.train, study_seed=config.seed, tracker=tracker
+    )
+    stage_run = tracker.start_run(
+        f"{method}_search",
+        params={"budget": config.budget.evaluations, "seed": config.seed, "dataset": data.summary["dataset"],
+                "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"]},
+        tags={"method": method, "stage": f"{method}_search"},
+    )  # fmt: skip
+    log = SearchLog(method, config.budget.evaluations)
+    try:
+        with tqdm(total=config.budget.evaluations, desc=f"{method} search", unit="eval", disable=None) as progress:
+            log.progress = progress
+            extra = SEARCHES[method](config, space, evaluator, tracker, stage_run, log)
+            log.progress = None
+    except BaseException as exc:
+        # Ctrl-C or SIGTERM (KeyboardInterrupt/SystemExit) is a kill, anything else a failure.
+        tracker.end_run(stage_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+    summary = log.summary() | {k: v for k, v in extra.items() if k != "generation_history"}
+    history = {"evaluations": log.records, "generations": extra.get("generation_history", [])}
+    write_json(results_dir / f"{method}_search_history.json", history)
+    write_json(results_dir / f"{method}_search.json", summary)
+    if "best_val_acc" not in summary:
+        tracker.set_tags(stage_run, {"failure_reason": "every individual failed"})
+        tracker.end_run(stage_run, "FAILED")
+        raise SearchFailed(
+            f"{method} search: all {summary['evaluations']} individuals failed (see failure_reason in MLflow); "
+            "no champion can be chosen. Narrow the search space (e.g. space.genes.learning_rate.high)"
+        )
+    tracker.log_metrics(stage_run, {k: summary[k] for k in ("best_val_acc", "best_val_loss", "evaluations",
+                                                             "failed", "total_train_seconds", "time_to_best_seconds")})  # fmt: skip
+    tracker.set_tags(stage_run, {"best_run_id": summary["best_run_id"], "best_genome_hash": summary["best_genome_hash"]})
+    tracker.end_run(stage_run)
+    return summary
+

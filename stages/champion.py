@@ -1,0 +1,19 @@
+"""DVC stage `champion`: retrain each method's best at full fidelity, test it, register the best."""
+
+from pathlib import Path
+
+from pipeline.champion import run_champion_stage
+from pipeline.cli import stage_main
+
+
+@stage_main
+def main(config):
+    result = run_champion_stage(
+        config, prepared_dir=Path("data/prepared"), results_dir=Path("results"), model_path=Path("models/champion.pt")
+    )
+    best = result["champion"]
+    print(f"champion: {best['method']} best, test accuracy {best['test_acc']:.4f} ({best['model_uri']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny study config, tiny prepared data, and an isolated MLflow store."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import StudyConfig, parse_config
+from pipeline.data import PreparedData, prepare_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params() -> dict:
+    """params.yaml shrunk to seconds: digits, a small network, a 6-evaluation budget."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"] = {"dataset": "digits", "root": None, "train_size": 400, "val_size": 200, "test_size": 0.2}
+    params["model"] = {"conv_channels": [4, 8], "hidden_units": 16}
+    params["space"]["genes"]["epochs"] = {"type": "int", "low": 1, "high": 2}
+    params["space"]["genes"]["learning_rate"] = {"type": "float", "low": 1.0e-3, "high": 0.3, "log": True}
+    params["budget"]["evaluations"] = 6
+    params["ga"]["population_size"] = 3
+    params["ga"]["elites"] = 1
+    params["champion"] = {"epochs": 1, "train_size": 500, "registered_model": "tiny-champion"}
+    params["mlflow"] = {"experiment": "tiny"}
+    return params
+
+
+@pytest.fixture
+def tiny_params_dict() -> dict:
+    return copy.deepcopy(tiny_params())
+
+
+@pytest.fixture
+def tiny_config() -> StudyConfig:
+    return parse_config(tiny_params())
+
+
+@pytest.fixture(scope="session")
+def prepared_digits(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    folder = tmp_path_factory.mktemp("prepared")
+    config = parse_config(tiny_params())
+    prepare_dataset(config.data, config.seed, out_dir=folder, download_dir=folder / "raw")
+    return PreparedData.open(folder)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty MLflow store under a fresh project root, as DVC would set it."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

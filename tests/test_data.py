@@ -1,0 +1,196 @@
+"""Data loaders on tiny IDX files written here, and the digits path."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import data as data_module
+from pipeline.config import DataConfig
+from pipeline.data import (
+    FASHION_MNIST_FILES,
+    DatasetError,
+    PreparedData,
+    TensorBatches,
+    TensorSplit,
+    prepare_dataset,
+    read_idx,
+    split_indices,
+    write_idx,
+)
+
+
+def write_fake_fashion_mnist(folder, n_train=120, n_test=40, gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_labels": np.arange(n_train, dtype=np.uint8) % 10,
+        "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_labels": np.arange(n_test, dtype=np.uint8) % 10,
+    }
+    suffix = ".gz" if gz else ""
+    for key, stem in FASHION_MNIST_FILES.items():
+        write_idx(folder / f"{stem}{suffix}", arrays[key])
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+    images = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    path = tmp_path / ("images.gz" if gz else "images")
+    write_idx(path, images)
+    np.testing.assert_array_equal(read_idx(path), images)
+
+
+def test_idx_bad_magic_names_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x09\x99" + b"\x00" * 20)
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.*magic"):
+        read_idx(path)
+
+
+def test_idx_truncated_names_file(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    write_idx(path, np.arange(10, dtype=np.uint8))
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-3]))
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte.gz: header declares shape \(10,\) \(18 bytes\) but the file has 15 bytes"):
+        read_idx(path)
+
+
+def test_prepare_from_root_folder(tmp_path):
+    arrays = write_fake_fashion_mnist(tmp_path / "fm")
+    config = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), train_size=50, val_size=30)
+    summary = prepare_dataset(config, seed=3, out_dir=tmp_path / "out", download_dir=tmp_path / "raw")
+    assert summary["sizes"] == {"train": 50, "val": 30, "full_train": 90, "test": 40}
+    # Stratified: 30 validation images over 10 balanced classes is 3 per class.
+    assert summary["class_counts"]["val"] == [3] * 10
+    assert set(summary["sources"]) == {str(p) for p in (tmp_path / "fm").iterdir()}
+    on_disk = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert on_disk == summary
+    test = torch.load(tmp_path / "out" / "test.pt")
+    np.testing.assert_array_equal(test["images"].numpy(), arrays["test_images"])
+    # The search's train split is drawn from full_train and never overlaps validation.
+    train = torch.load(tmp_path / "out" / "train.pt")["images"].reshape(50, -1)
+    val = torch.load(tmp_path / "out" / "val.pt")["images"].reshape(30, -1)
+    full = {bytes(row) for row in torch.load(tmp_path / "out" / "full_train.pt")["images"].reshape(90, -1).numpy()}
+    assert {bytes(r) for r in train.numpy()} <= full
+    assert not ({bytes(r) for r in val.numpy()} & full)
+
+
+def test_prepare_reads_torchvision_layout(tmp_path):
+    write_fake_fashion_mnist(tmp_path / "root" / "FashionMNIST" / "raw", gz=False)
+    config = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "root"), val_size=20)
+    summary = prepare_dataset(config, seed=0, out_dir=tmp_path / "out", download_dir=tmp_path / "raw")
+    assert summary["sizes"]["full_train"] == 100
+
+
+def test_missing_root_file_is_named(tmp_path):
+    write_fake_fashion_mnist(tmp_path / "fm")
+    (tmp_path / "fm" / "t10k-images-idx3-ubyte.gz").unlink()
+    config = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), val_size=20)
+    with pytest.raises(DatasetError, match="data.root=.*t10k-images-idx3-ubyte"):
+        prepare_dataset(config, seed=0, out_dir=tmp_path / "out", download_dir=tmp_path / "raw")
+
+
+def test_count_mismatch_is_named(tmp_path):
+    write_fake_fashion_mnist(tmp_path / "fm")
+    write_idx(tmp_path / "fm" / "train-labels-idx1-ubyte.gz", np.zeros(7, dtype=np.uint8))
+    config = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), val_size=20)
+    with pytest.raises(DatasetError, match="120 images but .*train-labels.* 7 labels"):
+        prepare_dataset(config, seed=0, out_dir=tmp_path / "out", download_dir=tmp_path / "raw")
+
+
+def test_lookup_order_prefers_debian_then_download(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    write_fake_fashion_mnist(debian)
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", debian)
+    files = data_module.locate_fashion_mnist(None, tmp_path / "raw")
+    assert all(str(p).startswith(str(debian)) for p in files.values())
+
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    calls = []
+
+    def fake_download(folder):
+        calls.append(folder)
+        raise DatasetError("offline")
+
+    monkeypatch.setattr(data_module, "_download_with_torchvision", fake_download)
+    with pytest.raises(DatasetError, match="offline"):
+        data_module.locate_fashion_mnist(None, tmp_path / "raw")
+    assert calls == [tmp_path / "raw"]
+
+
+def test_offline_download_failure_says_what_to_do(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class NoNetwork:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", NoNetwork)
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
+        data_module._download_with_torchvision(tmp_path)
+
+
+def test_split_is_seeded_and_stratified():
+    labels = np.repeat(np.arange(10), 30)
+    first = split_indices(labels, train_size=100, val_size=50, seed=5)
+    again = split_indices(labels, train_size=100, val_size=50, seed=5)
+    other = split_indices(labels, train_size=100, val_size=50, seed=6)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+    assert not np.array_equal(first["val"], other["val"])
+    assert np.bincount(labels[first["val"]]).tolist() == [5] * 10
+    assert np.bincount(labels[first["train"]]).tolist() == [10] * 10
+    assert np.isin(first["train"], first["full_train"]).all()
+    assert not np.isin(first["val"], first["full_train"]).any()
+
+
+def test_split_rejects_impossible_sizes():
+    labels = np.repeat(np.arange(10), 10)
+    with pytest.raises(DatasetError, match="data.val_size"):
+        split_indices(labels, None, 100, 0)
+    with pytest.raises(DatasetError, match="data.train_size"):
+        split_indices(labels, 95, 10, 0)
+
+
+def test_digits_prepared_and_normalised(prepared_digits):
+    train = prepared_digits.load("train")
+    assert train.images.shape == (400, 1, 8, 8)
+    assert train.images.dtype == torch.float32
+    # Normalised with the train split's own statistics.
+    assert abs(float(train.images.mean())) < 1e-4
+    assert abs(float(train.images.std()) - 1) < 1e-2
+    assert prepared_digits.summary["sizes"]["test"] == 360
+
+
+def test_load_limit_is_seeded_subset(prepared_digits):
+    a = prepared_digits.load("full_train", limit=100, seed=1)
+    b = prepared_digits.load("full_train", limit=100, seed=1)
+    assert len(a) == 100
+    assert torch.equal(a.images, b.images)
+
+
+def test_tensor_batches_cover_every_sample_once_per_epoch():
+    split = TensorSplit(torch.arange(10, dtype=torch.float32).reshape(10, 1, 1, 1), torch.arange(10))
+    batches = TensorBatches(split, batch_size=4, shuffle=True, seed=7)
+    assert len(batches) == 3
+    epoch1 = torch.cat([y for _, y in batches])
+    epoch2 = torch.cat([y for _, y in batches])
+    assert sorted(epoch1.tolist()) == list(range(10)) == sorted(epoch2.tolist())
+    assert epoch1.tolist() != epoch2.tolist()  # reshuffled each epoch
+    replay = TensorBatches(split, batch_size=4, shuffle=True, seed=7)
+    assert torch.cat([y for _, y in replay]).tolist() == epoch1.tolist()  # same seed, same batches
+    ordered = TensorBatches(split, batch_size=4, shuffle=False)
+    assert torch.cat([y for _, y in ordered]).tolist() == list(range(10))
+
+
+def test_prepared_data_missing_says_run_prepare(tmp_path):
+    with pytest.raises(DatasetError, match="run the prepare stage"):
+        PreparedData.open(tmp_path)

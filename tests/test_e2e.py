@@ -1,0 +1,103 @@
+"""End to end: ``dvc repro`` of all six stages on tiny params in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO_ROOT, tiny_params
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["prepare", "ga_search", "grid_search", "random_search", "champion", "report"]
+
+
+def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("study")
+    for name in ("pipeline", "stages"):
+        shutil.copytree(REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO_ROOT / name, repo / name)
+    (repo / "mlruns").mkdir()
+    shutil.copy(REPO_ROOT / "mlruns" / ".gitignore", repo / "mlruns" / ".gitignore")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "config", "user.email", "ci@example.com", cwd=repo)
+    sh("git", "config", "user.name", "ci", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "tiny study", cwd=repo)
+    result = sh("dvc", "repro", cwd=repo)
+    (repo / "first_repro.log").write_text(result.stdout + result.stderr)
+    return repo
+
+
+def ran(log: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in log]
+
+
+def test_all_six_stages_run_and_write_their_outputs(study):
+    assert ran((study / "first_repro.log").read_text()) == STAGES
+    for path in ["data/prepared/dataset.json", "models/champion.pt", "results/report.md", "results/report.html",
+                 "results/plots/best_so_far_vs_evaluations.png", "results/plots/best_so_far_vs_time.png",
+                 "results/plots/ga_fitness_by_generation.png", "dvc.lock"]:  # fmt: skip
+        assert (study / path).is_file(), path
+    champion = json.loads((study / "results" / "champion.json").read_text())
+    assert set(champion["methods"]) == {"ga", "grid", "random"}
+    assert 0.0 <= champion["champion"]["test_acc"] <= 1.0
+    report = (study / "results" / "report.md").read_text()
+    for label in ("Genetic algorithm", "Grid search", "Random search"):
+        assert label in report
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=study).stdout)
+    assert metrics  # the stages' results are declared as DVC metrics
+
+
+def test_every_evaluation_is_an_mlflow_run_in_the_repo_store(study):
+    client = MlflowClient(f"sqlite:///{study}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    for method in ("ga", "grid", "random"):
+        summary = json.loads((study / "results" / f"{method}_search.json").read_text())
+        individuals = [r for r in runs if r.data.tags.get("method") == method and "genome_hash" in r.data.tags
+                       and r.data.tags.get("mlflow.runName", "").startswith(method)]  # fmt: skip
+        assert len(individuals) == summary["evaluations"]
+    versions = client.search_model_versions("name='tiny-champion'")
+    assert len(versions) == 1
+
+
+def test_editing_ga_params_reruns_only_ga_champion_report(study):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["ga"]["mutation"]["rate"] = 0.5
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = sh("dvc", "repro", cwd=study)
+    assert ran(result.stdout) == ["ga_search", "champion", "report"]
+    assert "Stage 'grid_search' didn't change" in result.stdout
+
+
+def test_bad_params_fail_before_any_training(study):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["budget"]["evaluations"] = -1
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["dvc", "repro", "ga_search"], cwd=study, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "budget.evaluations" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "[ga] eval" not in result.stderr + result.stdout

@@ -1,0 +1,169 @@
+"""The GA loop with a cheap synthetic fitness: budget, elitism, cache, reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.config import GAConfig, parse_config
+from pipeline.ga import Candidate, GeneticSearch, breed, elite_indices, population_diversity
+from pipeline.operators import bind_operator
+from pipeline.space import SearchSpace, genome_hash
+
+from tests.conftest import tiny_params
+
+
+def make_space() -> SearchSpace:
+    return SearchSpace.from_config(parse_config(tiny_params()).space)
+
+
+def synthetic_fitness(genome: dict) -> float:
+    """Peaks at learning_rate 0.03, momentum 0.9: smooth enough for a GA to climb."""
+    return 1.0 - abs(math.log10(genome["learning_rate"] / 0.03)) / 3 - abs(genome["momentum"] - 0.9) / 2
+
+
+class RecordingEvaluator:
+    def __init__(self, fail_hashes=()):
+        self.calls: list[tuple[int, list[Candidate]]] = []
+        self.fail_hashes = set(fail_hashes)
+
+    def __call__(self, generation, candidates):
+        self.calls.append((generation, list(candidates)))
+        return [
+            (-math.inf if genome_hash(c.genome) in self.fail_hashes else synthetic_fitness(c.genome), f"run-{generation}-{c.index}")
+            for c in candidates
+        ]
+
+    @property
+    def trained(self) -> list[dict]:
+        return [c.genome for _, cs in self.calls for c in cs]
+
+
+def run(seed=0, budget=20, **ga_overrides):
+    config = GAConfig(**{"population_size": 6, "elites": 1, **ga_overrides})
+    evaluator = RecordingEvaluator()
+    outcome = GeneticSearch(make_space(), config, budget=budget, seed=seed).run(evaluator)
+    return outcome, evaluator
+
+
+def test_budget_is_spent_exactly():
+    outcome, evaluator = run(budget=20)
+    assert outcome.trained == len(evaluator.trained) == 20
+    assert "budget" in outcome.stop_reason
+    # 6 initial, then 5 children per generation: 6 + 5 + 5 + 4 (truncated to the budget).
+    assert [g.trained for g in outcome.generations] == [6, 5, 5, 4]
+
+
+def test_no_genome_is_trained_twice():
+    outcome, evaluator = run(budget=30)
+    hashes = [genome_hash(g) for g in evaluator.trained]
+    assert len(hashes) == len(set(hashes))
+
+
+def test_elites_carried_unchanged_and_not_retrained():
+    outcome, evaluator = run(budget=20, elites=2)
+    for previous, current in zip(outcome.generations, outcome.generations[1:]):
+        expected = [previous.members[i].genome_hash for i in elite_indices(previous.fitness, 2)]
+        elites = [m for m in current.members if m.origin == "elite"]
+        assert [m.genome_hash for m in elites] == expected
+        trained_now = {genome_hash(c.genome) for gen, cs in evaluator.calls if gen == current.number for c in cs}
+        assert not trained_now & set(expected)
+
+
+def test_best_fitness_never_drops_with_elitism():
+    outcome, _ = run(budget=40)
+    bests = [g.fitness.max() for g in outcome.generations]
+    assert all(b2 >= b1 for b1, b2 in zip(bests, bests[1:]))
+
+
+def test_same_seed_same_genomes_other_seed_others():
+    _, first = run(seed=11)
+    _, again = run(seed=11)
+    _, other = run(seed=12)
+    assert first.trained == again.trained
+    assert first.trained != other.trained
+
+
+def test_children_record_their_parents():
+    outcome, evaluator = run(budget=12)
+    previous_hashes = {m.genome_hash for m in outcome.generations[0].members}
+    for generation, candidates in evaluator.calls[1:2]:
+        for candidate in candidates:
+            assert candidate.parents is not None
+            assert {p.genome_hash for p in candidate.parents} <= previous_hashes
+
+
+def test_cached_genomes_are_not_trained_and_not_charged():
+    # A one-gene-value space: every child is a clone of an evaluated genome.
+    params = tiny_params()
+    params["space"]["genes"] = {
+        "learning_rate": {"type": "choice", "values": [0.01, 0.1]},
+        "momentum": {"type": "choice", "values": [0.9]},
+        "weight_decay": {"type": "choice", "values": [0.0]},
+        "batch_size": {"type": "choice", "values": [32]},
+        "epochs": {"type": "choice", "values": [1]},
+    }
+    space = SearchSpace.from_config(parse_config(params).space)
+    evaluator = RecordingEvaluator()
+    outcome = GeneticSearch(space, GAConfig(population_size=4, elites=1), budget=10, seed=0).run(evaluator)
+    assert len(evaluator.trained) == 2  # only two distinct genomes exist
+    assert "converged" in outcome.stop_reason
+    assert sum(g.cache_hits for g in outcome.generations) > 0
+
+
+def test_failed_individuals_rank_last_and_search_goes_on():
+    space = make_space()
+    first = GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=6, seed=3)
+    doomed = {genome_hash(first.space.sample(np.random.default_rng(3))) }  # the first initial genome
+    evaluator = RecordingEvaluator(fail_hashes=doomed)
+    outcome = GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=16, seed=3).run(evaluator)
+    assert outcome.trained == 16
+    generation0 = outcome.generations[0]
+    failed = [m for m in generation0.members if m.genome_hash in doomed]
+    assert failed and failed[0].fitness == -math.inf
+    assert generation0.summary()["failed"] == 1
+    elite = [m for m in outcome.generations[1].members if m.origin == "elite"][0]
+    assert elite.genome_hash not in doomed
+
+
+@pytest.mark.parametrize("selection", ["truncation", "tournament", "roulette", "rank"])
+@pytest.mark.parametrize("crossover", ["uniform", "one_point", "two_point", "blend"])
+@pytest.mark.parametrize("mutation", ["resample", "gaussian"])
+def test_every_operator_combination_runs_a_tiny_ga(selection, crossover, mutation):
+    outcome, evaluator = run(
+        budget=12,
+        selection={"name": selection},
+        crossover={"name": crossover},
+        mutation={"name": mutation},
+    )
+    assert outcome.trained == 12
+    space = make_space()
+    assert all(space.contains(g) for g in evaluator.trained)
+
+
+def test_breed_uses_selected_pairs():
+    space = make_space()
+    rng = np.random.default_rng(0)
+    from pipeline.ga import Member
+
+    members = [Member(space.sample(rng), f"h{i}", float(i), None, "initial") for i in range(4)]
+    children = breed(
+        members, 5, space, np.random.default_rng(1),
+        select=bind_operator("selection", "truncation", {"fraction": 0.5}),
+        crossover=bind_operator("crossover", "uniform", {}),
+        mutate=bind_operator("mutation", "resample", {"rate": 0.0}),
+    )  # fmt: skip
+    assert len(children) == 5
+    for child, (a, b) in children:
+        assert {a, b} == {2, 3}  # the top half by fitness
+        assert all(child[k] in (members[a].genome[k], members[b].genome[k]) for k in child)
+
+
+def test_diversity_is_zero_for_clones_and_positive_otherwise():
+    space = make_space()
+    genome = space.sample(np.random.default_rng(0))
+    assert population_diversity([genome, dict(genome)], space) == 0.0
+    others = [space.sample(np.random.default_rng(s)) for s in range(5)]
+    assert population_diversity(others, space) > 0.05

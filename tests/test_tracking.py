@@ -1,0 +1,94 @@
+"""MLflow: every trained individual is a run, nested individual -> generation -> stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import parse_config
+from pipeline.search import SearchFailed, run_search_stage
+from pipeline.tracking import PARENT_TAG, Tracker, tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+def runs_by_id(experiment: str) -> dict:
+    client = MlflowClient(tracking_uri())
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return {r.info.run_id: r for r in client.search_runs([experiment_id], max_results=1000)}
+
+
+def test_store_is_sqlite_under_project_root(mlflow_store):
+    tracker = Tracker("x")
+    assert tracker.uri == f"sqlite:///{mlflow_store}/mlruns/mlflow.db"
+    assert (mlflow_store / "mlruns" / "mlflow.db").is_file()
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.artifact_location == (mlflow_store / "mlruns" / "artifacts").as_uri()
+    assert Tracker("x").experiment_id == tracker.experiment_id  # reused, not duplicated
+
+
+def test_ga_runs_nest_stage_generation_individual(mlflow_store, tiny_config, prepared_digits, tmp_path):
+    summary = run_search_stage("ga", tiny_config, prepared_digits.folder, tmp_path / "results")
+    runs = runs_by_id("tiny")
+    stages = [r for r in runs.values() if PARENT_TAG not in r.data.tags]
+    assert [r.info.run_name for r in stages] == ["ga_search"]
+    stage = stages[0]
+    generations = {i: r for i, r in runs.items() if r.data.tags.get(PARENT_TAG) == stage.info.run_id}
+    individuals = [r for r in runs.values() if r.data.tags.get(PARENT_TAG) in generations]
+    # Every run is one of the three levels; individuals equal the evaluations the stage reports.
+    assert len(runs) == 1 + len(generations) + len(individuals)
+    assert len(individuals) == summary["evaluations"] == tiny_config.budget.evaluations
+    assert len(generations) == summary["generations"]
+    for run in individuals:
+        tags, params = run.data.tags, run.data.params
+        assert tags["method"] == "ga"
+        assert {"generation", "index", "genome_hash", "parent_run_ids"} <= set(tags)
+        assert set(tiny_config.space.genes) <= set(params)
+        assert run.info.status == "FINISHED"
+        assert "val_acc" in run.data.metrics and "train_seconds" in run.data.metrics
+        if tags["generation"] != "0":
+            parents = tags["parent_run_ids"].split(",")
+            assert len(parents) == 2 and all(p in runs for p in parents)
+    assert stage.info.status == "FINISHED"
+    assert stage.data.tags["best_run_id"] == summary["best_run_id"]
+    history = json.loads((tmp_path / "results" / "ga_search_history.json").read_text())
+    assert {r["run_id"] for r in history["evaluations"]} == {r.info.run_id for r in individuals}
+
+
+def test_per_epoch_metrics_are_logged_as_steps(mlflow_store, tiny_config, prepared_digits, tmp_path):
+    run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "results")
+    client = MlflowClient(tracking_uri())
+    history = json.loads((tmp_path / "results" / "random_search_history.json").read_text())
+    record = max(history["evaluations"], key=lambda r: r["genome"]["epochs"])
+    steps = client.get_metric_history(record["run_id"], "val_acc")
+    assert [m.step for m in steps] == list(range(record["genome"]["epochs"]))
+    assert [m.value for m in steps] == pytest.approx([e["val_acc"] for e in record["epochs"]])
+
+
+def test_grid_individuals_nest_under_stage_and_failures_are_recorded(
+    mlflow_store, tiny_params_dict, prepared_digits, tmp_path
+):
+    tiny_params_dict["space"]["genes"]["learning_rate"] = {"type": "choice", "values": [0.05, 1.0e6]}
+    config = parse_config(tiny_params_dict)
+    summary = run_search_stage("grid", config, prepared_digits.folder, tmp_path / "results")
+    runs = runs_by_id("tiny")
+    stage = next(r for r in runs.values() if PARENT_TAG not in r.data.tags)
+    children = [r for r in runs.values() if r.data.tags.get(PARENT_TAG) == stage.info.run_id]
+    assert len(children) == summary["evaluations"] == len(runs) - 1
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert len(failed) == summary["failed"] > 0
+    assert all("DivergedError" in r.data.tags["failure_reason"] for r in failed)
+    assert all(r.data.params["learning_rate"] == "1000000.0" for r in failed)
+    assert summary["best_genome"]["learning_rate"] == 0.05
+
+
+def test_all_failed_stops_with_clear_message(mlflow_store, tiny_params_dict, prepared_digits, tmp_path):
+    tiny_params_dict["space"]["genes"]["learning_rate"] = {"type": "float", "low": 1.0e5, "high": 1.0e6}
+    tiny_params_dict["budget"]["evaluations"] = 3
+    config = parse_config(tiny_params_dict)
+    with pytest.raises(SearchFailed, match="all 3 individuals failed"):
+        run_search_stage("random", config, prepared_digits.folder, tmp_path / "results")
+    stage = next(r for r in runs_by_id("tiny").values() if PARENT_TAG not in r.data.tags)
+    assert stage.info.status == "FAILED"
