@@ -13,10 +13,6 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-# Genes the evaluator knows how to apply; a space may not declare others.
-TRAINING_GENES = ("learning_rate", "momentum", "weight_decay", "batch_size", "epochs")
-
-
 class ConfigError(ValueError):
     """A ``params.yaml`` that cannot run; the message names the dotted key at fault."""
 
@@ -81,15 +77,6 @@ class SpaceConfig(_Section):
     kind: Literal["hyperparameters"] = "hyperparameters"
     genes: dict[str, GeneConfig]
 
-    @model_validator(mode="after")
-    def _check_genes(self) -> SpaceConfig:
-        unknown = sorted(set(self.genes) - set(TRAINING_GENES))
-        if unknown:
-            raise ValueError(f"unknown gene {unknown[0]!r}{_did_you_mean(unknown[0], TRAINING_GENES)}")
-        missing = [name for name in TRAINING_GENES if name not in self.genes]
-        if missing:
-            raise ValueError(f"missing gene(s) {missing}: the evaluator needs all of {list(TRAINING_GENES)}")
-        return self
 
 
 class BudgetConfig(_Section):
@@ -127,10 +114,10 @@ class GAConfig(_Section):
 
     @model_validator(mode="after")
     def _check_sizes(self) -> GAConfig:
-        if self.elites >= self.population_size:
+        if self.population_size < self.elites + 2:
             raise ValueError(
-                f"elites ({self.elites}) must be below population_size ({self.population_size}),"
-                " or no child is ever bred"
+                f"population_size ({self.population_size}) must be at least elites ({self.elites}) + 2:"
+                " two parents are needed beside the elites to breed a child"
             )
         return self
 
@@ -205,8 +192,53 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     except ValidationError as exc:
         lines = [_format_error(e) for e in exc.errors()]
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    errors = gene_errors(config.space)
+    if errors:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(errors))
     _check_operators(config, source)
     return config
+
+
+# What the evaluator can train with: (allowed gene types, value check, what it must be).
+_GENE_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "learning_rate": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "momentum": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "batch_size": ((IntGene, ChoiceGene), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "epochs": ((IntGene, ChoiceGene), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def gene_errors(space: SpaceConfig) -> list[str]:
+    """Genes the evaluator cannot train with, each as ``space.genes.<name>[.<field>]: why``."""
+    errors = []
+    for name in space.genes:
+        if name not in _GENE_RULES:
+            errors.append(f"space.genes.{name}: unknown gene{_did_you_mean(name, _GENE_RULES)}; "
+                          f"the evaluator knows {list(_GENE_RULES)}")  # fmt: skip
+    for name, (types, valid, wanted) in _GENE_RULES.items():
+        gene = space.genes.get(name)
+        if gene is None:
+            errors.append(f"space.genes.{name}: missing; the evaluator needs every one of {list(_GENE_RULES)}")
+            continue
+        if not isinstance(gene, types):
+            allowed = " or ".join(t.model_fields["type"].annotation.__args__[0] for t in types)
+            errors.append(f"space.genes.{name}.type: must be {allowed}, got {gene.type!r}")
+            continue
+        ends = {"values": gene.values} if isinstance(gene, ChoiceGene) else {"low": [gene.low], "high": [gene.high]}
+        for field, values in ends.items():
+            bad = [v for v in values if not valid(v)]
+            if bad:
+                errors.append(f"space.genes.{name}.{field}: must be {wanted}, got {bad[0]!r}")
+    return errors
 
 
 def _check_operators(config: StudyConfig, source: str) -> None:
@@ -218,8 +250,8 @@ def _check_operators(config: StudyConfig, source: str) -> None:
         try:
             bind_operator(role, spec.name, spec.settings)
         except (KeyError, TypeError, ValueError) as exc:
-            message = exc.args[0] if exc.args else str(exc)
-            raise ConfigError(f"{source} is invalid:\n  ga.{role}: {message}") from None
+            message, key = exc.args
+            raise ConfigError(f"{source} is invalid:\n  ga.{role}.{key}: {message}") from None
 
 
 def load_config(path: str | Path = "params.yaml") -> StudyConfig:

@@ -39,8 +39,11 @@ class FloatDimension:
     def from_unit(self, unit: float) -> float:
         unit = min(max(float(unit), 0.0), 1.0)
         if self.log:
-            return float(math.exp(math.log(self.low) + unit * (math.log(self.high) - math.log(self.low))))
-        return float(self.low + unit * (self.high - self.low))
+            value = math.exp(math.log(self.low) + unit * (math.log(self.high) - math.log(self.low)))
+        else:
+            value = self.low + unit * (self.high - self.low)
+        # Rounding can overshoot an end by an ulp; clamp so every value stays in the space.
+        return float(min(max(value, self.low), self.high))
 
     def contains(self, value: Any) -> bool:
         return isinstance(value, float) and self.low <= value <= self.high
@@ -97,7 +100,15 @@ class IntDimension:
         """The values at the centres of ``count`` equal cells of the range; distinct while
         ``count <= max_levels``."""
         if self.log:
-            return sorted({self.from_unit((i + 0.5) / count) for i in range(count)})
+            # Nearest unused integer to each geometric cell centre: ``count`` distinct values.
+            unused = list(range(self.low, self.high + 1))
+            picked = []
+            for i in range(count):
+                target = (i + 0.5) / count
+                nearest = min(unused, key=lambda v: abs(self.to_unit(v) - target))
+                unused.remove(nearest)
+                picked.append(nearest)
+            return sorted(picked)
         return [self.low + int((i + 0.5) / count * self.max_levels) for i in range(count)]
 
     @property

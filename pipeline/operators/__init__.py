@@ -7,8 +7,10 @@ and bound once, validated where they are bound (``bind_operator``).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
+import math
 import numbers
 from typing import Any, Callable
 
@@ -34,22 +36,29 @@ _SETTING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 
 
 def bind_operator(role: str, name: str, settings: dict[str, Any]) -> Callable[..., Any]:
-    """The operator ``name`` of ``role`` with its settings bound; raises naming the bad setting."""
+    """The operator ``name`` of ``role`` with its settings bound.
+
+    Raises ``KeyError``/``TypeError``/``ValueError`` with ``args == (message, key)``, ``key`` being
+    the offending key under ``ga.<role>`` (``name`` or the setting).
+    """
     registry = REGISTRIES[role]
     if name not in registry:
-        raise KeyError(f"unknown {role} operator {name!r}; choose one of {sorted(registry)}")
+        raise KeyError(f"unknown {role} operator {name!r}; choose one of {sorted(registry)}", "name")
     function = registry[name]
     accepted = {
         p.name: p for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY
     }
     for key, value in settings.items():
         if key not in accepted:
-            raise TypeError(f"{name}: unknown setting {key!r}; {name} takes {sorted(accepted) or 'none'}")
+            hint = f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, accepted, n=1)) else ""
+            raise TypeError(f"unknown setting {key!r} of {name}{hint}; {name} takes {sorted(accepted) or 'none'}", key)
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise TypeError(f"{name}.{key}: expected a number, got {value!r}")
+            raise TypeError(f"{name}.{key}: expected a number, got {value!r}", key)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}.{key} must be finite, got {value!r}", key)
         check, wanted = _SETTING_RANGES[key]
         if not check(value):
-            raise ValueError(f"{name}.{key}: must be {wanted}, got {value!r}")
+            raise ValueError(f"{name}.{key} must be {wanted}, got {value!r}", key)
     if "size" in settings:
         settings = {**settings, "size": int(settings["size"])}
     return functools.partial(function, **settings)

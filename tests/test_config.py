@@ -1,0 +1,341 @@
+"""params.yaml validation: the committed file loads, and every kind of mistake is named by its dotted key."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    ChoiceGene,
+    ConfigError,
+    FloatGene,
+    IntGene,
+    StudyConfig,
+    load_config,
+    parse_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_PATH = REPO_ROOT / "params.yaml"
+RAW_PARAMS: dict[str, Any] = yaml.safe_load(PARAMS_PATH.read_text())
+
+
+def fresh_params() -> dict[str, Any]:
+    return copy.deepcopy(RAW_PARAMS)
+
+
+def error_lines(message: str) -> list[str]:
+    return [line.strip() for line in message.splitlines()]
+
+
+def assert_names_key(message: str, key: str) -> None:
+    """The message has a line that starts with ``<key>:``, i.e. the dotted key is the culprit named."""
+    pattern = re.compile(rf"^{re.escape(key)}:")
+    assert any(pattern.match(line) for line in error_lines(message)), (
+        f"no line of the error names {key!r}:\n{message}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The committed params.yaml
+
+
+def test_committed_params_yaml_loads_with_expected_values():
+    config = load_config(PARAMS_PATH)
+    assert isinstance(config, StudyConfig)
+    assert config.seed == 42
+    assert config.data.dataset == "fashion_mnist"
+    assert config.data.val_size == 1000
+    assert config.data.train_size == 2000
+    assert config.budget.evaluations == 16
+    assert config.ga.population_size == 6
+    assert config.ga.elites == 1
+    assert config.ga.selection.name == "truncation"
+    assert config.ga.selection.settings == {"fraction": 0.5}
+    assert config.ga.crossover.name == "uniform"
+    assert config.ga.crossover.settings == {"swap_prob": 0.5}
+    assert config.ga.mutation.name == "resample"
+    assert config.ga.mutation.settings == {"rate": 0.2}
+    assert config.champion.epochs == 3
+    assert config.model.conv_channels == [32, 64]
+    assert config.mlflow.experiment == "evohpo"
+
+
+def test_committed_params_yaml_space_gene_types():
+    genes = load_config(PARAMS_PATH).space.genes
+    assert list(genes) == ["learning_rate", "momentum", "weight_decay", "batch_size", "epochs"]
+    lr = genes["learning_rate"]
+    assert isinstance(lr, FloatGene) and lr.log is True
+    assert (lr.low, lr.high) == (1.0e-4, 1.0)
+    assert isinstance(genes["momentum"], FloatGene) and genes["momentum"].log is False
+    assert (genes["momentum"].low, genes["momentum"].high) == (0.0, 0.9)
+    assert isinstance(genes["weight_decay"], FloatGene)
+    assert isinstance(genes["batch_size"], ChoiceGene)
+    assert genes["batch_size"].values == [32, 64, 128, 256]
+    assert isinstance(genes["epochs"], IntGene)
+    assert (genes["epochs"].low, genes["epochs"].high) == (1, 3)
+
+
+def test_parse_config_of_unmodified_dict_equals_load_config():
+    assert parse_config(fresh_params()) == load_config(PARAMS_PATH)
+
+
+def test_config_is_frozen():
+    config = parse_config(fresh_params())
+    with pytest.raises(Exception):
+        config.ga.population_size = 100  # type: ignore[misc]
+    assert config.ga.population_size == 6
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One mistake at a time
+
+
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    *parents, last = path.split(".")
+
+    def change(params: dict) -> None:
+        node = params
+        for part in parents:
+            node = node[part]
+        node[last] = value
+
+    return change
+
+
+def _delete(path: str) -> Callable[[dict], None]:
+    *parents, last = path.split(".")
+
+    def change(params: dict) -> None:
+        node = params
+        for part in parents:
+            node = node[part]
+        del node[last]
+
+    return change
+
+
+def _rename_gene(old: str, new: str) -> Callable[[dict], None]:
+    def change(params: dict) -> None:
+        genes = params["space"]["genes"]
+        genes[new] = genes.pop(old)
+
+    return change
+
+
+# (id, change, dotted key the message must name, further fragments the message must contain)
+BAD_VARIANTS = [
+    # unknown keys
+    ("unknown-top-level-key", _set("sed", 1), "sed", ["unknown key", "did you mean 'seed'"]),
+    ("unknown-top-level-section", _set("optimizer", {"name": "sgd"}), "optimizer", ["unknown key"]),
+    ("unknown-nested-key-near-miss", _set("ga.populaton_size", 6), "ga.populaton_size",
+     ["unknown key", "did you mean 'population_size'"]),
+    ("unknown-data-key-near-miss", _set("data.val_sise", 10), "data.val_sise", ["did you mean 'val_size'"]),
+    ("unknown-gene-setting", _set("space.genes.learning_rate.lg", True), "space.genes.learning_rate.lg",
+     ["unknown key"]),
+    # wrong types
+    ("string-for-int", _set("ga.population_size", "6"), "ga.population_size", ["valid integer", "'6'"]),
+    ("list-for-float", _set("data.test_size", [0.2]), "data.test_size", ["[0.2]"]),
+    ("bool-for-int", _set("budget.evaluations", True), "budget.evaluations", ["valid integer", "True"]),
+    ("float-for-int", _set("champion.epochs", 2.5), "champion.epochs", ["2.5"]),
+    ("bool-for-float-gene-bound", _set("space.genes.momentum.low", True), "space.genes.momentum.low", ["True"]),
+    ("string-for-float-gene-bound", _set("space.genes.learning_rate.low", "1e-4"),
+     "space.genes.learning_rate.low", ["'1e-4'"]),
+    ("section-not-a-mapping", _set("ga", 5), "ga", ["5"]),
+    ("operator-name-not-string", _set("ga.selection.name", 3), "ga.selection.name", ["valid string"]),
+    # out of range
+    ("budget-zero", _set("budget.evaluations", 0), "budget.evaluations", ["greater than 0"]),
+    ("budget-negative", _set("budget.evaluations", -5), "budget.evaluations", ["-5"]),
+    ("seed-negative", _set("seed", -1), "seed", ["-1"]),
+    ("population-size-one", _set("ga.population_size", 1), "ga.population_size", ["2"]),
+    ("elites-negative", _set("ga.elites", -1), "ga.elites", ["-1"]),
+    ("val-size-zero", _set("data.val_size", 0), "data.val_size", ["greater than 0"]),
+    ("test-size-one", _set("data.test_size", 1.0), "data.test_size", ["less than 1"]),
+    ("champion-epochs-zero", _set("champion.epochs", 0), "champion.epochs", ["greater than 0"]),
+    ("lr-gamma-zero", _set("train.lr_gamma", 0.0), "train.lr_gamma", ["greater than 0"]),
+    ("conv-channels-one-layer", _set("model.conv_channels", [32]), "model.conv_channels", ["at least 2"]),
+    ("mlflow-experiment-empty", _set("mlflow.experiment", ""), "mlflow.experiment", ["at least 1"]),
+    ("dataset-not-allowed", _set("data.dataset", "mnist"), "data.dataset", ["'fashion_mnist'", "'digits'", "mnist"]),
+    # genes
+    ("empty-choice-list", _set("space.genes.batch_size.values", []), "space.genes.batch_size.values",
+     ["at least 1"]),
+    ("duplicate-choice-values", _set("space.genes.batch_size.values", [32, 64, 32]), "space.genes.batch_size",
+     ["distinct"]),
+    ("float-low-above-high", _set("space.genes.momentum", {"type": "float", "low": 0.9, "high": 0.1}),
+     "space.genes.momentum", ["low (0.9) must be below high (0.1)"]),
+    ("float-low-equals-high", _set("space.genes.weight_decay", {"type": "float", "low": 0.1, "high": 0.1}),
+     "space.genes.weight_decay", ["must be below high"]),
+    ("int-low-above-high", _set("space.genes.epochs", {"type": "int", "low": 3, "high": 1}),
+     "space.genes.epochs", ["low (3) must not exceed high (1)"]),
+    ("float-log-low-zero", _set("space.genes.learning_rate.low", 0.0), "space.genes.learning_rate",
+     ["log-scaled", "low > 0"]),
+    ("float-log-low-negative", _set("space.genes.momentum", {"type": "float", "low": -1.0, "high": 1.0, "log": True}),
+     "space.genes.momentum", ["low > 0"]),
+    ("int-log-low-zero", _set("space.genes.epochs", {"type": "int", "low": 0, "high": 3, "log": True}),
+     "space.genes.epochs", ["low > 0"]),
+    ("int-gene-float-bound", _set("space.genes.epochs.high", 3.5), "space.genes.epochs.high", ["3.5"]),
+    ("unknown-gene-type", _set("space.genes.learning_rate.type", "floatt"), "space.genes.learning_rate",
+     ["'floatt'"]),
+    ("gene-type-missing", _delete("space.genes.epochs.type"), "space.genes.epochs", ["type"]),
+    ("unknown-gene-name", _set("space.genes.dropout", {"type": "float", "low": 0.0, "high": 0.5}),
+     "space.genes.dropout", ["unknown gene"]),
+    ("misspelt-gene-name", _rename_gene("learning_rate", "learning_rat"), "space.genes.learning_rat",
+     ["unknown gene", "did you mean 'learning_rate'"]),
+    ("missing-gene", _delete("space.genes.epochs"), "space.genes.epochs", ["missing"]),
+    ("epochs-zero", _set("space.genes.epochs.low", 0), "space.genes.epochs.low", ["integer >= 1", "got 0"]),
+    ("batch-size-zero-choice", _set("space.genes.batch_size.values", [0, 32]), "space.genes.batch_size.values",
+     ["integer >= 1", "got 0"]),
+    ("batch-size-float-gene", _set("space.genes.batch_size", {"type": "float", "low": 16.0, "high": 64.0}),
+     "space.genes.batch_size.type", ["int or choice", "'float'"]),
+    ("negative-weight-decay", _set("space.genes.weight_decay.low", -0.1), "space.genes.weight_decay.low",
+     [">= 0", "-0.1"]),
+    ("momentum-one", _set("space.genes.momentum.high", 1.0), "space.genes.momentum.high", ["[0, 1)"]),
+    # cross-field
+    ("elites-equal-population", _set("ga.elites", 6), "ga",
+     ["population_size (6) must be at least elites (6) + 2"]),
+    ("elites-leave-one-parent", _set("ga.elites", 5), "ga", ["population_size (6)", "elites (5) + 2"]),
+    ("elites-above-population", _set("ga.elites", 9), "ga", ["elites (9)", "population_size (6)"]),
+    ("population-exceeds-budget", _set("ga.population_size", 20), "<top level>",
+     ["ga.population_size (20) exceeds budget.evaluations (16)"]),
+    # operators
+    ("unknown-selection-operator", _set("ga.selection", {"name": "best"}), "ga.selection.name",
+     ["unknown selection operator 'best'", "'roulette'", "'tournament'", "'truncation'", "'rank'"]),
+    ("unknown-crossover-operator", _set("ga.crossover", {"name": "three_point"}), "ga.crossover.name",
+     ["unknown crossover operator 'three_point'", "'two_point'"]),
+    ("unknown-mutation-operator", _set("ga.mutation.name", "flip"), "ga.mutation.name",
+     ["unknown mutation operator 'flip'", "'gaussian'"]),
+    ("unknown-operator-setting", _set("ga.selection", {"name": "truncation", "fractio": 0.5}), "ga.selection.fractio",
+     ["unknown setting 'fractio'", "fraction"]),
+    ("setting-for-settingless-operator", _set("ga.selection", {"name": "roulette", "fraction": 0.5}),
+     "ga.selection.fraction", ["roulette", "unknown setting 'fraction'"]),
+    ("setting-of-other-operator", _set("ga.crossover", {"name": "uniform", "alpha": 0.5}), "ga.crossover.alpha",
+     ["unknown setting 'alpha'", "swap_prob"]),
+    ("mutation-rate-above-one", _set("ga.mutation", {"name": "resample", "rate": 1.5}), "ga.mutation.rate",
+     ["resample.rate", "[0, 1]", "1.5"]),
+    ("tournament-size-one", _set("ga.selection", {"name": "tournament", "size": 1}), "ga.selection.size",
+     ["tournament.size", ">= 2"]),
+    ("tournament-size-fractional", _set("ga.selection", {"name": "tournament", "size": 2.5}), "ga.selection.size",
+     ["tournament.size", "2.5"]),
+    ("truncation-fraction-zero", _set("ga.selection", {"name": "truncation", "fraction": 0}), "ga.selection.fraction",
+     ["truncation.fraction", "(0, 1]"]),
+    ("gaussian-sigma-zero", _set("ga.mutation", {"name": "gaussian", "sigma": 0.0}), "ga.mutation.sigma",
+     ["gaussian.sigma", "> 0"]),
+    ("blend-alpha-negative", _set("ga.crossover", {"name": "blend", "alpha": -0.1}), "ga.crossover.alpha",
+     ["blend.alpha", ">= 0"]),
+    ("setting-not-a-number", _set("ga.crossover", {"name": "uniform", "swap_prob": "half"}), "ga.crossover.swap_prob",
+     ["uniform.swap_prob", "expected a number", "'half'"]),
+    ("setting-bool", _set("ga.mutation", {"name": "resample", "rate": True}), "ga.mutation.rate",
+     ["resample.rate", "expected a number"]),
+    ("operator-name-missing", _set("ga.crossover", {"swap_prob": 0.5}), "ga.crossover.name", ["Field required"]),
+    # missing sections
+    ("missing-section-ga", _delete("ga"), "ga", ["Field required"]),
+    ("missing-section-space", _delete("space"), "space", ["Field required"]),
+    ("missing-section-budget", _delete("budget"), "budget", ["Field required"]),
+    ("missing-budget-evaluations", _delete("budget.evaluations"), "budget.evaluations", ["Field required"]),
+]
+
+
+@pytest.mark.parametrize(("change", "key", "fragments"), [v[1:] for v in BAD_VARIANTS], ids=[v[0] for v in BAD_VARIANTS])
+def test_bad_params_variant_names_its_key(change, key, fragments):
+    params = fresh_params()
+    change(params)
+    with pytest.raises(ConfigError) as info:
+        parse_config(params, source="my-params.yaml")
+    message = str(info.value)
+    assert message.startswith("my-params.yaml"), message
+    assert_names_key(message, key)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+def test_variants_do_not_touch_the_shared_dict():
+    assert RAW_PARAMS == yaml.safe_load(PARAMS_PATH.read_text())
+
+
+def test_did_you_mean_absent_for_unrelated_key():
+    params = fresh_params()
+    params["ga"]["zzzzzz"] = 1
+    with pytest.raises(ConfigError) as info:
+        parse_config(params)
+    assert_names_key(str(info.value), "ga.zzzzzz")
+    assert "did you mean" not in str(info.value)
+
+
+def test_every_bad_key_is_named_when_several_are_wrong():
+    params = fresh_params()
+    params["budget"]["evaluations"] = 0
+    params["data"]["val_size"] = -3
+    params["champion"]["epochs"] = "three"
+    with pytest.raises(ConfigError) as info:
+        parse_config(params)
+    message = str(info.value)
+    for key in ("budget.evaluations", "data.val_size", "champion.epochs"):
+        assert_names_key(message, key)
+
+
+@pytest.mark.parametrize("raw", [None, [1, 2], "seed: 42", 42], ids=["none", "list", "string", "int"])
+def test_top_level_not_a_mapping(raw):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, source="weird.yaml")
+    message = str(info.value)
+    assert message.startswith("weird.yaml:")
+    assert "mapping" in message
+    assert type(raw).__name__ in message
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# load_config on files
+
+
+def test_load_config_missing_file_names_it(tmp_path: Path):
+    path = tmp_path / "nowhere" / "params.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "cannot read" in message
+
+
+def test_load_config_invalid_yaml_names_it(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("seed: 42\nga: {population_size: [6\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "not valid YAML" in message
+
+
+def test_load_config_empty_file_names_it(tmp_path: Path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:")
+
+
+def test_load_config_bad_content_names_file_and_key(tmp_path: Path):
+    params = fresh_params()
+    params["ga"]["mutation"] = {"name": "resample", "rate": 1.5}
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert_names_key(message, "ga.mutation.rate")
+
+
+def test_load_config_round_trips_a_dumped_copy(tmp_path: Path):
+    path = tmp_path / "copy.yaml"
+    path.write_text(yaml.safe_dump(fresh_params()))
+    assert load_config(path) == load_config(PARAMS_PATH)
