@@ -15,7 +15,8 @@ from pipeline.config import StudyConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.evaluate import fit_genome
 from pipeline.lit_module import DivergedError
-from pipeline.search import METHODS, SearchFailed, write_json
+from pipeline.jsonio import write_json
+from pipeline.search import METHODS, SearchFailed
 from pipeline.space import genome_hash, genome_seed
 from pipeline.tracking import Tracker
 

@@ -249,8 +249,11 @@ def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: 
     splits = {name: (raw.train_images[idx], raw.train_labels[idx]) for name, idx in indices.items()}
     splits["test"] = (raw.test_images, raw.test_labels)
     out_dir.mkdir(parents=True, exist_ok=True)
+    checksums = {}
     for name, (images, labels) in splits.items():
-        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, out_dir / f"{name}.pt")
+        path = out_dir / f"{name}.pt"
+        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, path)
+        checksums[path.name] = _sha256(path)
     train_pixels = splits["train"][0].astype(np.float64) / 255.0
     summary = {
         "dataset": raw.name,
@@ -265,6 +268,7 @@ def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: 
             name: np.bincount(labels, minlength=len(raw.classes)).tolist() for name, (_, labels) in splits.items()
         },
         "sources": raw.sources,
+        "files": checksums,  # checked on every load: a corrupt split fails loudly, not silently
     }
     (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -307,10 +311,16 @@ class PreparedData:
     def load(self, split: str, limit: int | None = None, seed: int = 0) -> TensorSplit:
         """A split as normalised tensors; ``limit`` takes a seeded random subset of that size."""
         path = self.folder / f"{split}.pt"
+        expected = self.summary.get("files", {}).get(path.name)
+        if expected is not None and path.is_file() and _sha256(path) != expected:
+            raise DatasetError(
+                f"{path}: checksum mismatch with {self.folder / 'dataset.json'} (corrupt or replaced); "
+                "run `dvc repro -f prepare` to rebuild it"
+            )
         try:
             stored = torch.load(path, weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise DatasetError(f"{path}: cannot load ({exc}); run the prepare stage again") from None
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds on a bad file
+            raise DatasetError(f"{path}: cannot load ({type(exc).__name__}); run `dvc repro -f prepare`") from None
         images, labels = stored["images"], stored["labels"]
         if limit is not None and limit < len(labels):
             keep, _ = train_test_split(

@@ -10,8 +10,10 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+import gc
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterable, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -62,6 +64,11 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> EvaluationResult:
+        """The result stored in a search record (a checkpoint or history entry)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -134,6 +141,12 @@ class Evaluator:
         self.tracker = tracker
         self.train_split = data.load("train")
         self.val_split = data.load("val")
+        # Results of a killed run of this stage, handed back instead of training (per genome, in order).
+        self._replay: dict[str, deque[EvaluationResult]] = defaultdict(deque)
+
+    def preload(self, results: Iterable[EvaluationResult]) -> None:
+        for result in results:
+            self._replay[result.genome_hash].append(result)
 
     def evaluate(
         self,
@@ -143,7 +156,8 @@ class Evaluator:
         """Train every request; results in request order. ``on_result`` sees each as it finishes."""
         results = []
         for request in requests:
-            result = self._evaluate_one(request)
+            queued = self._replay.get(genome_hash(request.genome))
+            result = queued.popleft() if queued else self._evaluate_one(request)
             if on_result is not None:
                 on_result(result)
             results.append(result)
@@ -172,9 +186,11 @@ class Evaluator:
                 model_config=self.model_config,
                 train_config=self.train_config,
             )
-        except (DivergedError, FloatingPointError, ValueError, RuntimeError) as exc:
-            # Any failure inside one individual's training is that individual's, not the search's.
+        except Exception as exc:  # noqa: BLE001
+            # Any failure inside one individual's training (divergence, out of memory, a model its
+            # genome cannot build) is that individual's, not the search's.
             reason = f"{type(exc).__name__}: {exc}"
+            _free_memory()
             result = EvaluationResult(
                 genome, hash_, seed, "failed", None, None, None, time.perf_counter() - started, [], reason, run_id
             )
@@ -183,6 +199,11 @@ class Evaluator:
                 self.tracker.log_metrics(run_id, {"train_seconds": result.train_seconds})
                 self.tracker.end_run(run_id, "FAILED")
             return result
+        except BaseException:
+            # Killed (Ctrl-C, SIGTERM): the run did not fail, it was stopped; a resume retrains it.
+            if self.tracker is not None and run_id is not None:
+                self.tracker.end_run(run_id, "KILLED")
+            raise
         history = outcome.module.epoch_metrics
         last = history[-1]
         result = EvaluationResult(
@@ -197,3 +218,10 @@ class Evaluator:
             )
             self.tracker.end_run(run_id, "FINISHED")
         return result
+
+
+def _free_memory() -> None:
+    """Release what a failed fit held, so an out-of-memory individual does not starve the next."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.search import METHODS, write_json  # noqa: E402
+from pipeline.jsonio import write_json  # noqa: E402
+from pipeline.search import METHODS  # noqa: E402
 
 METHOD_LABELS = {"ga": "Genetic algorithm", "grid": "Grid search", "random": "Random search"}
 PLOT_FILES = {

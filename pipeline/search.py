@@ -3,8 +3,6 @@ evaluation to MLflow and to the stage's results files."""
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,8 @@ from pipeline.data import PreparedData
 from pipeline.evaluate import EvaluationRequest, EvaluationResult, Evaluator
 from pipeline.ga import Candidate, Generation, GeneticSearch
 from pipeline.space import SearchSpace
+from pipeline.checkpoint import Checkpoint, fingerprint
+from pipeline.jsonio import write_json
 from pipeline.tracking import Tracker
 
 METHODS = ("ga", "grid", "random")
@@ -36,15 +36,37 @@ class SearchLog:
     started: float = field(default_factory=time.perf_counter)
     records: list[dict[str, Any]] = field(default_factory=list)
     progress: tqdm | None = None
+    checkpoint: Checkpoint | None = None
+    resumed: list[dict[str, Any]] = field(default_factory=list)  # records replayed from the checkpoint
+
+    def __post_init__(self) -> None:
+        if self.resumed:
+            # Continue the stage's timeline where the killed run left it.
+            self.started = time.perf_counter() - self.resumed[-1]["elapsed_seconds"]
 
     def add(self, result: EvaluationResult, generation: int | None = None) -> dict[str, Any]:
+        index = len(self.records)
+        if index < len(self.resumed):
+            record = self.resumed[index]
+            if record["genome_hash"] != result.genome_hash:
+                raise RuntimeError(
+                    f"resume diverged at evaluation {index}: checkpoint has {record['genome_hash']}, "
+                    f"the search asked for {result.genome_hash}; delete {self.checkpoint.path if self.checkpoint else 'the checkpoint'}"
+                )
+            self.records.append(record)
+            if self.progress is not None:
+                self.progress.update(1)
+            return record
         record = {
-            "index": len(self.records),
+            "index": index,
             "generation": generation,
             **result.to_dict(),
             "elapsed_seconds": time.perf_counter() - self.started,
         }
         self.records.append(record)
+        if self.checkpoint is not None:
+            self.checkpoint.records.append(record)
+            self.checkpoint.save()
         self._report(record)
         return record
 
@@ -133,13 +155,20 @@ def search_ga(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tra
     def generation_run(number: int) -> str | None:
         if number not in generation_runs:
             generation_runs[number] = None
-            if tracker is not None:
+            reused = log.checkpoint.generation_runs.get(str(number)) if log.checkpoint else None
+            if tracker is not None and reused is not None:
+                tracker.client.update_run(reused, status="RUNNING")
+                generation_runs[number] = reused
+            elif tracker is not None:
                 generation_runs[number] = tracker.start_run(
                     f"generation-{number:02d}",
                     parent_id=stage_run,
                     params=_operator_params(config),
                     tags={"method": "ga", "generation": number},
                 )
+                if log.checkpoint is not None:
+                    log.checkpoint.generation_runs[str(number)] = generation_runs[number]
+                    log.checkpoint.save()
         return generation_runs[number]
 
     def evaluate(number: int, candidates: Sequence[Candidate]) -> list[tuple[float, str | None]]:
@@ -194,36 +223,46 @@ def _operator_params(config: StudyConfig) -> dict[str, Any]:
 SEARCHES: dict[str, Callable[..., dict]] = {"ga": search_ga, "grid": search_grid, "random": search_random}
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a killed stage never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    temporary.replace(path)
+def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict) -> str:
+    """What a search's results depend on: its params, the prepared data, and the code."""
+    sections = {"method": method, "seed": config.seed, "data": data_summary}
+    for name in ("model", "space", "budget", "train") + (("ga",) if method == "ga" else ()):
+        sections[name] = getattr(config, name).model_dump()
+    return fingerprint(sections)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def run_search_stage(method: str, config: StudyConfig, prepared_dir: Path, results_dir: Path) -> dict[str, Any]:
+def run_search_stage(
+    method: str, config: StudyConfig, prepared_dir: Path, results_dir: Path, checkpoint_dir: Path = Path("checkpoints")
+) -> dict[str, Any]:
     """Run one search method end to end; writes ``<method>_search.json`` (summary metrics) and
-    ``<method>_search_history.json`` (every evaluation) under ``results_dir``."""
+    ``<method>_search_history.json`` (every evaluation) under ``results_dir``. Resumes from
+    ``checkpoint_dir/<method>_search.json`` when a killed run with the same fingerprint left one."""
     tracker = Tracker(config.mlflow.experiment)
     data = PreparedData.open(prepared_dir)
     space = SearchSpace.from_config(config.space)
     evaluator = Evaluator(
         data, model_config=config.model, train_config=config.train, study_seed=config.seed, tracker=tracker
     )
-    stage_run = tracker.start_run(
-        f"{method}_search",
-        params={"budget": config.budget.evaluations, "seed": config.seed, "dataset": data.summary["dataset"],
-                "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"]},
-        tags={"method": method, "stage": f"{method}_search"},
-    )  # fmt: skip
-    log = SearchLog(method, config.budget.evaluations)
+    checkpoint, message = Checkpoint.open(
+        checkpoint_dir / f"{method}_search.json", stage_fingerprint(method, config, data.summary)
+    )
+    print(f"[{method}] {message}", flush=True)
+    if checkpoint.stage_run_id is not None:
+        stage_run = checkpoint.stage_run_id
+        killed = tracker.reopen_run(stage_run, children_of=[stage_run, *checkpoint.generation_runs.values()])
+        if killed:
+            print(f"[{method}] marked {killed} run(s) left RUNNING by the killed stage as KILLED", flush=True)
+    else:
+        stage_run = tracker.start_run(
+            f"{method}_search",
+            params={"budget": config.budget.evaluations, "seed": config.seed, "dataset": data.summary["dataset"],
+                    "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"]},
+            tags={"method": method, "stage": f"{method}_search"},
+        )  # fmt: skip
+        checkpoint.stage_run_id = stage_run
+        checkpoint.save()
+    evaluator.preload(EvaluationResult.from_record(r) for r in checkpoint.records)
+    log = SearchLog(method, config.budget.evaluations, checkpoint=checkpoint, resumed=list(checkpoint.records))
     try:
         with tqdm(total=config.budget.evaluations, desc=f"{method} search", unit="eval", disable=None) as progress:
             log.progress = progress
@@ -248,5 +287,7 @@ def run_search_stage(method: str, config: StudyConfig, prepared_dir: Path, resul
                                                              "failed", "total_train_seconds", "time_to_best_seconds")})  # fmt: skip
     tracker.set_tags(stage_run, {"best_run_id": summary["best_run_id"], "best_genome_hash": summary["best_genome_hash"]})
     tracker.end_run(stage_run)
+    checkpoint.status = "complete"
+    checkpoint.save()
     return summary
 

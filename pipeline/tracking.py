@@ -57,14 +57,25 @@ class Tracker:
         root = root or project_root()
         self.uri = tracking_uri(root)
         _prepare_sqlite_store(self.uri)
+        if self.uri.startswith(("http://", "https://")):
+            # Fail in seconds, not after MLflow's default minutes of retries, when a server is down.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=(root / "mlruns" / "artifacts").as_uri()
-            )
-        else:
-            self.experiment_id = found.experiment_id
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=(root / "mlruns" / "artifacts").as_uri()
+                )
+            else:
+                self.experiment_id = found.experiment_id
+        except Exception as exc:  # noqa: BLE001 - any failure here means: no usable store
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(
+                f"MLflow tracking store {self.uri} is not usable ({first_line}); "
+                "start the server, fix MLFLOW_TRACKING_URI, or unset it to use mlruns/mlflow.db"
+            ) from None
         self.experiment = experiment
 
     def start_run(
@@ -97,6 +108,23 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def reopen_run(self, run_id: str, children_of: list[str]) -> int:
+        """Set a resumed stage's run RUNNING again, and mark runs the killed process left RUNNING
+        under ``children_of`` as KILLED; returns how many were marked."""
+        self.client.update_run(run_id, status="RUNNING")
+        killed = 0
+        for parent in children_of:
+            orphans = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'RUNNING'",
+                max_results=1000,
+            )
+            for orphan in orphans:
+                if orphan.info.run_id not in children_of:
+                    self.end_run(orphan.info.run_id, "KILLED")
+                    killed += 1
+        return killed
 
     def runs_url(self, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs"

@@ -194,3 +194,49 @@ def test_tensor_batches_cover_every_sample_once_per_epoch():
 def test_prepared_data_missing_says_run_prepare(tmp_path):
     with pytest.raises(DatasetError, match="run the prepare stage"):
         PreparedData.open(tmp_path)
+
+
+def _corrupt_magic(folder):
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[2:4] = b"\x09\x99"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return "train-images-idx3-ubyte.gz: bad IDX magic number"
+
+
+def _truncate(folder):
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
+    return "t10k-images-idx3-ubyte.gz: header declares shape"
+
+
+def _not_gzip(folder):
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip data at all")
+    return "train-labels-idx1-ubyte.gz: cannot read"
+
+
+def _delete(folder):
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    return "missing t10k-labels-idx1-ubyte"
+
+
+def _wrong_count(folder):
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(3, dtype=np.uint8))
+    return "t10k-images-idx3-ubyte.gz: 40 images but .*t10k-labels-idx1-ubyte.gz has 3 labels"
+
+
+def _bad_label(folder):
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.full(120, 12, dtype=np.uint8))
+    return "train-labels-idx1-ubyte.gz: label 12 is not a FashionMNIST class"
+
+
+@pytest.mark.parametrize(
+    "corrupt", [_corrupt_magic, _truncate, _not_gzip, _delete, _wrong_count, _bad_label],
+    ids=["bad-magic", "truncated", "not-gzip", "missing-file", "count-mismatch", "label-out-of-range"],
+)
+def test_bad_dataset_file_is_named(tmp_path, corrupt):
+    write_fake_fashion_mnist(tmp_path / "fm")
+    expected = corrupt(tmp_path / "fm")
+    config = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), val_size=20)
+    with pytest.raises(DatasetError, match=expected):
+        prepare_dataset(config, seed=0, out_dir=tmp_path / "out", download_dir=tmp_path / "raw")

@@ -28,22 +28,32 @@ def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("study")
+def make_study_repo(repo: Path, params_changes: dict | None = None) -> Path:
+    """A git + DVC repo holding this project's code and tiny params (sections in ``params_changes``
+    replaced or merged)."""
+    repo.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "stages"):
         shutil.copytree(REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO_ROOT / name, repo / name)
     (repo / "mlruns").mkdir()
     shutil.copy(REPO_ROOT / "mlruns" / ".gitignore", repo / "mlruns" / ".gitignore")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    params = tiny_params()
+    for section, values in (params_changes or {}).items():
+        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=repo)
     sh("git", "config", "user.email", "ci@example.com", cwd=repo)
     sh("git", "config", "user.name", "ci", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "tiny study", cwd=repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = make_study_repo(tmp_path_factory.mktemp("study"))
     result = sh("dvc", "repro", cwd=repo)
     (repo / "first_repro.log").write_text(result.stdout + result.stderr)
     return repo

@@ -30,7 +30,7 @@ def test_store_is_sqlite_under_project_root(mlflow_store):
 
 
 def test_ga_runs_nest_stage_generation_individual(mlflow_store, tiny_config, prepared_digits, tmp_path):
-    summary = run_search_stage("ga", tiny_config, prepared_digits.folder, tmp_path / "results")
+    summary = run_search_stage("ga", tiny_config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     runs = runs_by_id("tiny")
     stages = [r for r in runs.values() if PARENT_TAG not in r.data.tags]
     assert [r.info.run_name for r in stages] == ["ga_search"]
@@ -58,7 +58,7 @@ def test_ga_runs_nest_stage_generation_individual(mlflow_store, tiny_config, pre
 
 
 def test_per_epoch_metrics_are_logged_as_steps(mlflow_store, tiny_config, prepared_digits, tmp_path):
-    run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "results")
+    run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     client = MlflowClient(tracking_uri())
     history = json.loads((tmp_path / "results" / "random_search_history.json").read_text())
     record = max(history["evaluations"], key=lambda r: r["genome"]["epochs"])
@@ -72,7 +72,7 @@ def test_grid_individuals_nest_under_stage_and_failures_are_recorded(
 ):
     tiny_params_dict["space"]["genes"]["learning_rate"] = {"type": "choice", "values": [0.05, 1.0e6]}
     config = parse_config(tiny_params_dict)
-    summary = run_search_stage("grid", config, prepared_digits.folder, tmp_path / "results")
+    summary = run_search_stage("grid", config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     runs = runs_by_id("tiny")
     stage = next(r for r in runs.values() if PARENT_TAG not in r.data.tags)
     children = [r for r in runs.values() if r.data.tags.get(PARENT_TAG) == stage.info.run_id]
@@ -89,6 +89,6 @@ def test_all_failed_stops_with_clear_message(mlflow_store, tiny_params_dict, pre
     tiny_params_dict["budget"]["evaluations"] = 3
     config = parse_config(tiny_params_dict)
     with pytest.raises(SearchFailed, match="all 3 individuals failed"):
-        run_search_stage("random", config, prepared_digits.folder, tmp_path / "results")
+        run_search_stage("random", config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     stage = next(r for r in runs_by_id("tiny").values() if PARENT_TAG not in r.data.tags)
     assert stage.info.status == "FAILED"
