@@ -7,11 +7,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
+
 
 from pipeline.config import StudyConfig, parse_config
 from pipeline.data import PreparedData, prepare_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# CI machines are shared and slow: judge properties, not per-example timing.
+settings.register_profile("evohpo", deadline=None)
+settings.load_profile("evohpo")
 
 
 def tiny_params() -> dict:
