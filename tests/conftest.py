@@ -15,6 +15,17 @@ from pipeline.data import PreparedData, prepare_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Every gene kind at once (log float, float, choice, log int), for space and operator tests.
+MIXED_SPACE = {
+    "genes": {
+        "learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0, "log": True},
+        "momentum": {"type": "float", "low": 0.0, "high": 0.9},
+        "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+        "batch_size": {"type": "choice", "values": [32, 64, 128, 256]},
+        "epochs": {"type": "int", "low": 1, "high": 20, "log": True},
+    }
+}
+
 # CI machines are shared and slow: judge properties, not per-example timing.
 settings.register_profile("evohpo", deadline=None)
 settings.load_profile("evohpo")

@@ -23,15 +23,7 @@ from pipeline.operators.mutation import mutate_gaussian, mutate_resample
 from pipeline.operators.selection import select_rank, select_roulette, select_tournament, select_truncation
 from pipeline.space import ChoiceDimension, FloatDimension, IntDimension, SearchSpace
 
-SPACE_DICT = {
-    "genes": {
-        "learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0, "log": True},
-        "momentum": {"type": "float", "low": 0.0, "high": 0.9},
-        "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-        "batch_size": {"type": "choice", "values": [32, 64, 128, 256]},
-        "epochs": {"type": "int", "low": 1, "high": 20, "log": True},
-    }
-}
+from tests.conftest import MIXED_SPACE as SPACE_DICT
 SPACE = SearchSpace.from_config(SpaceConfig.model_validate(SPACE_DICT))
 NAMES = SPACE.names
 

@@ -20,15 +20,7 @@ from pipeline.space import (
     genome_seed,
 )
 
-SPACE_DICT = {
-    "genes": {
-        "learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0, "log": True},
-        "momentum": {"type": "float", "low": 0.0, "high": 0.9},
-        "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-        "batch_size": {"type": "choice", "values": [32, 64, 128, 256]},
-        "epochs": {"type": "int", "low": 1, "high": 20, "log": True},
-    }
-}
+from tests.conftest import MIXED_SPACE as SPACE_DICT
 
 
 def make_space() -> SearchSpace:
