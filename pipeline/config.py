@@ -73,9 +73,72 @@ class ChoiceGene(_Section):
 GeneConfig = Annotated[Union[FloatGene, IntGene, ChoiceGene], Field(discriminator="type")]
 
 
+ACTIVATIONS = ("relu", "leaky_relu", "swish", "sigmoid")
+ChoiceList = Annotated[list, Field(min_length=1)]
+
+
+class LengthRange(_Section):
+    min: Annotated[int, Field(ge=0)]
+    max: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _check_order(self) -> LengthRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class ConvChoices(_Section):
+    """The values each convolutional gene may take (the studies' blueprint by default)."""
+
+    filters: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [8, 16, 32, 64]
+    kernel_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [3, 5, 7]
+    stride: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [1, 2]
+    padding: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0, 1]
+    pool_size: Annotated[list[Annotated[int, Field(ge=2)] | None], Field(min_length=1)] = [None, 2, 3]
+    pool_type: Annotated[list[Literal["max", "avg"]], Field(min_length=1)] = ["max", "avg"]
+    activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]
+    batch_norm: Annotated[list[bool], Field(min_length=1)] = [False, True]
+    skip: Annotated[list[bool], Field(min_length=1)] = [False, True]
+
+
+class FcChoices(_Section):
+    units: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [8, 16, 32, 64, 128, 256, 512]
+    activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]
+    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [0.1, 0.2, 0.25]
+
+
+class PhasesConfig(_Section):
+    """Phased growth: after each phase the best genome's conv genes are kept, new ones appended."""
+
+    count: Annotated[int, Field(ge=1)] = 1
+    new_conv_layers: Annotated[int, Field(ge=1)] = 1  # at most this many conv genes appended per phase
+    freeze_transferred: bool = True  # with ga.weights inherit/merge: train only the new layers
+
+
+class ArchitectureConfig(_Section):
+    conv_layers: LengthRange = LengthRange(min=1, max=4)
+    fc_layers: LengthRange = LengthRange(min=1, max=2)
+    conv: ConvChoices = ConvChoices()
+    fc: FcChoices = FcChoices()
+    phases: PhasesConfig = PhasesConfig()
+
+
 class SpaceConfig(_Section):
-    kind: Literal["hyperparameters"] = "hyperparameters"
-    genes: dict[str, GeneConfig]
+    kind: Literal["hyperparameters", "architecture"] = "hyperparameters"
+    genes: dict[str, GeneConfig]  # the optimiser genes (both kinds); the network itself only for architecture
+    architecture: ArchitectureConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> SpaceConfig:
+        if self.kind == "hyperparameters" and self.architecture is not None:
+            raise ValueError("architecture is only read with kind: architecture; remove it or set kind")
+        return self
+
+    @property
+    def layers(self) -> ArchitectureConfig:
+        """The architecture section, its defaults when not written."""
+        return self.architecture or ArchitectureConfig()
 
 
 
@@ -88,10 +151,18 @@ class ModelConfig(_Section):
     hidden_units: Annotated[int, Field(gt=0)] = 128
 
 
+class EarlyStoppingConfig(_Section):
+    patience: Annotated[int, Field(ge=1)] = 1  # epochs without val_acc improvement before stopping
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
 class TrainConfig(_Section):
     lr_step_size: Annotated[int, Field(gt=0)] = 1
     lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.7
     eval_batch_size: Annotated[int, Field(gt=0)] = 1000
+    # Std of Gaussian noise added to training images (data augmentation); a gene `noise_level` overrides.
+    noise_level: Annotated[float, Field(ge=0)] = 0.0
+    early_stopping: EarlyStoppingConfig | None = None  # None: every individual trains all its epochs
 
 
 class OperatorConfig(_Section):
@@ -105,12 +176,40 @@ class OperatorConfig(_Section):
         return dict(self.model_extra or {})
 
 
+class SurvivalConfig(_Section):
+    """Who lives on besides the elites: a random share of the rest, and fresh random immigrants."""
+
+    fraction: Annotated[float, Field(ge=0, le=1)] = 0.0  # of the non-elites, carried unchanged
+    immigrants: Annotated[int, Field(ge=0)] = 0  # new random genomes per generation
+
+
+class TerminationConfig(_Section):
+    """Extra stopping rules; the evaluation budget (budget.evaluations) always applies."""
+
+    generations: Annotated[int, Field(ge=1)] | None = None  # generations in all, the initial one included
+    wall_clock_seconds: Annotated[float, Field(gt=0)] | None = None
+    target_fitness: Annotated[float, Field(gt=0, le=1)] | None = None  # stop once reached
+    stagnation: Annotated[int, Field(ge=1)] | None = None  # generations without a better best
+
+
 class GAConfig(_Section):
     population_size: Annotated[int, Field(ge=2)]
     elites: Annotated[int, Field(ge=0)] = 1
+    survival: SurvivalConfig = SurvivalConfig()
     selection: OperatorConfig = OperatorConfig(name="truncation", fraction=0.5)
     crossover: OperatorConfig = OperatorConfig(name="uniform", swap_prob=0.5)
     mutation: OperatorConfig = OperatorConfig(name="resample", rate=0.2)
+    weights: Literal["none", "inherit", "merge"] = "none"
+    termination: TerminationConfig = TerminationConfig()
+
+    @property
+    def survivors(self) -> int:
+        """Non-elites carried into each next generation at random."""
+        return round(self.survival.fraction * (self.population_size - self.elites))
+
+    @property
+    def children(self) -> int:
+        return self.population_size - self.elites - self.survivors - self.survival.immigrants
 
     @model_validator(mode="after")
     def _check_sizes(self) -> GAConfig:
@@ -118,6 +217,12 @@ class GAConfig(_Section):
             raise ValueError(
                 f"population_size ({self.population_size}) must be at least elites ({self.elites}) + 2:"
                 " two parents are needed beside the elites to breed a child"
+            )
+        if self.children < 1:
+            raise ValueError(
+                f"elites ({self.elites}) + random survivors ({self.survivors}, survival.fraction) + "
+                f"survival.immigrants ({self.survival.immigrants}) leave no room for a child in a "
+                f"population of {self.population_size}"
             )
         return self
 
@@ -206,7 +311,10 @@ _GENE_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "weight_decay": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "batch_size": ((IntGene, ChoiceGene), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "epochs": ((IntGene, ChoiceGene), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "noise_level": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
 }
+# Genes the evaluator can do without (a fixed value from `train` stands in).
+_OPTIONAL_GENES = {"noise_level"}
 
 
 def _is_number(value: Any) -> bool:
@@ -227,7 +335,9 @@ def gene_errors(space: SpaceConfig) -> list[str]:
     for name, (types, valid, wanted) in _GENE_RULES.items():
         gene = space.genes.get(name)
         if gene is None:
-            errors.append(f"space.genes.{name}: missing; the evaluator needs every one of {list(_GENE_RULES)}")
+            if name not in _OPTIONAL_GENES:
+                required = [g for g in _GENE_RULES if g not in _OPTIONAL_GENES]
+                errors.append(f"space.genes.{name}: missing; the evaluator needs every one of {required}")
             continue
         if not isinstance(gene, types):
             allowed = " or ".join(t.model_fields["type"].annotation.__args__[0] for t in types)
