@@ -7,6 +7,7 @@ training, with the dotted path of the culprit (``ga.population_size: ...``).
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -255,7 +256,18 @@ class StudyConfig(_Section):
                 f"ga.population_size ({self.ga.population_size}) exceeds budget.evaluations "
                 f"({self.budget.evaluations}): the first generation alone would overrun the budget"
             )
+        phases = self.space.layers.phases.count
+        if self.space.kind == "architecture" and phases * self.ga.population_size > self.budget.evaluations:
+            raise ValueError(
+                f"space.architecture.phases.count ({phases}) x ga.population_size ({self.ga.population_size}) "
+                f"exceeds budget.evaluations ({self.budget.evaluations}): phases share the budget equally "
+                "and each starts with a whole population"
+            )
         return self
+
+
+# The images of each dataset (channels, height, width): architecture genomes are checked against them.
+DATASET_IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
 
 
 def _did_you_mean(word: str, options: Any) -> str:
@@ -268,10 +280,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(str(part)) if isinstance(model, type) else None
         annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        # An optional section (``ArchitectureConfig | None``) hints with the section's keys.
+        members = typing.get_args(annotation) or (annotation,)
+        sections = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if len(sections) != 1:
             return []
+        model = sections[0]
     return list(model.model_fields)
 
 
@@ -301,7 +315,18 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     if errors:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(errors))
     _check_operators(config, source)
+    if config.space.kind == "architecture":
+        _check_architecture(config, source)
     return config
+
+
+def _check_architecture(config: StudyConfig, source: str) -> None:
+    from pipeline.architecture import ArchitectureSpace, InfeasibleGenome
+
+    try:
+        ArchitectureSpace.from_config(config.space, DATASET_IMAGE_SHAPES[config.data.dataset])
+    except InfeasibleGenome as exc:
+        raise ConfigError(f"{source} is invalid:\n  space.architecture.conv_layers.min: {exc}") from None
 
 
 # What the evaluator can train with: (allowed gene types, value check, what it must be).
@@ -353,12 +378,13 @@ def gene_errors(space: SpaceConfig) -> list[str]:
 
 def _check_operators(config: StudyConfig, source: str) -> None:
     # Imported here: the operator registries import numpy-only code, not this module.
-    from pipeline.operators import bind_operator
+    from pipeline.operators import bind_operator, split_settings
 
     for role in ("selection", "crossover", "mutation"):
         spec: OperatorConfig = getattr(config.ga, role)
         try:
-            bind_operator(role, spec.name, spec.settings)
+            own, _ = split_settings(role, spec.settings)
+            bind_operator(role, spec.name, own)
         except (KeyError, TypeError, ValueError) as exc:
             message, key = exc.args
             raise ConfigError(f"{source} is invalid:\n  ga.{role}.{key}: {message}") from None

@@ -6,6 +6,7 @@ parallel or vectorised implementation can replace the sequential loop behind the
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -17,13 +18,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config import EarlyStoppingConfig, ModelConfig, TrainConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.lit_module import DivergedError, LitClassifier
-from pipeline.models import build_network
+from pipeline.models import build_architecture_network, build_network, freeze_conv_layers
 from pipeline.space import Genome, genome_hash, genome_seed
 from pipeline.tracking import Tracker
+from pipeline.weights import WeightStore, inherit_weights, merge_weights, transferable_fraction
 
 # Lightning prints device and hint lines for every Trainer; one per individual drowns the progress.
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
@@ -41,6 +44,8 @@ class EvaluationRequest:
     run_name: str
     parent_run_id: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    weight_parents: tuple[str, ...] = ()  # genome hashes whose trained weights the child may start from
+    freeze_conv: int = 0  # leading conv layers kept frozen (phased growth)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class EvaluationResult:
     epochs: list[dict[str, float]]
     failure: str | None = None
     run_id: str | None = None
+    init: str = "scratch"  # "scratch", "inherit" or "merge": where the initial weights came from
+    transferred_fraction: float = 0.0  # share of the initial weights taken from parents
 
     @property
     def fitness(self) -> float:
@@ -68,7 +75,7 @@ class EvaluationResult:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> EvaluationResult:
         """The result stored in a search record (a checkpoint or history entry)."""
-        return cls(**{f.name: record[f.name] for f in fields(cls)})
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
 @dataclass
@@ -78,8 +85,14 @@ class FitOutcome:
     seconds: float
 
 
-def make_trainer(max_epochs: int) -> pl.Trainer:
+def make_trainer(max_epochs: int, early_stopping: EarlyStoppingConfig | None = None) -> pl.Trainer:
     """A Trainer for short fits: no checkpoints, logger, progress bar or summary per individual."""
+    callbacks = []
+    if early_stopping is not None:
+        callbacks.append(
+            EarlyStopping(monitor="val_acc", mode="max", patience=early_stopping.patience,
+                          min_delta=early_stopping.min_delta, verbose=False)
+        )  # fmt: skip
     return pl.Trainer(
         accelerator="auto",
         devices=1,
@@ -89,7 +102,29 @@ def make_trainer(max_epochs: int) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        callbacks=callbacks,
     )
+
+
+def build_genome_network(
+    genome: Genome, model_config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int
+) -> torch.nn.Module:
+    """The network a genome trains: its own layers for an architecture genome, else the study's CNN."""
+    if "conv" in genome:
+        return build_architecture_network(genome, image_shape, num_classes)
+    return build_network(model_config, image_shape, num_classes)
+
+
+def mlflow_params(genome: Genome) -> dict[str, Any]:
+    """A genome as MLflow params: scalars as they are, layer lists as JSON plus their length."""
+    params: dict[str, Any] = {}
+    for key, value in genome.items():
+        if isinstance(value, list):
+            params[f"{key}_layers"] = len(value)
+            params[key] = json.dumps(value, separators=(",", ":"))
+        else:
+            params[key] = value
+    return params
 
 
 def fit_genome(
@@ -102,10 +137,17 @@ def fit_genome(
     model_config: ModelConfig,
     train_config: TrainConfig,
     epochs: int | None = None,
+    prepare_network: Callable[[torch.nn.Module], None] | None = None,
 ) -> FitOutcome:
-    """Train the study's network with the genome's optimiser settings; raises on divergence."""
+    """Train the genome's network with its optimiser settings; raises on divergence.
+
+    ``prepare_network`` sees the freshly (seeded) initialised network before training: where
+    inherited weights are loaded and transferred layers frozen.
+    """
     pl.seed_everything(seed, workers=False, verbose=False)
-    network = build_network(model_config, data.image_shape, data.num_classes)
+    network = build_genome_network(genome, model_config, data.image_shape, data.num_classes)
+    if prepare_network is not None:
+        prepare_network(network)
     module = LitClassifier(
         network,
         learning_rate=genome["learning_rate"],
@@ -113,8 +155,9 @@ def fit_genome(
         weight_decay=genome["weight_decay"],
         lr_step_size=train_config.lr_step_size,
         lr_gamma=train_config.lr_gamma,
+        noise_level=genome.get("noise_level", train_config.noise_level),
     )
-    trainer = make_trainer(epochs or genome["epochs"])
+    trainer = make_trainer(epochs or genome["epochs"], train_config.early_stopping)
     train_batches = TensorBatches(train_split, genome["batch_size"], shuffle=True, seed=seed)
     val_batches = TensorBatches(val_split, train_config.eval_batch_size, shuffle=False)
     started = time.perf_counter()
@@ -133,7 +176,13 @@ class Evaluator:
         train_config: TrainConfig,
         study_seed: int,
         tracker: Tracker | None = None,
+        weights: str = "none",
+        weight_store: WeightStore | None = None,
     ) -> None:
+        if weights != "none" and weight_store is None:
+            raise ValueError(f"weights={weights!r} needs a weight_store to keep trained weights in")
+        self.weights = weights
+        self.weight_store = weight_store
         self.data = data
         self.model_config = model_config
         self.train_config = train_config
@@ -172,10 +221,11 @@ class Evaluator:
             run_id = self.tracker.start_run(
                 request.run_name,
                 parent_id=request.parent_run_id,
-                params={**genome, "seed": seed},
+                params={**mlflow_params(genome), "seed": seed},
                 tags={**request.tags, "genome_hash": hash_},
             )
         started = time.perf_counter()
+        initial = {"init": "scratch", "transferred_fraction": 0.0}
         try:
             outcome = fit_genome(
                 genome,
@@ -185,6 +235,7 @@ class Evaluator:
                 data=self.data,
                 model_config=self.model_config,
                 train_config=self.train_config,
+                prepare_network=lambda network: initial.update(self._initialise(network, request)),
             )
         except Exception as exc:  # noqa: BLE001
             # Any failure inside one individual's training (divergence, out of memory, a model its
@@ -192,8 +243,9 @@ class Evaluator:
             reason = f"{type(exc).__name__}: {exc}"
             _free_memory()
             result = EvaluationResult(
-                genome, hash_, seed, "failed", None, None, None, time.perf_counter() - started, [], reason, run_id
-            )
+                genome, hash_, seed, "failed", None, None, None, time.perf_counter() - started, [], reason, run_id,
+                **initial,
+            )  # fmt: skip
             if self.tracker is not None and run_id is not None:
                 self.tracker.set_tags(run_id, {"failure_reason": reason[:5000]})
                 self.tracker.log_metrics(run_id, {"train_seconds": result.train_seconds})
@@ -208,16 +260,39 @@ class Evaluator:
         last = history[-1]
         result = EvaluationResult(
             genome, hash_, seed, "finished", last["val_acc"], last["val_loss"], last["train_loss"],
-            outcome.seconds, history, None, run_id,
+            outcome.seconds, history, None, run_id, **initial,
         )  # fmt: skip
+        if self.weight_store is not None:
+            # Saved before the result is checkpointed: a resumed search finds every finished parent's weights.
+            self.weight_store.save(hash_, outcome.module.network.state_dict())
         if self.tracker is not None and run_id is not None:
             for epoch, metrics in enumerate(history):
                 self.tracker.log_metrics(run_id, metrics, step=epoch)
             self.tracker.log_metrics(
-                run_id, {"final_val_acc": last["val_acc"], "final_val_loss": last["val_loss"], "train_seconds": outcome.seconds}
-            )
+                run_id,
+                {"final_val_acc": last["val_acc"], "final_val_loss": last["val_loss"], "train_seconds": outcome.seconds,
+                 "epochs_trained": len(history), "transferred_fraction": initial["transferred_fraction"]},
+            )  # fmt: skip
+            self.tracker.set_tags(run_id, {"init": initial["init"]})
             self.tracker.end_run(run_id, "FINISHED")
         return result
+
+    def _initialise(self, network: torch.nn.Module, request: EvaluationRequest) -> dict[str, Any]:
+        """Start ``network`` from its parents' trained weights by the ``weights`` rule; freeze the
+        transferred conv layers. Returns how it was initialised."""
+        parents = [self.weight_store.load(h) for h in request.weight_parents] if self.weight_store else []
+        parents = [p for p in parents if p is not None]  # a failed parent left no weights
+        if self.weights == "none" or not parents:
+            return {"init": "scratch", "transferred_fraction": 0.0}
+        own = network.state_dict()
+        if self.weights == "inherit":
+            state, taken = inherit_weights(own, parents[0])  # the fitter parent
+        else:
+            state, taken = merge_weights(own, parents)
+        network.load_state_dict(state)
+        if request.freeze_conv:
+            freeze_conv_layers(network, request.freeze_conv)
+        return {"init": self.weights, "transferred_fraction": transferable_fraction(own, taken)}
 
 
 def _free_memory() -> None:

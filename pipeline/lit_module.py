@@ -24,6 +24,7 @@ class LitClassifier(pl.LightningModule):
         weight_decay: float,
         lr_step_size: int = 1,
         lr_gamma: float = 0.7,
+        noise_level: float = 0.0,
     ) -> None:
         super().__init__()
         self.network = network
@@ -32,6 +33,7 @@ class LitClassifier(pl.LightningModule):
         self.weight_decay = weight_decay
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
+        self.noise_level = noise_level
         self._train_loss_sum = 0.0
         self._train_count = 0
         # Per-epoch summary, filled at the end of each training epoch: train_loss, val_loss, val_acc.
@@ -42,6 +44,9 @@ class LitClassifier(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        if self.noise_level > 0:
+            # Data augmentation (study 002): fresh Gaussian noise on every training batch.
+            images = images + self.noise_level * torch.randn_like(images)
         loss = F.cross_entropy(self(images), labels)
         # A diverged individual must fail fast and be recorded, not train on garbage.
         if not torch.isfinite(loss):

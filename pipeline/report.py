@@ -11,8 +11,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on CI or servers
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.stats import skew  # noqa: E402
 
 from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.search import METHODS  # noqa: E402
@@ -22,6 +24,15 @@ PLOT_FILES = {
     "evaluations": "best_so_far_vs_evaluations.png",
     "time": "best_so_far_vs_time.png",
     "generations": "ga_fitness_by_generation.png",
+    "evaluation_time": "evaluation_time_histogram.png",
+}
+INIT_KINDS = ("scratch", "inherit", "merge")  # where an individual's initial weights came from
+WEIGHT_RULE_SENTENCES = {
+    "none": "The GA trained every child from scratch (no weight inheritance), like grid and random search.",
+    "inherit": "The GA started children from their parents' weights by the inherit rule; "
+    "grid and random search train every individual from scratch.",
+    "merge": "The GA started children from their parents' weights by the merge rule; "
+    "grid and random search train every individual from scratch.",
 }
 
 
@@ -93,6 +104,90 @@ def plot_ga_generations(history: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _init_kind(record: dict) -> str:
+    """Where the record's initial weights came from; records written before the field are scratch."""
+    return record.get("init") or "scratch"
+
+
+def _time_row(records: list[dict]) -> dict[str, Any]:
+    """Time columns over every evaluation (a failure costs time too); accuracy over finished ones."""
+    times = np.array([float(r["train_seconds"]) for r in records if r.get("train_seconds") is not None], dtype=float)
+    epochs = np.array([len(r.get("epochs") or []) for r in records], dtype=float)
+    accs = np.array([r["val_acc"] for r in records if r["status"] == "finished" and r.get("val_acc") is not None],
+                    dtype=float)  # fmt: skip
+    return {
+        "evaluations": len(records),
+        "mean time (s)": float(times.mean()) if times.size else np.nan,
+        "median time (s)": float(np.median(times)) if times.size else np.nan,
+        "skewness": float(skew(times, bias=False)) if times.size >= 3 else np.nan,
+        "mean epochs trained": float(epochs.mean()) if epochs.size else np.nan,
+        "best val acc": float(accs.max()) if accs.size else np.nan,
+        "mean val acc": float(accs.mean()) if accs.size else np.nan,
+    }
+
+
+def _time_groups(histories: dict) -> list[tuple[str, list[dict]]]:
+    """(label, records) per method, then per GA init kind when the GA used more than one."""
+    groups = [(METHOD_LABELS[m], histories[m]["evaluations"]) for m in METHODS]
+    ga_records = histories["ga"]["evaluations"]
+    kinds = sorted({_init_kind(r) for r in ga_records}, key=lambda k: ((INIT_KINDS + (k,)).index(k), k))
+    if len(kinds) > 1:
+        groups += [(f"{METHOD_LABELS['ga']}: {k}", [r for r in ga_records if _init_kind(r) == k]) for k in kinds]
+    return groups
+
+
+def evaluation_time_groups(histories: dict) -> pd.DataFrame:
+    """Fitness-evaluation time (mean, median, skewness) and accuracy per method and, when the GA
+    started children from more than one kind of initial weights, per GA init kind (study 004)."""
+    rows = [{"group": label, **_time_row(records)} for label, records in _time_groups(histories)]
+    return pd.DataFrame(rows)
+
+
+def plot_evaluation_times(histories: dict, out: Path) -> None:
+    """Step histograms of train_seconds per group on shared bins; dashed line at each group's mean."""
+    groups = [(label, np.array([float(r["train_seconds"]) for r in records if r.get("train_seconds") is not None]))
+              for label, records in _time_groups(histories)]  # fmt: skip
+    everything = np.concatenate([t for _, t in groups]) if groups else np.array([])
+    bins = np.histogram_bin_edges(everything, bins=min(20, max(5, everything.size // 3))) if everything.size else 10
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, times) in enumerate(groups):
+        if not times.size:
+            continue
+        colour = colours[i % len(colours)]
+        skewness = skew(times, bias=False) if times.size >= 3 else np.nan
+        shown_skew = "n/a" if np.isnan(skewness) else f"{skewness:.2f}"
+        per_kind = label.startswith(f"{METHOD_LABELS['ga']}: ")  # a GA init-kind subset: dotted
+        ax.hist(times, bins=bins, histtype="stepfilled", alpha=0.08, color=colour)
+        ax.hist(times, bins=bins, histtype="step", linewidth=1.6 if per_kind else 2.2, color=colour,
+                linestyle=":" if per_kind else "-", label=f"{label} (mean {times.mean():.1f}s, skew {shown_skew})")  # fmt: skip
+        ax.axvline(times.mean(), color=colour, linestyle="--", linewidth=1)
+    ax.set_xlabel("training time per evaluation (s)")
+    ax.set_ylabel("evaluations")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title("Fitness-evaluation time distribution")
+    ax.grid(alpha=0.3)
+    if any(t.size for _, t in groups):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def weight_rule_sentence(ga_summary: dict) -> str:
+    rule = (ga_summary.get("operators") or {}).get("weights") or "none"
+    return WEIGHT_RULE_SENTENCES.get(
+        rule, f"The GA used the weight rule {rule!r}; grid and random search train every individual from scratch."
+    )
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinities become null: report.json must stay valid JSON."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
 def _format_cell(column: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
@@ -100,7 +195,13 @@ def _format_cell(column: str, value: Any) -> str:
         return f"{value:.4f}"
     if "(s)" in column:
         return f"{value:.1f}"
+    if column in ("skewness", "mean epochs trained"):
+        return f"{value:.2f}"
     return str(value)
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    return table.astype(object).apply(lambda col: col.map(lambda v: _format_cell(col.name, v)))
 
 
 def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[str, Any]:
@@ -110,9 +211,13 @@ def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[st
     plot_best_so_far(histories, plots_dir / PLOT_FILES["evaluations"], "evaluations")
     plot_best_so_far(histories, plots_dir / PLOT_FILES["time"], "time")
     plot_ga_generations(histories["ga"], plots_dir / PLOT_FILES["generations"])
+    plot_evaluation_times(histories, plots_dir / PLOT_FILES["evaluation_time"])
 
     table = comparison_table(summaries, champion)
-    shown = table.astype(object).apply(lambda col: col.map(lambda v: _format_cell(col.name, v)))
+    shown = _shown(table)
+    times = evaluation_time_groups(histories)
+    times_shown = _shown(times)
+    weight_sentence = weight_rule_sentence(summaries["ga"])
     best = champion["champion"]
     genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items())
     headline = (
@@ -126,14 +231,21 @@ def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[st
         "(the largest even grid that fits).",
         f"GA: {summaries['ga'].get('generations')} generations; {summaries['ga'].get('stop_reason', '')}.",
     ]
+    if summaries["ga"].get("phase_reasons"):
+        notes.append("GA phases: " + "; ".join(str(r).rstrip(".") for r in summaries["ga"]["phase_reasons"]) + ".")
+    if summaries["ga"].get("rejected") is not None:
+        notes.append(f"GA: {summaries['ga']['rejected']} candidate(s) rejected before training.")
     images = [(PLOT_FILES[k], title) for k, title in (
         ("evaluations", "Best-so-far validation accuracy against evaluations"),
         ("time", "Best-so-far validation accuracy against wall time"),
         ("generations", "GA fitness distribution per generation"),
+        ("evaluation_time", "Fitness-evaluation time distribution"),
     )]  # fmt: skip
     markdown = "\n".join([
         f"# {study_name}: GA vs grid vs random search", "", headline, "", shown.to_markdown(index=False, disable_numparse=True), "",
         *[f"- {n}" for n in notes], "",
+        "## Fitness-evaluation time", "", weight_sentence, "",
+        times_shown.to_markdown(index=False, disable_numparse=True), "",
         *[f"![{title}](plots/{name})\n" for name, title in images],
     ])  # fmt: skip
     (results_dir / "report.md").write_text(markdown)
@@ -147,6 +259,9 @@ def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[st
         f"<p>{html.escape(headline).replace('**', '')}</p>",
         shown.to_html(index=False, border=0),
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
+        "<h2>Fitness-evaluation time</h2>",
+        f"<p>{html.escape(weight_sentence)}</p>",
+        times_shown.to_html(index=False, border=0),
         *[f"<h2>{html.escape(t)}</h2><img src='plots/{n}' alt='{html.escape(t)}'>" for n, t in images],
         "</body></html>",
     ])  # fmt: skip
@@ -157,5 +272,10 @@ def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[st
         **{f"{m}_best_val_acc": summaries[m].get("best_val_acc") for m in METHODS},
         **{f"{m}_test_acc": champion["methods"].get(m, {}).get("test_acc") for m in METHODS},
     }
+    per_method = times.set_index("group")
+    for m in METHODS:
+        metrics[f"{m}_mean_train_seconds"] = per_method.loc[METHOD_LABELS[m], "mean time (s)"]
+        metrics[f"{m}_train_seconds_skewness"] = per_method.loc[METHOD_LABELS[m], "skewness"]
+    metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
     write_json(results_dir / "report.json", metrics)
     return metrics

@@ -10,15 +10,19 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from pipeline.baselines import grid_genomes, random_genomes
-from pipeline.config import StudyConfig
+import shutil
+
+from pipeline.baselines import architecture_grid_genomes, architecture_random_genomes, grid_genomes, random_genomes
+from pipeline.config import SpaceConfig, StudyConfig
 from pipeline.data import PreparedData
 from pipeline.evaluate import EvaluationRequest, EvaluationResult, Evaluator
 from pipeline.ga import Candidate, Generation, GeneticSearch
+from pipeline.architecture import ArchitectureSpace
 from pipeline.space import SearchSpace
 from pipeline.checkpoint import Checkpoint, fingerprint
 from pipeline.jsonio import write_json
 from pipeline.tracking import Tracker
+from pipeline.weights import WeightStore
 
 METHODS = ("ga", "grid", "random")
 
@@ -85,6 +89,11 @@ class SearchLog:
         if best is not None:
             self.progress.set_postfix(best=f"{best['val_acc']:.4f}")
 
+    def elapsed(self) -> float:
+        """Seconds into the search at its latest evaluation: read from the records, so a replayed
+        (resumed) search sees the same clock as the run that was killed."""
+        return self.records[-1]["elapsed_seconds"] if self.records else 0.0
+
     def best(self) -> dict[str, Any] | None:
         finished = [r for r in self.records if r["status"] == "finished"]
         # max() keeps the first of equal scores: the earliest evaluation to reach the best.
@@ -116,6 +125,8 @@ class SearchLog:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return f"[{len(value)} layers]"  # the whole genome is in MLflow and the history file
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
@@ -134,22 +145,38 @@ def _evaluate_list(
     return {}
 
 
-def search_grid(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tracker, stage_run, log) -> dict:
-    genomes = grid_genomes(space, config.budget.evaluations)
+def make_space(config: SpaceConfig, image_shape: tuple[int, int, int]) -> SearchSpace | ArchitectureSpace:
+    """The search space of ``space.kind``: hyperparameters, or whole architectures for these images."""
+    if config.kind == "architecture":
+        return ArchitectureSpace.from_config(config, image_shape)
+    return SearchSpace.from_config(config)
+
+
+def search_grid(config: StudyConfig, space, evaluator: Evaluator, tracker, stage_run, log) -> dict:
+    if isinstance(space, ArchitectureSpace):
+        genomes = architecture_grid_genomes(space, config.budget.evaluations)
+    else:
+        genomes = grid_genomes(space, config.budget.evaluations)
     if tracker is not None:
         tracker.log_params(stage_run, {"grid_points": len(genomes)})
     _evaluate_list(genomes, "grid", evaluator, stage_run, log)
     return {"grid_points": len(genomes)}
 
 
-def search_random(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tracker, stage_run, log) -> dict:
-    genomes = random_genomes(space, config.budget.evaluations, config.seed)
+def search_random(config: StudyConfig, space, evaluator: Evaluator, tracker, stage_run, log) -> dict:
+    if isinstance(space, ArchitectureSpace):
+        genomes = architecture_random_genomes(space, config.budget.evaluations, config.seed)
+    else:
+        genomes = random_genomes(space, config.budget.evaluations, config.seed)
     _evaluate_list(genomes, "random", evaluator, stage_run, log)
     return {}
 
 
-def search_ga(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tracker, stage_run, log) -> dict:
-    ga = GeneticSearch(space, config.ga, budget=config.budget.evaluations, seed=config.seed)
+def search_ga(config: StudyConfig, space, evaluator: Evaluator, tracker, stage_run, log) -> dict:
+    ga = GeneticSearch(
+        space, config.ga, budget=config.budget.evaluations, seed=config.seed,
+        phases=config.space.layers.phases, clock=log.elapsed,
+    )  # fmt: skip
     generation_runs: dict[int, str | None] = {}
 
     def generation_run(number: int) -> str | None:
@@ -182,9 +209,13 @@ def search_ga(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tra
                     "method": "ga",
                     "generation": number,
                     "index": c.index,
+                    "origin": c.origin,
                     "parent_hashes": ",".join(p.genome_hash for p in c.parents) if c.parents else "",
                     "parent_run_ids": ",".join(str(p.run_id) for p in c.parents) if c.parents else "",
+                    **({"repaired": "; ".join(c.notes)} if c.notes else {}),
                 },
+                weight_parents=tuple(p.genome_hash for p in c.parents) if c.parents else (),
+                freeze_conv=c.freeze_conv,
             )
             for c in candidates
         ]
@@ -197,26 +228,42 @@ def search_ga(config: StudyConfig, space: SearchSpace, evaluator: Evaluator, tra
             return
         summary = generation.summary()
         metrics = {k: summary[k] for k in ("best", "mean", "median", "worst") if summary[k] is not None}
-        metrics |= {k: summary[k] for k in ("failed", "trained", "cache_hits", "diversity")}
+        metrics |= {k: summary[k] for k in ("failed", "trained", "cache_hits", "diversity", "phase")}
+        metrics |= {"rejected": len(generation.rejected)}
+        if generation.mutation_rate is not None:
+            metrics["mutation_rate"] = generation.mutation_rate
         tracker.log_metrics(run, metrics)
-        tracker.log_metrics(stage_run, {"generation_best": metrics.get("best", 0.0)}, step=generation.number)
-        tracker.set_tags(run, {"elite_hashes": ",".join(m.genome_hash for m in generation.members if m.origin == "elite")})
+        tracker.log_metrics(stage_run, {"generation_best": metrics.get("best", 0.0),
+                                        "generation_diversity": generation.diversity}, step=generation.number)  # fmt: skip
+        tags = {"elite_hashes": ",".join(m.genome_hash for m in generation.members if m.origin == "elite")}
+        if generation.rejected:
+            tags["rejected"] = " | ".join(r.reason for r in generation.rejected)[:5000]
+        tracker.set_tags(run, tags)
         tracker.end_run(run)
 
     outcome = ga.run(evaluate, on_generation=finish_generation)
     return {
         "generations": len(outcome.generations),
         "stop_reason": outcome.stop_reason,
+        "phase_reasons": outcome.phase_reasons,
+        "operators": _operator_params(config),
+        "rejected": sum(len(g.rejected) for g in outcome.generations),
         "generation_history": [g.summary() for g in outcome.generations],
     }
 
 
 def _operator_params(config: StudyConfig) -> dict[str, Any]:
-    params: dict[str, Any] = {"population_size": config.ga.population_size, "elites": config.ga.elites}
+    """The GA's operator choices and settings, flat (MLflow params of every generation run)."""
+    ga = config.ga
+    params: dict[str, Any] = {
+        "population_size": ga.population_size, "elites": ga.elites, "survival.fraction": ga.survival.fraction,
+        "survival.immigrants": ga.survival.immigrants, "weights": ga.weights, "space.kind": config.space.kind,
+    }  # fmt: skip
     for role in ("selection", "crossover", "mutation"):
-        spec = getattr(config.ga, role)
+        spec = getattr(ga, role)
         params[role] = spec.name
         params |= {f"{role}.{k}": v for k, v in spec.settings.items()}
+    params |= {f"termination.{k}": v for k, v in ga.termination.model_dump().items() if v is not None}
     return params
 
 
@@ -239,14 +286,21 @@ def run_search_stage(
     ``checkpoint_dir/<method>_search.json`` when a killed run with the same fingerprint left one."""
     tracker = Tracker(config.mlflow.experiment)
     data = PreparedData.open(prepared_dir)
-    space = SearchSpace.from_config(config.space)
-    evaluator = Evaluator(
-        data, model_config=config.model, train_config=config.train, study_seed=config.seed, tracker=tracker
-    )
+    space = make_space(config.space, data.image_shape)
     checkpoint, message = Checkpoint.open(
         checkpoint_dir / f"{method}_search.json", stage_fingerprint(method, config, data.summary)
     )
     print(f"[{method}] {message}", flush=True)
+    weight_store = None
+    if method == "ga" and config.ga.weights != "none":
+        weights_dir = checkpoint_dir / f"{method}_weights"
+        if not checkpoint.records and weights_dir.exists():
+            shutil.rmtree(weights_dir)  # a fresh start: weights of another run's genomes must not be reused
+        weight_store = WeightStore(weights_dir)
+    evaluator = Evaluator(
+        data, model_config=config.model, train_config=config.train, study_seed=config.seed, tracker=tracker,
+        weights=config.ga.weights if method == "ga" else "none", weight_store=weight_store,
+    )  # fmt: skip
     if checkpoint.stage_run_id is not None:
         stage_run = checkpoint.stage_run_id
         killed = tracker.reopen_run(stage_run, children_of=[stage_run, *checkpoint.generation_runs.values()])

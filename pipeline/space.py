@@ -204,6 +204,18 @@ class SearchSpace:
     def contains(self, genome: Genome) -> bool:
         return list(genome) == self.names and all(d.contains(genome[d.name]) for d in self.dimensions)
 
+    def repair(self, genome: Genome) -> tuple[Genome, list[str]]:
+        """Every genome of a hyperparameter space is trainable: nothing to repair."""
+        return genome, []
+
+    def diversity(self, genomes: list[Genome]) -> float:
+        """Mean over genes of the standard deviation of the genes' unit-scale values, in [0, 0.5]
+        (0 = clones)."""
+        if len(genomes) < 2:
+            return 0.0
+        units = np.array([[dim.to_unit(g[dim.name]) for dim in self.dimensions] for g in genomes])
+        return float(units.std(axis=0).mean())
+
     def canonical(self, genome: dict[str, Any]) -> Genome:
         """Reorder a genome to the space's order and turn numpy scalars into Python values."""
         return {dim.name: _python_scalar(genome[dim.name], dim) for dim in self.dimensions}

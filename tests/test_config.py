@@ -58,7 +58,10 @@ def test_committed_params_yaml_loads_with_expected_values():
     assert config.ga.selection.name == "truncation"
     assert config.ga.selection.settings == {"fraction": 0.5}
     assert config.ga.crossover.name == "uniform"
-    assert config.ga.crossover.settings == {"swap_prob": 0.5}
+    assert config.ga.crossover.settings == {"swap_prob": 0.5, "probability": 1.0}
+    assert config.ga.weights == "none" and config.space.kind == "hyperparameters"
+    assert config.ga.survival.fraction == 0.0 and config.ga.survival.immigrants == 0
+    assert config.ga.termination.generations is None and config.train.early_stopping is None
     assert config.ga.mutation.name == "resample"
     assert config.ga.mutation.settings == {"rate": 0.2}
     assert config.champion.epochs == 3
@@ -232,6 +235,57 @@ BAD_VARIANTS = [
     ("setting-bool", _set("ga.mutation", {"name": "resample", "rate": True}), "ga.mutation.rate",
      ["resample.rate", "expected a number"]),
     ("operator-name-missing", _set("ga.crossover", {"swap_prob": 0.5}), "ga.crossover.name", ["Field required"]),
+    # loop settings beside an operator, adaptive mutation
+    ("crossover-probability-above-one", _set("ga.crossover.probability", 1.5), "ga.crossover.probability",
+     ["probability must be a number in [0, 1]", "1.5"]),
+    ("layer-crossover-unknown", _set("ga.crossover.layers", "splice"), "ga.crossover.layers",
+     ["'mix' or 'cut_splice'", "'splice'"]),
+    ("adaptive-max-rate-below-rate", _set("ga.mutation", {"name": "adaptive", "rate": 0.5, "max_rate": 0.3}),
+     "ga.mutation.max_rate", ["adaptive.max_rate (0.3) must be at least rate (0.5)"]),
+    ("adaptive-target-diversity-zero", _set("ga.mutation", {"name": "adaptive", "target_diversity": 0}),
+     "ga.mutation.target_diversity", ["(0, 1]"]),
+    # survival, termination, weights, training extras
+    ("survival-fraction-above-one", _set("ga.survival.fraction", 1.5), "ga.survival.fraction", ["1.5"]),
+    ("immigrants-negative", _set("ga.survival.immigrants", -1), "ga.survival.immigrants", ["-1"]),
+    ("no-room-for-children", _set("ga.survival", {"fraction": 1.0, "immigrants": 0}), "ga",
+     ["random survivors (5, survival.fraction)", "leave no room for a child"]),
+    ("immigrants-fill-population", _set("ga.survival.immigrants", 5), "ga", ["survival.immigrants (5)"]),
+    ("unknown-termination-key", _set("ga.termination.generation", 3), "ga.termination.generation",
+     ["did you mean 'generations'"]),
+    ("termination-generations-zero", _set("ga.termination.generations", 0), "ga.termination.generations", ["0"]),
+    ("target-fitness-above-one", _set("ga.termination.target_fitness", 1.2), "ga.termination.target_fitness",
+     ["1.2"]),
+    ("wall-clock-negative", _set("ga.termination.wall_clock_seconds", -5), "ga.termination.wall_clock_seconds",
+     ["greater than 0"]),
+    ("weights-unknown", _set("ga.weights", "average"), "ga.weights", ["'inherit'", "'merge'", "'average'"]),
+    ("noise-level-negative", _set("train.noise_level", -0.1), "train.noise_level", ["-0.1"]),
+    ("early-stopping-patience-zero", _set("train.early_stopping", {"patience": 0}), "train.early_stopping.patience",
+     ["0"]),
+    ("noise-gene-negative", _set("space.genes.noise_level", {"type": "float", "low": -0.1, "high": 0.2}),
+     "space.genes.noise_level.low", [">= 0"]),
+    # architecture space
+    ("architecture-section-with-hyperparameters", _set("space.architecture", {}), "space",
+     ["only read with kind: architecture"]),
+    ("space-kind-unknown", _set("space.kind", "network"), "space.kind", ["'architecture'", "'network'"]),
+    ("architecture-unknown-key", _set("space", {**RAW_PARAMS["space"], "kind": "architecture",
+                                                "architecture": {"conv_layer": {"min": 1, "max": 2}}}),
+     "space.architecture.conv_layer", ["did you mean 'conv_layers'"]),
+    ("architecture-lengths-inverted", _set("space", {**RAW_PARAMS["space"], "kind": "architecture",
+                                                     "architecture": {"fc_layers": {"min": 3, "max": 1}}}),
+     "space.architecture.fc_layers", ["min (3) must not exceed max (1)"]),
+    ("architecture-unknown-activation", _set("space", {**RAW_PARAMS["space"], "kind": "architecture",
+                                                       "architecture": {"conv": {"activation": ["relu", "gelu"]}}}),
+     "space.architecture.conv.activation.1", ["'gelu'"]),
+    ("architecture-pool-size-one", _set("space", {**RAW_PARAMS["space"], "kind": "architecture",
+                                                  "architecture": {"conv": {"pool_size": [1]}}}),
+     "space.architecture.conv.pool_size.0", ["greater than or equal to 2"]),
+    ("architecture-cannot-fit-images", _set("space", {**RAW_PARAMS["space"], "kind": "architecture",
+                                                      "architecture": {"conv_layers": {"min": 4, "max": 4},
+                                                                       "conv": {"stride": [2], "padding": [0]}}}),
+     "space.architecture.conv_layers.min", ["no network of this space fits 28x28 images"]),
+    ("phases-exceed-budget", _set("space", {**RAW_PARAMS["space"], "kind": "architecture",
+                                            "architecture": {"phases": {"count": 3}}}),
+     "<top level>", ["space.architecture.phases.count (3) x ga.population_size (6) exceeds budget.evaluations (16)"]),
     # missing sections
     ("missing-section-ga", _delete("ga"), "ga", ["Field required"]),
     ("missing-section-space", _delete("space"), "space", ["Field required"]),

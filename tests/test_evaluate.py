@@ -78,3 +78,136 @@ def test_champion_fit_overrides_epochs(prepared_digits):
         data=prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(), epochs=3,
     )  # fmt: skip
     assert len(outcome.module.epoch_metrics) == 3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# weight inheritance and merge, frozen transferred layers, input noise, early stopping
+
+import lightning.pytorch as pl  # noqa: E402
+
+from pipeline.config import EarlyStoppingConfig  # noqa: E402
+from pipeline.evaluate import build_genome_network  # noqa: E402
+from pipeline.space import genome_hash  # noqa: E402
+from pipeline.weights import WeightStore, inherit_weights, merge_weights  # noqa: E402
+
+
+def conv_gene(filters: int, **changes) -> dict:
+    gene = {"filters": filters, "kernel_size": 3, "stride": 1, "padding": 1, "pool_size": None, "pool_type": "max",
+            "activation": "relu", "batch_norm": False, "skip": False}  # fmt: skip
+    return gene | changes
+
+
+def arch_genome(conv: list[dict], units: int, **genes) -> dict:
+    return {**GOOD, "epochs": 1, **genes, "conv": conv, "fc": [{"units": units, "activation": "relu", "dropout": 0.1}]}
+
+
+def weight_evaluator(prepared_digits, tmp_path, rule: str) -> Evaluator:
+    return Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(), study_seed=0,
+                     weights=rule, weight_store=WeightStore(tmp_path / "weights"))  # fmt: skip
+
+
+def capture_initial_weights(evaluator: Evaluator) -> dict:
+    """Spy on the evaluator: the child's state dict right after its initialisation rule ran."""
+    captured: dict = {}
+    original = evaluator._initialise
+
+    def spy(network, request):
+        info = original(network, request)
+        captured[request.run_name] = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        return info
+
+    evaluator._initialise = spy  # type: ignore[method-assign]
+    return captured
+
+
+def fresh_state(genome: dict, data, study_seed: int = 0) -> dict:
+    pl.seed_everything(genome_seed(study_seed, genome), workers=False, verbose=False)
+    return build_genome_network(genome, SMALL_MODEL, data.image_shape, data.num_classes).state_dict()
+
+
+def test_inherited_child_starts_from_its_parents_trained_weights(prepared_digits, tmp_path):
+    evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit")
+    captured = capture_initial_weights(evaluator)
+    parent = {**GOOD, "epochs": 1}
+    child = {**parent, "learning_rate": 0.01}
+    (parent_result,) = evaluator.evaluate([EvaluationRequest(parent, "parent")])
+    assert parent_result.init == "scratch"
+    trained_parent = evaluator.weight_store.load(genome_hash(parent))
+    (child_result,) = evaluator.evaluate([EvaluationRequest(child, "child", weight_parents=(genome_hash(parent),))])
+    assert child_result.init == "inherit" and child_result.transferred_fraction == 1.0
+    for key, tensor in captured["child"].items():
+        assert torch.equal(tensor, trained_parent[key]), key
+    # same network, untrained: the parent's own start differs from its trained weights
+    assert not torch.equal(captured["parent"]["features.0.weight"], trained_parent["features.0.weight"])
+
+
+def test_inheritance_takes_only_layers_whose_shapes_match(prepared_digits, tmp_path):
+    evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit")
+    captured = capture_initial_weights(evaluator)
+    parent = arch_genome([conv_gene(4), conv_gene(8)], units=16)
+    child = arch_genome([conv_gene(4), conv_gene(6)], units=16, learning_rate=0.02)
+    evaluator.evaluate([EvaluationRequest(parent, "parent")])
+    (result,) = evaluator.evaluate([EvaluationRequest(child, "child", weight_parents=(genome_hash(parent),))])
+    expected, taken = inherit_weights(fresh_state(child, prepared_digits), evaluator.weight_store.load(genome_hash(parent)))
+    assert "conv.0.conv.weight" in taken and "conv.1.conv.weight" not in taken
+    assert 0 < result.transferred_fraction < 1
+    for key, tensor in captured["child"].items():
+        assert torch.equal(tensor, expected[key]), key
+
+
+def test_merged_child_starts_from_the_cropped_padded_average(prepared_digits, tmp_path):
+    evaluator = weight_evaluator(prepared_digits, tmp_path, "merge")
+    captured = capture_initial_weights(evaluator)
+    parent_a = arch_genome([conv_gene(4)], units=16)
+    parent_b = arch_genome([conv_gene(8), conv_gene(4)], units=8, momentum=0.5)
+    child = arch_genome([conv_gene(6)], units=12, learning_rate=0.02)
+    evaluator.evaluate([EvaluationRequest(parent_a, "a"), EvaluationRequest(parent_b, "b")])
+    hashes = (genome_hash(parent_a), genome_hash(parent_b))
+    (result,) = evaluator.evaluate([EvaluationRequest(child, "child", weight_parents=hashes)])
+    assert result.init == "merge" and result.status == "finished"
+    expected, _ = merge_weights(fresh_state(child, prepared_digits), [evaluator.weight_store.load(h) for h in hashes])
+    for key, tensor in captured["child"].items():
+        assert torch.equal(tensor, expected[key]), key
+    a = evaluator.weight_store.load(hashes[0])["conv.0.conv.weight"]  # 4 filters
+    b = evaluator.weight_store.load(hashes[1])["conv.0.conv.weight"]  # 8 filters
+    merged = captured["child"]["conv.0.conv.weight"]  # 6 filters
+    assert torch.allclose(merged[:4], (a + b[:4]) / 2) and torch.allclose(merged[4:], b[4:6] / 2)
+
+
+def test_frozen_transferred_layers_do_not_train(prepared_digits, tmp_path):
+    evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit")
+    best = arch_genome([conv_gene(4)], units=16)
+    grown = arch_genome([conv_gene(4), conv_gene(8)], units=16)
+    evaluator.evaluate([EvaluationRequest(best, "best")])
+    transferred = evaluator.weight_store.load(genome_hash(best))
+    (result,) = evaluator.evaluate(
+        [EvaluationRequest(grown, "grown", weight_parents=(genome_hash(best),), freeze_conv=1)]
+    )
+    trained = evaluator.weight_store.load(genome_hash(grown))
+    assert result.status == "finished"
+    assert torch.equal(trained["conv.0.conv.weight"], transferred["conv.0.conv.weight"])
+    assert not torch.equal(trained["fc.0.linear.weight"], fresh_state(grown, prepared_digits)["fc.0.linear.weight"])
+
+
+def test_weights_rule_without_parent_weights_trains_from_scratch(prepared_digits, tmp_path):
+    evaluator = weight_evaluator(prepared_digits, tmp_path, "merge")
+    (result,) = evaluator.evaluate([EvaluationRequest({**GOOD, "epochs": 1}, "orphan", weight_parents=("0" * 16,))])
+    assert result.status == "finished" and result.init == "scratch"
+
+
+def test_input_noise_changes_training_and_the_gene_overrides_the_default(prepared_digits):
+    genome = {**GOOD, "epochs": 1}
+    with_gene = {**genome, "noise_level": 0.0}
+    base = Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(), study_seed=0)
+    noisy = Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(noise_level=0.5), study_seed=0)
+    plain, plain_gene = base.evaluate([EvaluationRequest(genome, "plain"), EvaluationRequest(with_gene, "plain-gene")])
+    noised, noised_gene = noisy.evaluate([EvaluationRequest(genome, "noised"), EvaluationRequest(with_gene, "gene")])
+    assert noised.epochs[0]["train_loss"] != plain.epochs[0]["train_loss"]  # train.noise_level applied
+    assert noised_gene.epochs == plain_gene.epochs  # the gene (0.0) overrides train.noise_level
+
+
+def test_early_stopping_ends_a_flat_individual_early(prepared_digits):
+    config = TrainConfig(early_stopping=EarlyStoppingConfig(patience=1))
+    evaluator = Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=config, study_seed=0)
+    (flat,) = evaluator.evaluate([EvaluationRequest({**GOOD, "learning_rate": 1e-12, "epochs": 5}, "flat")])
+    assert flat.status == "finished" and len(flat.epochs) == 2  # epoch 2 brought no improvement

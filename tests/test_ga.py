@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import GAConfig, parse_config
-from pipeline.ga import Candidate, GeneticSearch, breed, elite_indices, population_diversity
-from pipeline.operators import bind_operator
+from pipeline.ga import Candidate, GeneticSearch, Member, breed, elite_indices, population_diversity, survivor_indices
+from pipeline.operators import REGISTRIES, bind_operator
 from pipeline.space import SearchSpace, genome_hash
 
 from tests.conftest import tiny_params
@@ -128,9 +128,9 @@ def test_failed_individuals_rank_last_and_search_goes_on():
     assert elite.genome_hash not in doomed
 
 
-@pytest.mark.parametrize("selection", ["truncation", "tournament", "roulette", "rank"])
-@pytest.mark.parametrize("crossover", ["uniform", "one_point", "two_point", "blend"])
-@pytest.mark.parametrize("mutation", ["resample", "gaussian"])
+@pytest.mark.parametrize("selection", sorted(REGISTRIES["selection"]))
+@pytest.mark.parametrize("crossover", sorted(REGISTRIES["crossover"]))
+@pytest.mark.parametrize("mutation", sorted(REGISTRIES["mutation"]))
 def test_every_operator_combination_runs_a_tiny_ga(selection, crossover, mutation):
     outcome, evaluator = run(
         budget=12,
@@ -167,3 +167,140 @@ def test_diversity_is_zero_for_clones_and_positive_otherwise():
     assert population_diversity([genome, dict(genome)], space) == 0.0
     others = [space.sample(np.random.default_rng(s)) for s in range(5)]
     assert population_diversity(others, space) > 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# crossover probability, survival, immigrants, termination
+
+
+def test_crossover_probability_zero_gives_mutated_copies_of_the_first_parent():
+    space = make_space()
+    members = [Member(space.sample(np.random.default_rng(i)), f"h{i}", float(i), None, "initial") for i in range(4)]
+    children = breed(
+        members, 6, space, np.random.default_rng(1),
+        select=bind_operator("selection", "rank", {}),
+        crossover=bind_operator("crossover", "uniform", {}),
+        mutate=bind_operator("mutation", "resample", {"rate": 0.0}),
+        crossover_probability=0.0,
+    )  # fmt: skip
+    assert all(child == members[a].genome for child, (a, _) in children)
+
+
+def test_crossover_probability_is_the_share_of_crossed_children():
+    space = make_space()
+    members = [Member(space.sample(np.random.default_rng(i)), f"h{i}", 1.0, None, "initial") for i in range(2)]
+    children = breed(
+        members, 400, space, np.random.default_rng(2),
+        select=bind_operator("selection", "rank", {}),
+        crossover=bind_operator("crossover", "uniform", {}),
+        mutate=bind_operator("mutation", "resample", {"rate": 0.0}),
+        crossover_probability=0.3,
+    )  # fmt: skip
+    copies = sum(child in (members[0].genome, members[1].genome) for child, _ in children)
+    # A crossed child equals a parent only when every swap coin falls one way (2 x 0.5^5).
+    assert 0.62 < copies / len(children) < 0.78
+
+
+def test_survivor_indices_skip_elites_and_are_reproducible():
+    fitness = np.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2])
+    for seed in range(20):
+        picked = survivor_indices(fitness, 2, 3, np.random.default_rng(seed))
+        assert len(set(picked)) == 3 and not {1, 4} & set(picked.tolist())
+        assert picked.tolist() == sorted(picked.tolist())
+        assert np.array_equal(picked, survivor_indices(fitness, 2, 3, np.random.default_rng(seed)))
+    assert survivor_indices(fitness, 5, 3, np.random.default_rng(0)).tolist() == [0]
+    assert survivor_indices(fitness, 1, 0, np.random.default_rng(0)).size == 0
+
+
+def test_random_survivors_are_carried_unchanged_and_not_retrained():
+    outcome, evaluator = run(budget=30, population_size=6, elites=1, survival={"fraction": 0.4})
+    for previous, current in zip(outcome.generations, outcome.generations[1:]):
+        survivors = [m for m in current.members if m.origin == "survivor"]
+        assert len(survivors) == 2  # round(0.4 * (6 - 1))
+        previous_hashes = [m.genome_hash for m in previous.members]
+        carried = [m.genome_hash for m in current.members if m.origin in ("elite", "survivor")]
+        # drawn without replacement from the non-elite places: no place is carried twice
+        for hash_ in set(carried):
+            assert carried.count(hash_) <= previous_hashes.count(hash_)
+        trained_now = {genome_hash(c.genome) for gen, cs in evaluator.calls if gen == current.number for c in cs}
+        assert not trained_now & {m.genome_hash for m in survivors}
+        assert current.trained <= 3
+
+
+def test_immigrants_are_fresh_random_genomes_without_parents():
+    outcome, evaluator = run(budget=24, population_size=6, elites=1, survival={"immigrants": 2})
+    for generation, candidates in evaluator.calls[1:]:
+        immigrants = [c for c in candidates if c.origin == "immigrant"]
+        assert len(immigrants) == 2 and all(c.parents is None for c in immigrants)
+        assert all(c.parents is not None and len(c.parents) == 2 for c in candidates if c.origin == "child")
+
+
+def test_termination_after_n_generations():
+    outcome, _ = run(budget=100, termination={"generations": 3})
+    assert len(outcome.generations) == 3 and outcome.stop_reason == "3 generations run"
+
+
+def test_termination_when_target_fitness_reached():
+    outcome, evaluator = run(budget=200, termination={"target_fitness": 0.8})
+    assert outcome.best >= 0.8 and "target fitness 0.8 reached" in outcome.stop_reason
+    assert outcome.trained < 200
+    # it stopped at the first generation that reached the target
+    assert all(g.best < 0.8 for g in outcome.generations[:-1])
+
+
+def test_termination_on_stagnation():
+    outcome, _ = run(budget=500, termination={"stagnation": 2})
+    assert outcome.stop_reason == "stagnation: no better best in 2 generations"
+    bests = [g.best for g in outcome.generations]
+    last_improvement = max(i for i in range(len(bests)) if i == 0 or bests[i] > bests[i - 1])
+    assert len(bests) - 1 - last_improvement == 2
+    assert all(later == bests[-1] for later in bests[last_improvement:])
+
+
+def test_termination_on_wall_clock_uses_the_given_clock():
+    ticks = iter(range(1000))
+    config = GAConfig(population_size=6, elites=1, termination={"wall_clock_seconds": 3})
+    outcome = GeneticSearch(make_space(), config, budget=500, seed=0, clock=lambda: next(ticks)).run(RecordingEvaluator())
+    # the clock reads 0, 1, 2, 3 before generations 1, 2, 3, 4: the fourth reading stops it
+    assert len(outcome.generations) == 4 and outcome.stop_reason == "wall-clock budget of 3 s spent"
+
+
+def test_adaptive_mutation_rate_is_recorded_per_generation():
+    outcome, _ = run(budget=40, mutation={"name": "adaptive", "rate": 0.1, "max_rate": 0.9, "target_diversity": 0.5})
+    rates = [g.mutation_rate for g in outcome.generations]
+    assert rates[0] is None
+    for previous, current in zip(outcome.generations, outcome.generations[1:]):
+        expected = 0.1 + 0.8 * max(0.0, 1 - previous.diversity / 0.5)
+        assert current.mutation_rate == pytest.approx(expected)
+        assert current.summary()["mutation_rate"] == current.mutation_rate
+
+
+def test_rejected_children_are_recorded_and_replaced():
+    space = make_space()
+
+    class PickySpace:
+        """The hyperparameter space, but genomes with momentum > 0.5 cannot be trained."""
+
+        def sample(self, rng):
+            while (genome := space.sample(rng))["momentum"] > 0.5:
+                pass
+            return genome
+
+        def repair(self, genome):
+            if genome["momentum"] > 0.5:
+                raise ValueError(f"momentum {genome['momentum']:.2f} too high")
+            return genome, []
+
+        def __getattr__(self, name):
+            return getattr(space, name)
+
+    search = GeneticSearch(space, GAConfig(population_size=6, elites=1, mutation={"name": "resample", "rate": 0.5}),
+                           budget=30, seed=1)  # fmt: skip
+    search.space = PickySpace()
+    evaluator = RecordingEvaluator()
+    outcome = search.run(evaluator)
+    assert outcome.trained == 30
+    assert all(g["momentum"] <= 0.5 for g in evaluator.trained)
+    reasons = [r.reason for g in outcome.generations for r in g.rejected]
+    assert reasons and all("too high" in r for r in reasons)
+    assert all(len(g.members) == 6 for g in outcome.generations[1:-1])

@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import SpaceConfig
-from pipeline.operators import REGISTRIES, bind_operator
+from pipeline.operators import REGISTRIES, bind_operator, split_settings
 from pipeline.operators.crossover import (
     crossover_blend,
     crossover_one_point,
     crossover_two_point,
     crossover_uniform,
 )
-from pipeline.operators.mutation import mutate_gaussian, mutate_resample
+from pipeline.operators.mutation import adaptive_rate, mutate_adaptive, mutate_gaussian, mutate_resample, mutation_rate
 from pipeline.operators.selection import select_rank, select_roulette, select_tournament, select_truncation
 from pipeline.space import ChoiceDimension, FloatDimension, IntDimension, SearchSpace
 
@@ -350,6 +350,11 @@ SETTING_STRATEGIES: dict[tuple[str, str], st.SearchStrategy[dict[str, Any]]] = {
     ("mutation", "gaussian"): st.fixed_dictionaries(
         {"rate": st.floats(min_value=0.0, max_value=1.0), "sigma": st.floats(min_value=1e-3, max_value=5.0)}
     ),
+    ("mutation", "adaptive"): st.builds(
+        lambda rates, target: {"rate": min(rates), "max_rate": max(rates), "target_diversity": target},
+        st.tuples(st.floats(min_value=0.0, max_value=1.0), st.floats(min_value=0.0, max_value=1.0)),
+        st.floats(min_value=0.01, max_value=1.0),
+    ),
 }
 
 ALL_OPERATORS = [(role, name) for role, registry in REGISTRIES.items() for name in registry]
@@ -597,3 +602,78 @@ def test_bind_good_settings_are_bound():
     assert pairs.tolist() == [[1, 2]] * 3  # size 4 of 4: the deterministic case above
     uniform = bind_operator("crossover", "uniform", {"swap_prob": 1})
     assert uniform(PARENT_A, PARENT_B, SPACE, np.random.default_rng(0)) == PARENT_B
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# adaptive mutation and the loop's own settings
+
+
+@pytest.mark.parametrize(
+    ("diversity", "expected"),
+    [(None, 0.2), (0.5, 0.2), (0.1, 0.2), (0.05, 0.5), (0.0, 0.8), (-0.01, 0.8)],
+    ids=["unknown", "high", "at-target", "half-target", "clones", "negative-clamped"],
+)
+def test_adaptive_rate_rises_as_diversity_collapses(diversity, expected):
+    assert adaptive_rate(diversity, rate=0.2, max_rate=0.8, target_diversity=0.1) == pytest.approx(expected)
+
+
+@given(d1=st.floats(0, 1), d2=st.floats(0, 1))
+def test_adaptive_rate_is_monotone_and_bounded(d1, d2):
+    low, high = sorted((d1, d2))
+    r_low = adaptive_rate(low, rate=0.1, max_rate=0.9, target_diversity=0.3)
+    r_high = adaptive_rate(high, rate=0.1, max_rate=0.9, target_diversity=0.3)
+    assert 0.1 <= r_high <= r_low <= 0.9
+
+
+def test_mutate_adaptive_equals_resample_at_the_adaptive_rate():
+    for diversity, rate in ((0.5, 0.1), (0.0, 0.9)):
+        adaptive = mutate_adaptive(PARENT_A, SPACE, np.random.default_rng(3), diversity, rate=0.1, max_rate=0.9)
+        resampled = mutate_resample(PARENT_A, SPACE, np.random.default_rng(3), rate=rate)
+        assert adaptive == resampled
+
+
+def test_mutate_adaptive_mutates_more_in_a_collapsed_population():
+    changed = {0.5: 0, 0.0: 0}
+    for seed in range(200):
+        for diversity in changed:
+            child = mutate_adaptive(PARENT_A, SPACE, np.random.default_rng(seed), diversity, rate=0.05, max_rate=0.95)
+            changed[diversity] += sum(child[k] != PARENT_A[k] for k in NAMES)
+    assert changed[0.0] > 5 * changed[0.5]
+
+
+def test_mutation_rate_reads_bound_settings_and_defaults():
+    assert mutation_rate(bind_operator("mutation", "resample", {}), 0.0) == 0.2
+    assert mutation_rate(bind_operator("mutation", "gaussian", {"rate": 0.4}), 0.0) == 0.4
+    adaptive = bind_operator("mutation", "adaptive", {"rate": 0.1, "max_rate": 0.5, "target_diversity": 0.2})
+    assert mutation_rate(adaptive, 0.3) == pytest.approx(0.1)
+    assert mutation_rate(adaptive, 0.1) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("settings_", "fragment"),
+    [({"max_rate": 0.1}, "max_rate (0.1) must be at least rate (0.2)"), ({"rate": 0.5, "max_rate": 0.4}, "max_rate"),
+     ({"target_diversity": 0.0}, "adaptive.target_diversity")],
+    ids=["below-default-rate", "below-rate", "target-0"],
+)
+def test_bind_adaptive_rejects_inconsistent_rates(settings_, fragment):
+    with pytest.raises(ValueError) as info:
+        bind_operator("mutation", "adaptive", settings_)
+    assert fragment in info.value.args[0]
+
+
+def test_split_settings_separates_the_loops_crossover_settings():
+    own, loop = split_settings("crossover", {"swap_prob": 0.3, "probability": 0.7, "layers": "cut_splice"})
+    assert own == {"swap_prob": 0.3} and loop == {"probability": 0.7, "layers": "cut_splice"}
+    assert split_settings("crossover", {}) == ({}, {"probability": 1.0, "layers": "mix"})
+    assert split_settings("mutation", {"rate": 0.1}) == ({"rate": 0.1}, {})
+
+
+@pytest.mark.parametrize(
+    ("settings_", "key"),
+    [({"probability": 1.5}, "probability"), ({"probability": "high"}, "probability"),
+     ({"probability": True}, "probability"), ({"layers": "splice"}, "layers")],
+)
+def test_split_settings_rejects_bad_loop_settings(settings_, key):
+    with pytest.raises(ValueError) as info:
+        split_settings("crossover", settings_)
+    assert info.value.args[1] == key and key in info.value.args[0]

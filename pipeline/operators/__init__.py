@@ -32,7 +32,38 @@ _SETTING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "size": (lambda v: v >= 2 and float(v).is_integer(), "an integer >= 2"),
     "alpha": (lambda v: v >= 0, ">= 0"),
     "sigma": (lambda v: v > 0, "> 0"),
+    "max_rate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "target_diversity": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
+
+# Settings beside an operator's name that the GA loop reads itself rather than the operator:
+# the crossover probability, and how the layer lists of architecture genomes are crossed.
+LOOP_SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str, Any]]] = {
+    "crossover": {
+        "probability": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]", 1.0),
+        "layers": (lambda v: v in ("mix", "cut_splice"), "'mix' or 'cut_splice'", "mix"),
+    },
+}
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def split_settings(role: str, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the operator's own settings, the loop's settings with defaults filled in) of ``ga.<role>``.
+
+    Raises ``ValueError`` with ``args == (message, key)`` for a bad loop setting.
+    """
+    loop_rules = LOOP_SETTINGS.get(role, {})
+    own = {k: v for k, v in settings.items() if k not in loop_rules}
+    loop = {}
+    for key, (check, wanted, default) in loop_rules.items():
+        value = settings.get(key, default)
+        if not check(value):
+            raise ValueError(f"{key} must be {wanted}, got {value!r}", key)
+        loop[key] = value
+    return own, loop
 
 
 def bind_operator(role: str, name: str, settings: dict[str, Any]) -> Callable[..., Any]:
@@ -61,4 +92,9 @@ def bind_operator(role: str, name: str, settings: dict[str, Any]) -> Callable[..
             raise ValueError(f"{name}.{key} must be {wanted}, got {value!r}", key)
     if "size" in settings:
         settings = {**settings, "size": int(settings["size"])}
+    effective = {key: p.default for key, p in accepted.items()} | settings
+    if "max_rate" in effective and effective["max_rate"] < effective["rate"]:
+        raise ValueError(
+            f"{name}.max_rate ({effective['max_rate']}) must be at least rate ({effective['rate']})", "max_rate"
+        )
     return functools.partial(function, **settings)

@@ -1,24 +1,36 @@
 """Mutation: a changed copy of one genome.
 
-Contract: ``mutate_*(genome, space, rng, **settings) -> genome``; the input is not changed and every
-gene of the result lies in ``space``.
+Contract: ``mutate_*(genome, space, rng, diversity=None, **settings) -> genome``; the input is not
+changed and every gene of the result lies in ``space``. ``diversity`` is the parents' population
+diversity in [0, 1] (``SearchSpace.diversity``); only adaptive operators read it.
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Callable
 
 import numpy as np
 
 from pipeline.space import ChoiceDimension, Genome, SearchSpace
 
 
-def mutate_resample(genome: Genome, space: SearchSpace, rng: np.random.Generator, *, rate: float = 0.2) -> Genome:
+def mutate_resample(
+    genome: Genome, space: SearchSpace, rng: np.random.Generator, diversity: float | None = None, *, rate: float = 0.2
+) -> Genome:
     """Each gene, with probability ``rate``, is redrawn as in the initial population."""
     hits = rng.random(len(space.dimensions)) < rate
     return {dim.name: dim.sample(rng) if hit else genome[dim.name] for dim, hit in zip(space.dimensions, hits)}
 
 
 def mutate_gaussian(
-    genome: Genome, space: SearchSpace, rng: np.random.Generator, *, rate: float = 0.2, sigma: float = 0.1
+    genome: Genome,
+    space: SearchSpace,
+    rng: np.random.Generator,
+    diversity: float | None = None,
+    *,
+    rate: float = 0.2,
+    sigma: float = 0.1,
 ) -> Genome:
     """Each gene, with probability ``rate``, moves by N(0, sigma) on its unit (log where log-scaled)
     scale, clipped to the space; a choice gene is redrawn instead."""
@@ -35,7 +47,43 @@ def mutate_gaussian(
     return child
 
 
+def adaptive_rate(diversity: float | None, *, rate: float, max_rate: float, target_diversity: float) -> float:
+    """``rate`` while diversity is at least ``target_diversity``; below it the rate rises linearly,
+    reaching ``max_rate`` when the population has collapsed to clones (diversity 0)."""
+    if diversity is None or diversity >= target_diversity:
+        return rate
+    return rate + (max_rate - rate) * (1.0 - max(diversity, 0.0) / target_diversity)
+
+
+def mutate_adaptive(
+    genome: Genome,
+    space: SearchSpace,
+    rng: np.random.Generator,
+    diversity: float | None = None,
+    *,
+    rate: float = 0.2,
+    max_rate: float = 0.8,
+    target_diversity: float = 0.15,
+) -> Genome:
+    """Per-gene resampling at ``adaptive_rate``: more mutation as the population's diversity collapses."""
+    effective = adaptive_rate(diversity, rate=rate, max_rate=max_rate, target_diversity=target_diversity)
+    return mutate_resample(genome, space, rng, rate=effective)
+
+
 MUTATIONS = {
     "resample": mutate_resample,
     "gaussian": mutate_gaussian,
+    "adaptive": mutate_adaptive,
 }
+
+
+def mutation_rate(mutate: Callable[..., Genome], diversity: float | None) -> float:
+    """The per-gene rate a bound mutation operator applies at ``diversity`` (logged per generation,
+    and used for the layer genes of architecture genomes)."""
+    function = getattr(mutate, "func", mutate)
+    settings = {
+        name: p.default for name, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY
+    } | dict(getattr(mutate, "keywords", {}))
+    if function is mutate_adaptive:
+        return adaptive_rate(diversity, **settings)
+    return float(settings["rate"])
