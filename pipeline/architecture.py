@@ -402,7 +402,7 @@ def mutate_length(
     sd = math.sqrt(rate * bounds[1])
     length = int(round(float(rng.normal(len(layers), sd))))
     length = min(max(length, bounds[0]), bounds[1])
-    kept = [dict(g) for g in layers[-length:]] if length else []
+    kept = [dict(g) for g in layers[:length]]
     return kept + [layer_space.sample(rng) for _ in range(length - len(kept))]
 
 

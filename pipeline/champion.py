@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import StudyConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
-from pipeline.evaluate import fit_genome
+from pipeline.evaluate import fit_genome, mlflow_params
 from pipeline.lit_module import DivergedError
 from pipeline.jsonio import write_json
 from pipeline.search import METHODS, SearchFailed
@@ -86,7 +86,7 @@ def run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Pat
             hash_ = genome_hash(genome)
             if hash_ not in retrained:
                 run_id = tracker.start_run(
-                    f"champion-{method}", parent_id=stage_run, params={**genome, "epochs": config.champion.epochs},
+                    f"champion-{method}", parent_id=stage_run, params={**mlflow_params(genome), "epochs": config.champion.epochs},
                     tags={"method": method, "genome_hash": hash_, "search_run_id": summaries[method]["best_run_id"]},
                 )  # fmt: skip
                 try:

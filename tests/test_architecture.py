@@ -34,7 +34,7 @@ from pipeline.config import SpaceConfig
 from pipeline.models import ArchitectureNet, build_architecture_network, freeze_conv_layers
 from pipeline.operators.crossover import crossover_uniform
 from pipeline.operators.mutation import mutate_resample
-from pipeline.space import genome_hash
+from pipeline.space import FloatDimension, SearchSpace, genome_hash
 
 from tests.conftest import MIXED_SPACE
 
@@ -117,6 +117,15 @@ def test_contains_rejects_each_kind_of_fault():
     bad_optimiser = {**good, "momentum": 2.0}
     for fault in (reordered, bad_value, bad_type, too_long, too_short, bad_key, unfit, bad_optimiser):
         assert not SPACE_8.contains(fault), fault
+
+
+def test_contains_checks_the_prefix():
+    prefix = [conv_gene(filters=16), conv_gene(kernel_size=5)]
+    grown = SPACE_28.grow(genome(prefix), 2)
+    assert grown.contains(genome([*prefix, conv_gene()]))
+    assert not grown.contains(genome([prefix[0], conv_gene(kernel_size=7), conv_gene()]))  # prefix changed
+    assert not grown.contains(genome(prefix))  # no new layer: below conv_length (1, 2)
+    assert not grown.contains(genome([conv_gene(), *prefix]))  # prefix moved
 
 
 def test_canonical_turns_numpy_scalars_into_python_values():
@@ -354,6 +363,26 @@ def test_mutate_length_draws_documented():
     length = min(max(round(float(rng.normal(1, math.sqrt(0.5 * 4)))), 1), 4)
     expected = layers[:length] + [SPACE_28.conv.sample(rng) for _ in range(length - 1)]
     assert mutate_length(layers, SPACE_28.conv, np.random.default_rng(4), rate=0.5, bounds=(1, 4)) == expected
+
+
+def test_mutate_length_spread_grows_with_the_rate():
+    # sd = sqrt(rate * bounds[1]): with rate 0.25 and at most 100 genes, lengths spread by 5.
+    layers = [{"x": 0.5}] * 50
+    space = SearchSpace((FloatDimension("x", 0.0, 1.0),))
+    children = [mutate_length(layers, space, np.random.default_rng(s), rate=0.25, bounds=(0, 100)) for s in range(800)]
+    lengths = [len(child) for child in children]
+    assert np.mean(lengths) == pytest.approx(50, abs=0.6)
+    assert np.std(lengths) == pytest.approx(5.0, rel=0.1)
+
+
+def test_mutate_layer_genes_hits_each_key_at_the_rate():
+    # Float keys: a redraw always changes the value, so the share changed is the share hit.
+    space = SearchSpace((FloatDimension("x", 0.0, 1.0), FloatDimension("y", 0.0, 1.0)))
+    layers = [{"x": 0.5, "y": 0.5}] * 500
+    child = mutate_layer_genes(layers, space, np.random.default_rng(0), rate=0.3)
+    changed = np.mean([gene[k] != 0.5 for gene in child for k in "xy"])
+    assert changed == pytest.approx(0.3, abs=0.03)
+    assert all(list(gene) == ["x", "y"] for gene in child)
 
 
 def test_mutate_layer_genes():

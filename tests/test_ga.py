@@ -304,3 +304,87 @@ def test_rejected_children_are_recorded_and_replaced():
     reasons = [r.reason for g in outcome.generations for r in g.rejected]
     assert reasons and all("too high" in r for r in reasons)
     assert all(len(g.members) == 6 for g in outcome.generations[1:-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# architecture genomes in the loop: every operator, phased growth
+
+from pipeline.architecture import ArchitectureSpace  # noqa: E402
+from pipeline.config import PhasesConfig  # noqa: E402
+
+
+def make_architecture_space(image_shape=(1, 28, 28), **architecture) -> ArchitectureSpace:
+    params = tiny_params()
+    params["space"]["kind"] = "architecture"
+    params["space"]["architecture"] = {"conv_layers": {"min": 1, "max": 3}, "fc_layers": {"min": 1, "max": 2},
+                                       **architecture}  # fmt: skip
+    return ArchitectureSpace.from_config(parse_config(params).space, image_shape)
+
+
+def architecture_fitness(genome: dict) -> float:
+    """Prefers three conv layers of 32 filters: a target a GA over layer lists can climb."""
+    conv = genome["conv"]
+    return synthetic_fitness(genome) - abs(len(conv) - 3) / 10 - sum(abs(g["filters"] - 32) for g in conv) / 1000
+
+
+class ArchitectureEvaluator(RecordingEvaluator):
+    def __call__(self, generation, candidates):
+        self.calls.append((generation, list(candidates)))
+        return [(architecture_fitness(c.genome), f"run-{generation}-{c.index}") for c in candidates]
+
+
+@pytest.mark.parametrize("layers", ["mix", "cut_splice"])
+@pytest.mark.parametrize("crossover", sorted(REGISTRIES["crossover"]))
+@pytest.mark.parametrize("mutation", sorted(REGISTRIES["mutation"]))
+def test_every_operator_runs_a_tiny_architecture_ga(crossover, mutation, layers):
+    space = make_architecture_space(image_shape=(1, 8, 8))
+    config = GAConfig(population_size=5, elites=1, crossover={"name": crossover, "layers": layers},
+                      mutation={"name": mutation})  # fmt: skip
+    evaluator = ArchitectureEvaluator()
+    outcome = GeneticSearch(space, config, budget=14, seed=4).run(evaluator)
+    assert outcome.trained == 14
+    assert all(space.contains(g) for g in evaluator.trained)  # every trained genome fits 8x8 images
+
+
+def test_architecture_ga_is_reproducible_and_reaches_better_genomes():
+    space = make_architecture_space()
+    runs = []
+    for seed in (5, 5, 6):
+        evaluator = ArchitectureEvaluator()
+        outcome = GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=40, seed=seed).run(evaluator)
+        runs.append((evaluator.trained, outcome))
+    assert runs[0][0] == runs[1][0] and runs[0][0] != runs[2][0]
+    outcome = runs[0][1]
+    assert outcome.generations[-1].best > outcome.generations[0].best
+
+
+def test_phased_growth_keeps_the_best_conv_genes_and_appends_new_ones():
+    space = make_architecture_space(conv_layers={"min": 1, "max": 2})
+    phases = PhasesConfig(count=3, new_conv_layers=1, freeze_transferred=True)
+    evaluator = ArchitectureEvaluator()
+    search = GeneticSearch(space, GAConfig(population_size=4, elites=1), budget=24, seed=2, phases=phases)
+    outcome = search.run(evaluator)
+    assert outcome.trained == 24
+    assert len(outcome.phase_reasons) == 3 and "phase 0" in outcome.phase_reasons[0]
+    by_phase = {}
+    for generation, candidates in evaluator.calls:
+        phase = next(g.phase for g in outcome.generations if g.number == generation)
+        by_phase.setdefault(phase, []).extend(candidates)
+    assert sum(len(c) for c in by_phase.values()) == 24 and [len(by_phase[p]) for p in range(3)] == [8, 8, 8]
+    for phase in (1, 2):
+        earlier = [c.genome for p in range(phase) for c in by_phase[p]]
+        best = max(earlier, key=architecture_fitness)
+        for candidate in by_phase[phase]:
+            conv = candidate.genome["conv"]
+            assert conv[: len(best["conv"])] == best["conv"]
+            assert len(conv) == len(best["conv"]) + 1  # new_conv_layers = 1
+            assert candidate.freeze_conv == len(best["conv"])
+            if candidate.origin == "initial":
+                assert [p.genome_hash for p in candidate.parents] == [genome_hash(best)]
+
+
+def test_phases_are_ignored_for_a_hyperparameter_space():
+    search = GeneticSearch(make_space(), GAConfig(population_size=6, elites=1), budget=12, seed=0,
+                           phases=PhasesConfig(count=3))  # fmt: skip
+    outcome = search.run(RecordingEvaluator())
+    assert outcome.trained == 12 and len(outcome.phase_reasons) == 1
