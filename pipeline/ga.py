@@ -273,9 +273,9 @@ class GeneticSearch:
         self._training_limit = phase_budget  # a generation may not overrun its phase's share
         initial = []
         for i in range(self.config.population_size):
-            genome, notes = self._sample(space)
+            # sample() returns trainable genomes (an architecture space repairs its draws).
             parents = (transfer,) if transfer is not None else None
-            initial.append(Candidate(genome, i, parents, "initial", notes, freeze))
+            initial.append(Candidate(space.sample(self.rng), i, parents, "initial", (), freeze))
         population = self._score_generation(
             len(outcome.generations), phase, space, initial, [], evaluate, outcome, on_generation, None, ()
         )
@@ -314,10 +314,6 @@ class GeneticSearch:
             return f"wall-clock budget of {termination.wall_clock_seconds:g} s spent"
         return None
 
-    def _sample(self, space: Any) -> tuple[Genome, tuple[str, ...]]:
-        genome = space.sample(self.rng)
-        return genome, ()
-
     def _next_generation(
         self,
         number: int,
@@ -337,8 +333,8 @@ class GeneticSearch:
             carried.append(replace(population[i], origin="survivor"))
         candidates = []
         for _ in range(self.config.survival.immigrants):
-            genome, notes = self._sample(space)
-            candidates.append(Candidate(genome, len(carried) + len(candidates), None, "immigrant", notes, freeze))
+            index = len(carried) + len(candidates)
+            candidates.append(Candidate(space.sample(self.rng), index, None, "immigrant", (), freeze))
         diversity = outcome.generations[-1].diversity
         rate = mutation_rate(self.mutate, diversity)
         rejected: list[Rejection] = []

@@ -231,9 +231,9 @@ def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[st
         "(the largest even grid that fits).",
         f"GA: {summaries['ga'].get('generations')} generations; {summaries['ga'].get('stop_reason', '')}.",
     ]
-    if summaries["ga"].get("phase_reasons"):
+    if len(summaries["ga"].get("phase_reasons") or []) > 1:  # one phase: its reason is the stop reason above
         notes.append("GA phases: " + "; ".join(str(r).rstrip(".") for r in summaries["ga"]["phase_reasons"]) + ".")
-    if summaries["ga"].get("rejected") is not None:
+    if summaries["ga"].get("rejected"):
         notes.append(f"GA: {summaries['ga']['rejected']} candidate(s) rejected before training.")
     images = [(PLOT_FILES[k], title) for k, title in (
         ("evaluations", "Best-so-far validation accuracy against evaluations"),

@@ -3,6 +3,7 @@ evaluation to MLflow and to the stage's results files."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,14 +11,12 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-import shutil
-
+from pipeline.architecture import ArchitectureSpace
 from pipeline.baselines import architecture_grid_genomes, architecture_random_genomes, grid_genomes, random_genomes
 from pipeline.config import SpaceConfig, StudyConfig
 from pipeline.data import PreparedData
 from pipeline.evaluate import EvaluationRequest, EvaluationResult, Evaluator
 from pipeline.ga import Candidate, Generation, GeneticSearch
-from pipeline.architecture import ArchitectureSpace
 from pipeline.space import SearchSpace
 from pipeline.checkpoint import Checkpoint, fingerprint
 from pipeline.jsonio import write_json

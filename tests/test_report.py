@@ -170,7 +170,7 @@ def test_records_without_init_are_scratch():
 
 def test_build_report_writes_time_section_plots_and_valid_json(tmp_path):
     ga_extra = {"operators": {"selection": "tournament", "weights": "merge"},
-                "phase_reasons": ["explore until diversity drops"], "rejected": 2}  # fmt: skip
+                "phase_reasons": ["phase 0: its share spent", "stagnation"], "rejected": 2}  # fmt: skip
     results = write_results(tmp_path / "results", histories_of(), ga_extra)
     build_report(results, "tiny study")
 
@@ -188,7 +188,7 @@ def test_build_report_writes_time_section_plots_and_valid_json(tmp_path):
     grid_line = next(line for line in markdown.splitlines() if line.startswith("| Grid search") and "9.5" in line)
     assert "6.5" in grid_line
     assert "![Fitness-evaluation time distribution](plots/evaluation_time_histogram.png)" in markdown
-    assert "explore until diversity drops" in markdown and "2 candidate(s) rejected" in markdown
+    assert "GA phases: phase 0: its share spent; stagnation." in markdown and "2 candidate(s) rejected" in markdown
 
     page = (results / "report.html").read_text()
     assert "<h2>Fitness-evaluation time</h2>" in page and "Genetic algorithm: merge" in page
@@ -211,3 +211,11 @@ def test_report_without_operators_says_no_weight_rule(tmp_path):
     assert "Genetic algorithm: scratch" not in markdown
     assert "rejected" not in markdown
     strict_json((results / "report.json").read_text())
+
+
+def test_one_phase_and_no_rejections_add_no_notes(tmp_path):
+    ga_extra = {"operators": {"weights": "none"}, "phase_reasons": ["budget spent"], "rejected": 0}
+    results = write_results(tmp_path / "results", histories_of(), ga_extra)
+    build_report(results, "tiny study")
+    markdown = (results / "report.md").read_text()
+    assert "GA phases" not in markdown and "rejected" not in markdown
