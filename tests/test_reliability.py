@@ -75,6 +75,42 @@ class CountingTrainer:
         monkeypatch.setattr(evaluate_module.Evaluator, "_evaluate_one", wrapped)
 
 
+def test_interrupted_architecture_ga_with_merged_weights_resumes_to_the_same_result(
+    tmp_path, monkeypatch, tiny_params_dict, prepared_digits
+):
+    """Phased growth, merged weights and early stopping: a resumed search finds the parents' weights
+    it saved before the kill and ends exactly where an uninterrupted one does."""
+    from pipeline.config import parse_config
+
+    tiny_params_dict["space"]["kind"] = "architecture"
+    tiny_params_dict["space"]["architecture"] = {
+        "conv_layers": {"min": 1, "max": 2}, "fc_layers": {"min": 1, "max": 1},
+        "conv": {"filters": [4, 8]}, "fc": {"units": [8, 16]}, "phases": {"count": 2},
+    }  # fmt: skip
+    tiny_params_dict["budget"]["evaluations"] = 8
+    tiny_params_dict["ga"]["weights"] = "merge"
+    tiny_params_dict["train"]["early_stopping"] = {"patience": 1}
+    config = parse_config(tiny_params_dict)
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
+    run_search_stage("ga", config, prepared_digits.folder, tmp_path / "reference" / "results", tmp_path / "reference" / "ckpt")
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "resumed"))
+    results, checkpoints = tmp_path / "resumed" / "results", tmp_path / "resumed" / "ckpt"
+    stop_at = 6  # in the second phase: its children merge weights saved before the kill
+    CountingTrainer(monkeypatch, stop_at=stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        run_search_stage("ga", config, prepared_digits.folder, results, checkpoints)
+    counter = CountingTrainer(monkeypatch)
+    run_search_stage("ga", config, prepared_digits.folder, results, checkpoints)
+    assert counter.calls == 8 - (stop_at - 1)
+    assert comparable(results, "ga") == comparable(tmp_path / "reference" / "results", "ga")
+    history = json.loads((results / "ga_search_history.json").read_text())["evaluations"]
+    reference = json.loads((tmp_path / "reference" / "results" / "ga_search_history.json").read_text())["evaluations"]
+    assert [(r["init"], r["epochs"]) for r in history] == [(r["init"], r["epochs"]) for r in reference]
+    assert any(r["init"] == "merge" for r in history[stop_at - 1 :])
+
+
 def test_interrupted_ga_resumes_without_retraining(tmp_path, monkeypatch, tiny_params_dict, prepared_digits):
     from pipeline.config import parse_config
 
