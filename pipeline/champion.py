@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import StudyConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
-from pipeline.evaluate import fit_genome, mlflow_params
+from pipeline.evaluate import fit_genome, mlflow_params, training_device
 from pipeline.lit_module import DivergedError
 from pipeline.jsonio import write_json
 from pipeline.search import METHODS, SearchFailed
@@ -69,9 +69,9 @@ def run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Pat
     tracker = Tracker(config.mlflow.experiment)
     data = PreparedData.open(prepared_dir)
     splits = {
-        "train": data.load("full_train", limit=config.champion.train_size, seed=config.seed),
-        "val": data.load("val"),
-        "test": data.load("test"),
+        "train": data.load("full_train", limit=config.champion.train_size, seed=config.seed).to(training_device()),
+        "val": data.load("val").to(training_device()),
+        "test": data.load("test").to(training_device()),
     }
     stage_run = tracker.start_run(
         "champion",

@@ -286,6 +286,10 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device: torch.device | str) -> TensorSplit:
+        """The split on ``device``: moved once, so every batch is cut where it is trained."""
+        return TensorSplit(self.images.to(device), self.labels.to(device))
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -335,6 +339,10 @@ class PreparedData:
 class TensorBatches:
     """Mini-batches of an in-memory split, formed by indexing; reshuffled (seeded) every epoch.
 
+    The same batches, in the same order, as a ``DataLoader`` over the split's ``TensorDataset``
+    whose sampler draws ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))``,
+    without the per-sample indexing and collation.
+
     Lightning accepts any iterable with ``__len__`` as a dataloader; ``__iter__`` is called once
     per epoch, and epoch ``e`` uses the permutation of ``torch.Generator(seed + e)``.
     """
@@ -352,7 +360,9 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         if self.shuffle:
+            # Drawn on the CPU, so the order is the same whatever device the split is on.
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self._epoch))
+            order = order.to(self.split.images.device)
             self._epoch += 1
             for start in range(0, n, self.batch_size):
                 index = order[start : start + self.batch_size]

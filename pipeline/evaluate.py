@@ -85,6 +85,11 @@ class FitOutcome:
     seconds: float
 
 
+def training_device() -> torch.device:
+    """Where ``accelerator="auto"`` trains: the GPU when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def make_trainer(max_epochs: int, early_stopping: EarlyStoppingConfig | None = None) -> pl.Trainer:
     """A Trainer for short fits: no checkpoints, logger, progress bar or summary per individual."""
     callbacks = []
@@ -188,8 +193,9 @@ class Evaluator:
         self.train_config = train_config
         self.study_seed = study_seed
         self.tracker = tracker
-        self.train_split = data.load("train")
-        self.val_split = data.load("val")
+        # Held on the training device for the whole search: batches are cut there, nothing is copied per step.
+        self.train_split = data.load("train").to(training_device())
+        self.val_split = data.load("val").to(training_device())
         # Results of a killed run of this stage, handed back instead of training (per genome, in order).
         self._replay: dict[str, deque[EvaluationResult]] = defaultdict(deque)
 

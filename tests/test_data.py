@@ -240,3 +240,47 @@ def test_bad_dataset_file_is_named(tmp_path, corrupt):
     config = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), val_size=20)
     with pytest.raises(DatasetError, match=expected):
         prepare_dataset(config, seed=0, out_dir=tmp_path / "out", download_dir=tmp_path / "raw")
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """The ordinary DataLoader path's shuffling, reseeded per epoch as TensorBatches documents."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        self.epoch += 1
+        return iter(order.tolist())
+
+
+def dataloader_path(split: TensorSplit, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    dataset = torch.utils.data.TensorDataset(split.images, split.labels)
+    # Its own generator: a DataLoader draws a worker base seed per epoch, which would otherwise come
+    # from the global stream and shift every dropout mask after it.
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=EpochSeededSampler(len(split), seed),
+                                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(50, 8), (64, 64), (10, 32)])
+def test_tensor_batches_equal_the_dataloader_path_epoch_by_epoch(n, batch_size):
+    generator = torch.Generator().manual_seed(n)
+    split = TensorSplit(torch.randn(n, 1, 4, 4, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+    ours, theirs = TensorBatches(split, batch_size, shuffle=True, seed=3), dataloader_path(split, batch_size, seed=3)
+    assert len(ours) == len(theirs)
+    for _ in range(3):  # every epoch reshuffles, identically
+        pairs = list(zip(ours, theirs, strict=True))
+        for (images, labels), (loader_images, loader_labels) in pairs:
+            assert torch.equal(images, loader_images) and torch.equal(labels, loader_labels)
+
+
+def test_split_moved_to_a_device_keeps_its_batches():
+    split = TensorSplit(torch.arange(20.0).reshape(20, 1, 1, 1), torch.arange(20))
+    moved = split.to("cpu")  # the GPU path is the same call with "cuda"
+    assert torch.equal(moved.images, split.images) and moved.labels.device.type == "cpu"
+    ours = [labels for _, labels in TensorBatches(moved, 6, shuffle=True, seed=1)]
+    again = [labels for _, labels in TensorBatches(split, 6, shuffle=True, seed=1)]
+    assert all(torch.equal(a, b) for a, b in zip(ours, again, strict=True))

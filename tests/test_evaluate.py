@@ -211,3 +211,26 @@ def test_early_stopping_ends_a_flat_individual_early(prepared_digits):
     evaluator = Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=config, study_seed=0)
     (flat,) = evaluator.evaluate([EvaluationRequest({**GOOD, "learning_rate": 1e-12, "epochs": 5}, "flat")])
     assert flat.status == "finished" and len(flat.epochs) == 2  # epoch 2 brought no improvement
+
+
+def test_in_memory_batches_learn_exactly_like_the_dataloader_path(prepared_digits):
+    """Same seed, same batches, same metrics: the tensor data path changes speed, not learning."""
+    from lightning.pytorch import seed_everything
+
+    from pipeline.evaluate import make_trainer
+    from pipeline.lit_module import LitClassifier
+    from tests.test_data import dataloader_path
+
+    genome = {**GOOD, "epochs": 2}
+    train, val = prepared_digits.load("train"), prepared_digits.load("val")
+    ours = fit_genome(genome, seed=5, train_split=train, val_split=val, data=prepared_digits,
+                      model_config=SMALL_MODEL, train_config=TrainConfig())  # fmt: skip
+
+    seed_everything(5, workers=False, verbose=False)
+    network = build_genome_network(genome, SMALL_MODEL, prepared_digits.image_shape, prepared_digits.num_classes)
+    module = LitClassifier(network, learning_rate=genome["learning_rate"], momentum=genome["momentum"],
+                           weight_decay=genome["weight_decay"])  # fmt: skip
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(val.images, val.labels), batch_size=1000,
+                                             generator=torch.Generator())  # fmt: skip
+    make_trainer(genome["epochs"]).fit(module, dataloader_path(train, genome["batch_size"], seed=5), val_loader)
+    assert module.epoch_metrics == ours.module.epoch_metrics
