@@ -6,7 +6,8 @@ import math
 
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
-from pipeline.space import Genome, SearchSpace
+from pipeline.architecture import ArchitectureSpace, InfeasibleGenome
+from pipeline.space import Genome, IntDimension, SearchSpace, genome_hash
 
 
 def grid_levels(space: SearchSpace, budget: int) -> dict[str, int]:
@@ -41,9 +42,6 @@ def random_genomes(space: SearchSpace, budget: int, seed: int) -> list[Genome]:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The architecture genome kind (pipeline.architecture)
-
-from pipeline.architecture import ArchitectureSpace, InfeasibleGenome  # noqa: E402
-from pipeline.space import IntDimension, genome_hash  # noqa: E402
 
 # Names of the layer-count dimensions in the fixed-length views below (never an optimiser gene's name).
 _CONV_COUNT, _FC_COUNT = "conv_layers", "fc_layers"

@@ -1,10 +1,16 @@
-"""The studies' network: two convolutions and two fully connected layers (PyTorch's MNIST example)."""
+"""The networks: the studies' fixed CNN (two convolutions, two fully connected layers; PyTorch's MNIST
+example), and variable-length networks built from architecture genomes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from pipeline.architecture import feature_shape
 from pipeline.config import ModelConfig
 
 
@@ -53,13 +59,6 @@ def build_network(config: ModelConfig, image_shape: tuple[int, int, int], num_cl
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Variable-length networks built from architecture genomes (pipeline.architecture)
-
-from collections.abc import Mapping, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-from torch.nn import functional as F  # noqa: E402
-
-from pipeline.architecture import feature_shape  # noqa: E402
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
