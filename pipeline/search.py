@@ -135,13 +135,12 @@ def _evaluate_list(
     evaluator: Evaluator,
     stage_run: str | None,
     log: SearchLog,
-) -> dict[str, Any]:
+) -> None:
     requests = [
         EvaluationRequest(genome, f"{method}-{i:03d}", stage_run, {"method": method, "index": i})
         for i, genome in enumerate(genomes)
     ]
     evaluator.evaluate(requests, on_result=log.add)
-    return {}
 
 
 def make_space(config: SpaceConfig, image_shape: tuple[int, int, int]) -> SearchSpace | ArchitectureSpace:
@@ -183,7 +182,7 @@ def search_ga(config: StudyConfig, space, evaluator: Evaluator, tracker, stage_r
             generation_runs[number] = None
             reused = log.checkpoint.generation_runs.get(str(number)) if log.checkpoint else None
             if tracker is not None and reused is not None:
-                tracker.client.update_run(reused, status="RUNNING")
+                tracker.resume_run(reused)
                 generation_runs[number] = reused
             elif tracker is not None:
                 generation_runs[number] = tracker.start_run(

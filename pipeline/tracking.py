@@ -109,10 +109,14 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def resume_run(self, run_id: str) -> None:
+        """Set a run of a killed stage RUNNING again: the resumed stage logs into it and ends it."""
+        self.client.update_run(run_id, status="RUNNING")
+
     def reopen_run(self, run_id: str, children_of: list[str]) -> int:
         """Set a resumed stage's run RUNNING again, and mark runs the killed process left RUNNING
         under ``children_of`` as KILLED; returns how many were marked."""
-        self.client.update_run(run_id, status="RUNNING")
+        self.resume_run(run_id)
         killed = 0
         for parent in children_of:
             orphans = self.client.search_runs(
