@@ -12,7 +12,7 @@ that starts from trained weights can finish sooner.
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import os
 import sys
 import tempfile
@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def study_params(kind: str, budget: int, rule: str) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params = copy.deepcopy(params)
     params["budget"]["evaluations"] = budget
     params["ga"]["weights"] = rule
     params["ga"]["population_size"] = 4
@@ -61,7 +60,7 @@ def main() -> None:
             config = parse_config(study_params(args.kind, args.budget, rule))
             folder = Path(scratch) / rule
             summary = run_search_stage("ga", config, ROOT / "data" / "prepared", folder / "results", folder / "ckpt")
-            history = yaml.safe_load((folder / "results" / "ga_search_history.json").read_text())["evaluations"]
+            history = json.loads((folder / "results" / "ga_search_history.json").read_text())["evaluations"]
             times = np.array([r["train_seconds"] for r in history])
             children = [r for r in history if r["generation"]]
             rows[rule] = {

@@ -75,7 +75,6 @@ GeneConfig = Annotated[Union[FloatGene, IntGene, ChoiceGene], Field(discriminato
 
 
 ACTIVATIONS = ("relu", "leaky_relu", "swish", "sigmoid")
-ChoiceList = Annotated[list, Field(min_length=1)]
 
 
 class LengthRange(_Section):

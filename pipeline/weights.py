@@ -22,8 +22,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-WEIGHT_RULES = ("none", "inherit", "merge")
-
 
 def crop_or_pad(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:
     """A new tensor of `shape`: each dimension cropped (leading indices kept) or zero-padded at the end."""
