@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 
 # FashionMNIST offline: Debian's dataset-fashion-mnist (installed as root, or the command is printed).
 dataset: install
-	$(BIN)/python -m pipeline.dataset_check
+	$(BIN)/python -m pipeline.study.dataset_check
 
 study: install dataset
 	test -d .git || git init --quiet

@@ -15,13 +15,16 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from pipeline.config import DataConfig
+from pipeline.errors import DatasetError
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import DataConfig
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_INSTALL_COMMAND = "sudo apt-get install dataset-fashion-mnist"
@@ -36,10 +39,6 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 SPLITS = ("train", "val", "full_train", "test")
 _IDX_MAGIC = {0x0801: 1, 0x0803: 3}  # unsigned-byte IDX files: labels (1-D), images (3-D)
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be found or read; the message names the file and what to do."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from pipeline.champion import run_champion_stage
-from pipeline.cli import stage_main
+from pipeline.study.champion import run_champion_stage
+from pipeline.study.cli import stage_main
 
 
 @stage_main

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.cli import stage_main
+from pipeline.study.cli import stage_main
 from pipeline.data import prepare_dataset
 
 

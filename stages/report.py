@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from pipeline.cli import stage_main
-from pipeline.report import build_report
+from pipeline.study.cli import stage_main
+from pipeline.study.report import build_report
 
 
 @stage_main

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import parse_config
 from pipeline.data import PreparedData, prepare_dataset
-from pipeline.search import run_search_stage
+from pipeline.study.search_stage import run_search_stage
 
 pytestmark = pytest.mark.slow
 

@@ -1,22 +1,23 @@
 """GA operators by role, in registries from the name used in ``params.yaml`` to the function.
 
 Every operator is a pure function: it draws randomness only from the ``numpy.random.Generator`` it
-is given and returns new genomes or indices, never changing its inputs. Settings are keyword-only
-and bound once, validated where they are bound (``bind_operator``).
+is given and returns new genomes or indices, never changing its inputs. Its settings are
+keyword-only, their ranges declared beside it (``@declare``), and bound once, validated where they
+are bound (``bind_operator``). A new operator is a function in its role's module plus its entry in
+that module's registry dict; nothing else changes.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import inspect
 import math
-import numbers
 from typing import Any, Callable
 
 from pipeline.operators.crossover import CROSSOVERS
 from pipeline.operators.mutation import MUTATIONS
 from pipeline.operators.selection import SELECTIONS
+from pipeline.operators.settings import Choice, Real, _is_real, declared_settings, keyword_defaults
 
 REGISTRIES: dict[str, dict[str, Callable[..., Any]]] = {
     "selection": SELECTIONS,
@@ -24,30 +25,14 @@ REGISTRIES: dict[str, dict[str, Callable[..., Any]]] = {
     "mutation": MUTATIONS,
 }
 
-# Range checks shared by every operator that takes a setting of this name.
-_SETTING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "swap_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "rate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "size": (lambda v: v >= 2 and float(v).is_integer(), "an integer >= 2"),
-    "alpha": (lambda v: v >= 0, ">= 0"),
-    "sigma": (lambda v: v > 0, "> 0"),
-    "max_rate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "target_diversity": (lambda v: 0 < v <= 1, "in (0, 1]"),
-}
-
 # Settings beside an operator's name that the GA loop reads itself rather than the operator:
 # the crossover probability, and how the layer lists of architecture genomes are crossed.
-LOOP_SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str, Any]]] = {
+LOOP_SETTINGS: dict[str, dict[str, tuple[Real | Choice, Any]]] = {
     "crossover": {
-        "probability": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]", 1.0),
-        "layers": (lambda v: v in ("mix", "cut_splice"), "'mix' or 'cut_splice'", "mix"),
+        "probability": (Real(0, 1), 1.0),
+        "layers": (Choice(("mix", "cut_splice")), "mix"),
     },
 }
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def split_settings(role: str, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -58,16 +43,17 @@ def split_settings(role: str, settings: dict[str, Any]) -> tuple[dict[str, Any],
     loop_rules = LOOP_SETTINGS.get(role, {})
     own = {k: v for k, v in settings.items() if k not in loop_rules}
     loop = {}
-    for key, (check, wanted, default) in loop_rules.items():
+    for key, (rule, default) in loop_rules.items():
         value = settings.get(key, default)
-        if not check(value):
+        if not rule.accepts(value):
+            wanted = f"a number {rule.describe()}" if isinstance(rule, Real) else rule.describe()
             raise ValueError(f"{key} must be {wanted}, got {value!r}", key)
         loop[key] = value
     return own, loop
 
 
 def bind_operator(role: str, name: str, settings: dict[str, Any]) -> Callable[..., Any]:
-    """The operator ``name`` of ``role`` with its settings bound.
+    """The operator ``name`` of ``role`` with its settings bound, checked against its declaration.
 
     Raises ``KeyError``/``TypeError``/``ValueError`` with ``args == (message, key)``, ``key`` being
     the offending key under ``ga.<role>`` (``name`` or the setting).
@@ -76,25 +62,24 @@ def bind_operator(role: str, name: str, settings: dict[str, Any]) -> Callable[..
     if name not in registry:
         raise KeyError(f"unknown {role} operator {name!r}; choose one of {sorted(registry)}", "name")
     function = registry[name]
-    accepted = {
-        p.name: p for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY
-    }
+    declared = declared_settings(function)
+    bound = {}
     for key, value in settings.items():
-        if key not in accepted:
-            hint = f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, accepted, n=1)) else ""
-            raise TypeError(f"unknown setting {key!r} of {name}{hint}; {name} takes {sorted(accepted) or 'none'}", key)
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        if key not in declared:
+            hint = f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, declared, n=1)) else ""
+            raise TypeError(f"unknown setting {key!r} of {name}{hint}; {name} takes {sorted(declared) or 'none'}", key)
+        rule = declared[key]
+        if isinstance(rule, Real) and not _is_real(value):
             raise TypeError(f"{name}.{key}: expected a number, got {value!r}", key)
-        if not math.isfinite(value):
+        if isinstance(rule, Real) and not math.isfinite(value):
             raise ValueError(f"{name}.{key} must be finite, got {value!r}", key)
-        check, wanted = _SETTING_RANGES[key]
-        if not check(value):
-            raise ValueError(f"{name}.{key} must be {wanted}, got {value!r}", key)
-    if "size" in settings:
-        settings = {**settings, "size": int(settings["size"])}
-    effective = {key: p.default for key, p in accepted.items()} | settings
-    if "max_rate" in effective and effective["max_rate"] < effective["rate"]:
-        raise ValueError(
-            f"{name}.max_rate ({effective['max_rate']}) must be at least rate ({effective['rate']})", "max_rate"
-        )
-    return functools.partial(function, **settings)
+        if not rule.accepts(value):
+            raise ValueError(f"{name}.{key} must be {rule.describe()}, got {value!r}", key)
+        bound[key] = rule.convert(value)
+    check = getattr(function, "combination_check", None)
+    if check is not None:
+        problem = check(**(keyword_defaults(function) | bound))
+        if problem is not None:
+            message, key = problem
+            raise ValueError(f"{name}.{message}", key)
+    return functools.partial(function, **bound)

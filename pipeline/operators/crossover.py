@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.space import ChoiceDimension, Genome, SearchSpace
+from pipeline.operators.settings import Real, declare
+from pipeline.space.dimensions import ChoiceDimension, Genome, SearchSpace
 
 
+@declare(swap_prob=Real(0, 1))
 def crossover_uniform(
     parent_a: Genome, parent_b: Genome, space: SearchSpace, rng: np.random.Generator, *, swap_prob: float = 0.5
 ) -> Genome:
@@ -35,6 +37,7 @@ def crossover_two_point(parent_a: Genome, parent_b: Genome, space: SearchSpace, 
     return {name: (parent_b if start <= i < stop else parent_a)[name] for i, name in enumerate(space.names)}
 
 
+@declare(alpha=Real(0))
 def crossover_blend(
     parent_a: Genome, parent_b: Genome, space: SearchSpace, rng: np.random.Generator, *, alpha: float = 0.5
 ) -> Genome:

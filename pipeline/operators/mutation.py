@@ -7,14 +7,19 @@ diversity in [0, 1] (``SearchSpace.diversity``); only adaptive operators read it
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.space import ChoiceDimension, Genome, SearchSpace
+from pipeline.operators.settings import Real, declare, keyword_defaults
+from pipeline.space.dimensions import ChoiceDimension, Genome, SearchSpace
 
 
+def _fixed_rate(diversity: float | None, *, rate: float, **_: Any) -> float:
+    return rate
+
+
+@declare(rate=Real(0, 1), per_gene_rate=_fixed_rate)
 def mutate_resample(
     genome: Genome, space: SearchSpace, rng: np.random.Generator, diversity: float | None = None, *, rate: float = 0.2
 ) -> Genome:
@@ -23,6 +28,7 @@ def mutate_resample(
     return {dim.name: dim.sample(rng) if hit else genome[dim.name] for dim, hit in zip(space.dimensions, hits)}
 
 
+@declare(rate=Real(0, 1), sigma=Real(0, low_open=True), per_gene_rate=_fixed_rate)
 def mutate_gaussian(
     genome: Genome,
     space: SearchSpace,
@@ -55,6 +61,16 @@ def adaptive_rate(diversity: float | None, *, rate: float, max_rate: float, targ
     return rate + (max_rate - rate) * (1.0 - max(diversity, 0.0) / target_diversity)
 
 
+def _max_rate_at_least_rate(*, rate: float, max_rate: float, **_: Any) -> tuple[str, str] | None:
+    if max_rate < rate:
+        return f"max_rate ({max_rate}) must be at least rate ({rate})", "max_rate"
+    return None
+
+
+@declare(
+    rate=Real(0, 1), max_rate=Real(0, 1), target_diversity=Real(0, 1, low_open=True),
+    combination_check=_max_rate_at_least_rate, per_gene_rate=adaptive_rate,
+)  # fmt: skip
 def mutate_adaptive(
     genome: Genome,
     space: SearchSpace,
@@ -77,13 +93,11 @@ MUTATIONS = {
 }
 
 
-def mutation_rate(mutate: Callable[..., Genome], diversity: float | None) -> float:
+def mutation_rate(mutate: Callable[..., Genome], diversity: float | None) -> float | None:
     """The per-gene rate a bound mutation operator applies at ``diversity`` (logged per generation,
-    and used for the layer genes of architecture genomes)."""
+    and used for the layer genes of architecture genomes); None for an operator that declares none."""
     function = getattr(mutate, "func", mutate)
-    settings = {
-        name: p.default for name, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY
-    } | dict(getattr(mutate, "keywords", {}))
-    if function is mutate_adaptive:
-        return adaptive_rate(diversity, **settings)
-    return float(settings["rate"])
+    rate_at = getattr(function, "per_gene_rate", None)
+    if rate_at is None:
+        return None
+    return float(rate_at(diversity, **(keyword_defaults(function) | dict(getattr(mutate, "keywords", {})))))

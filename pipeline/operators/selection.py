@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from pipeline.operators.settings import Real, declare
+
 
 def _ranked(fitness: np.ndarray) -> np.ndarray:
     """Indices from best to worst; ties keep their original order so results are reproducible."""
@@ -24,6 +26,7 @@ def _pairs_from_pool(pool: np.ndarray, n_pairs: int, rng: np.random.Generator, p
     return pairs
 
 
+@declare(fraction=Real(0, 1, low_open=True))
 def select_truncation(
     fitness: np.ndarray, n_pairs: int, rng: np.random.Generator, *, fraction: float = 0.5
 ) -> np.ndarray:
@@ -32,6 +35,7 @@ def select_truncation(
     return _pairs_from_pool(_ranked(fitness)[:pool_size], n_pairs, rng)
 
 
+@declare(size=Real(2, integer=True))
 def select_tournament(fitness: np.ndarray, n_pairs: int, rng: np.random.Generator, *, size: int = 3) -> np.ndarray:
     """Each parent wins a tournament of ``size`` individuals drawn without replacement."""
     n = len(fitness)

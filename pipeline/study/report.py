@@ -17,9 +17,13 @@ import pandas as pd  # noqa: E402
 from scipy.stats import skew  # noqa: E402
 
 from pipeline.jsonio import write_json  # noqa: E402
-from pipeline.search import METHODS  # noqa: E402
+from pipeline.search.registry import get_method, method_names  # noqa: E402
 
-METHOD_LABELS = {"ga": "Genetic algorithm", "grid": "Grid search", "random": "Random search"}
+
+def method_label(method: str) -> str:
+    """The report's name of a method (``Genetic algorithm``), from the registry."""
+    return get_method(method).label
+
 PLOT_FILES = {
     "evaluations": "best_so_far_vs_evaluations.png",
     "time": "best_so_far_vs_time.png",
@@ -37,8 +41,9 @@ WEIGHT_RULE_SENTENCES = {
 
 
 def load_results(results_dir: Path) -> tuple[dict, dict, dict]:
+    """Every registered method's summary and history (in registry order), and the champion's results."""
     summaries, histories = {}, {}
-    for method in METHODS:
+    for method in method_names():
         summaries[method] = json.loads((results_dir / f"{method}_search.json").read_text())
         histories[method] = json.loads((results_dir / f"{method}_search_history.json").read_text())
     champion = json.loads((results_dir / "champion.json").read_text())
@@ -47,11 +52,10 @@ def load_results(results_dir: Path) -> tuple[dict, dict, dict]:
 
 def comparison_table(summaries: dict, champion: dict) -> pd.DataFrame:
     rows = []
-    for method in METHODS:
-        summary = summaries[method]
+    for method, summary in summaries.items():
         retrained = champion["methods"].get(method, {})
         rows.append({
-            "method": METHOD_LABELS[method],
+            "method": method_label(method),
             "best val acc": summary.get("best_val_acc"),
             "test acc (retrained best)": retrained.get("test_acc"),
             "evaluations": summary["evaluations"],
@@ -73,10 +77,10 @@ def best_so_far(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def plot_best_so_far(histories: dict, out: Path, by: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
-        numbers, elapsed, running = best_so_far(histories[method]["evaluations"])
+    for method, history in histories.items():
+        numbers, elapsed, running = best_so_far(history["evaluations"])
         x = numbers if by == "evaluations" else elapsed
-        ax.step(x, running, where="post", marker="o", markersize=3, label=METHOD_LABELS[method])
+        ax.step(x, running, where="post", marker="o", markersize=3, label=method_label(method))
     ax.set_xlabel("evaluations" if by == "evaluations" else "wall time (s)")
     ax.set_ylabel("best validation accuracy so far")
     ax.set_title(f"Best-so-far validation accuracy against {'evaluations' if by == 'evaluations' else 'wall time'}")
@@ -127,12 +131,13 @@ def _time_row(records: list[dict]) -> dict[str, Any]:
 
 
 def _time_groups(histories: dict) -> list[tuple[str, list[dict]]]:
-    """(label, records) per method, then per GA init kind when the GA used more than one."""
-    groups = [(METHOD_LABELS[m], histories[m]["evaluations"]) for m in METHODS]
-    ga_records = histories["ga"]["evaluations"]
-    kinds = sorted({_init_kind(r) for r in ga_records}, key=lambda k: ((INIT_KINDS + (k,)).index(k), k))
-    if len(kinds) > 1:
-        groups += [(f"{METHOD_LABELS['ga']}: {k}", [r for r in ga_records if _init_kind(r) == k]) for k in kinds]
+    """(label, records) per method, then per init kind of each method that used more than one."""
+    groups = [(method_label(m), h["evaluations"]) for m, h in histories.items()]
+    for method, history in histories.items():
+        records = history["evaluations"]
+        kinds = sorted({_init_kind(r) for r in records}, key=lambda k: ((INIT_KINDS + (k,)).index(k), k))
+        if len(kinds) > 1:
+            groups += [(f"{method_label(method)}: {k}", [r for r in records if _init_kind(r) == k]) for k in kinds]
     return groups
 
 
@@ -157,7 +162,7 @@ def plot_evaluation_times(histories: dict, out: Path) -> None:
         colour = colours[i % len(colours)]
         skewness = skew(times, bias=False) if times.size >= 3 else np.nan
         shown_skew = "n/a" if np.isnan(skewness) else f"{skewness:.2f}"
-        per_kind = label.startswith(f"{METHOD_LABELS['ga']}: ")  # a GA init-kind subset: dotted
+        per_kind = ": " in label  # an init-kind subset of a method: dotted
         ax.hist(times, bins=bins, histtype="stepfilled", alpha=0.08, color=colour)
         ax.hist(times, bins=bins, histtype="step", linewidth=1.6 if per_kind else 2.2, color=colour,
                 linestyle=":" if per_kind else "-", label=f"{label} (mean {times.mean():.1f}s, skew {shown_skew})")  # fmt: skip
@@ -204,45 +209,54 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     return table.astype(object).apply(lambda col: col.map(lambda v: _format_cell(col.name, v)))
 
 
+def method_notes(summaries: dict) -> list[str]:
+    """One line on the budget, then what each method said of its own run (grid size, GA stop)."""
+    budget = next(iter(summaries.values()))["budget"]
+    notes = [f"Budget: {budget} evaluations per method."]
+    if "grid_points" in summaries.get("grid", {}):
+        notes[0] += f" Grid search used {summaries['grid']['evaluations']} (the largest even grid that fits)."
+    ga = summaries.get("ga")
+    if ga is not None:
+        notes.append(f"GA: {ga.get('generations')} generations; {ga.get('stop_reason', '')}.")
+        if len(ga.get("phase_reasons") or []) > 1:  # one phase: its reason is the stop reason above
+            notes.append("GA phases: " + "; ".join(str(r).rstrip(".") for r in ga["phase_reasons"]) + ".")
+        if ga.get("rejected"):
+            notes.append(f"GA: {ga['rejected']} candidate(s) rejected before training.")
+    return notes
+
+
 def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[str, Any]:
     summaries, histories, champion = load_results(results_dir)
     plots_dir = results_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     plot_best_so_far(histories, plots_dir / PLOT_FILES["evaluations"], "evaluations")
     plot_best_so_far(histories, plots_dir / PLOT_FILES["time"], "time")
-    plot_ga_generations(histories["ga"], plots_dir / PLOT_FILES["generations"])
+    if "ga" in histories:
+        plot_ga_generations(histories["ga"], plots_dir / PLOT_FILES["generations"])
     plot_evaluation_times(histories, plots_dir / PLOT_FILES["evaluation_time"])
 
     table = comparison_table(summaries, champion)
     shown = _shown(table)
     times = evaluation_time_groups(histories)
     times_shown = _shown(times)
-    weight_sentence = weight_rule_sentence(summaries["ga"])
+    weight_sentence = weight_rule_sentence(summaries["ga"]) if "ga" in summaries else ""
     best = champion["champion"]
     genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items())
     headline = (
-        f"Champion: **{METHOD_LABELS[best['method']]}**'s best ({genes}), retrained for {champion['epochs']} "
+        f"Champion: **{method_label(best['method'])}**'s best ({genes}), retrained for {champion['epochs']} "
         f"epochs on {champion['train_size']} images: test accuracy **{best['test_acc']:.4f}** "
         f"on {champion['test_size']} held-out images."
     )
-    budget = summaries["ga"]["budget"]
-    notes = [
-        f"Budget: {budget} evaluations per method. Grid search used {summaries['grid']['evaluations']} "
-        "(the largest even grid that fits).",
-        f"GA: {summaries['ga'].get('generations')} generations; {summaries['ga'].get('stop_reason', '')}.",
-    ]
-    if len(summaries["ga"].get("phase_reasons") or []) > 1:  # one phase: its reason is the stop reason above
-        notes.append("GA phases: " + "; ".join(str(r).rstrip(".") for r in summaries["ga"]["phase_reasons"]) + ".")
-    if summaries["ga"].get("rejected"):
-        notes.append(f"GA: {summaries['ga']['rejected']} candidate(s) rejected before training.")
+    notes = method_notes(summaries)
     images = [(PLOT_FILES[k], title) for k, title in (
         ("evaluations", "Best-so-far validation accuracy against evaluations"),
         ("time", "Best-so-far validation accuracy against wall time"),
         ("generations", "GA fitness distribution per generation"),
         ("evaluation_time", "Fitness-evaluation time distribution"),
-    )]  # fmt: skip
+    ) if k != "generations" or "ga" in histories]  # fmt: skip
+    title = " vs ".join(method_label(m) for m in summaries)
     markdown = "\n".join([
-        f"# {study_name}: GA vs grid vs random search", "", headline, "", shown.to_markdown(index=False, disable_numparse=True), "",
+        f"# {study_name}: {title}", "", headline, "", shown.to_markdown(index=False, disable_numparse=True), "",
         *[f"- {n}" for n in notes], "",
         "## Fitness-evaluation time", "", weight_sentence, "",
         times_shown.to_markdown(index=False, disable_numparse=True), "",
@@ -255,7 +269,7 @@ def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[st
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>",
         "</head><body>",
-        f"<h1>{html.escape(study_name)}: GA vs grid vs random search</h1>",
+        f"<h1>{html.escape(study_name)}: {html.escape(title)}</h1>",
         f"<p>{html.escape(headline).replace('**', '')}</p>",
         shown.to_html(index=False, border=0),
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
@@ -269,13 +283,13 @@ def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[st
     metrics = {
         "champion_method": best["method"],
         "champion_test_acc": best["test_acc"],
-        **{f"{m}_best_val_acc": summaries[m].get("best_val_acc") for m in METHODS},
-        **{f"{m}_test_acc": champion["methods"].get(m, {}).get("test_acc") for m in METHODS},
+        **{f"{m}_best_val_acc": summaries[m].get("best_val_acc") for m in summaries},
+        **{f"{m}_test_acc": champion["methods"].get(m, {}).get("test_acc") for m in summaries},
     }
     per_method = times.set_index("group")
-    for m in METHODS:
-        metrics[f"{m}_mean_train_seconds"] = per_method.loc[METHOD_LABELS[m], "mean time (s)"]
-        metrics[f"{m}_train_seconds_skewness"] = per_method.loc[METHOD_LABELS[m], "skewness"]
+    for m in summaries:
+        metrics[f"{m}_mean_train_seconds"] = per_method.loc[method_label(m), "mean time (s)"]
+        metrics[f"{m}_train_seconds_skewness"] = per_method.loc[method_label(m), "skewness"]
     metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
     write_json(results_dir / "report.json", metrics)
     return metrics

@@ -1,4 +1,4 @@
-"""``python -m pipeline.dataset_check``: make sure the study's dataset can be found before ``dvc repro``.
+"""``python -m pipeline.study.dataset_check``: make sure the study's dataset can be found before ``dvc repro``.
 
 For FashionMNIST without ``data.root``, installs Debian's ``dataset-fashion-mnist`` when running as
 root on Debian/Ubuntu, or prints the command to run; torchvision's download stays the fallback.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.data import ensure_debian_dataset
 
 

@@ -1,27 +1,36 @@
-"""The genetic algorithm: population, elitism, survival, selection, crossover, mutation, and its loop.
+"""The genetic algorithm as an ask/tell strategy: population, elitism, survival, selection,
+crossover, mutation, termination, and phased growth of architectures.
 
-Fitness is computed outside (``evaluate`` callback): the GA hands over a whole generation of
-candidates at once and gets one score each back. A genome seen before is never trained again.
+Fitness is computed outside: ``ask`` hands over a whole generation of proposals, ``tell`` gets one
+score each back (a genome seen before is scored from the runner's cache, never trained again).
 
-The loop works on either genome kind: a ``SearchSpace`` (fixed-length hyperparameters) or an
+The generational loop is written once, as a coroutine (``_generations``): it yields each
+generation's batch and receives its scores, so the random stream is drawn in one fixed order
+whoever drives it, and a resumed search replays to the same state.
+
+It works on either genome kind: a ``SearchSpace`` (fixed-length hyperparameters) or an
 ``ArchitectureSpace`` (variable-length networks, optionally grown in phases). Both offer
 ``sample``, ``repair`` and ``diversity``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from pipeline.config import GAConfig, PhasesConfig
+from pipeline.config.sections import PhasesConfig
+from pipeline.evaluation import Proposal, Scored
 from pipeline.operators import bind_operator, split_settings
+from pipeline.operators.layers import genome_operators
 from pipeline.operators.mutation import mutation_rate
-from pipeline.space import Genome, SearchSpace, genome_hash
+from pipeline.search.protocol import Batch, Group, GroupReport
+from pipeline.space import Genome
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import GAConfig
 
 # Generations in a row that may bring no new genome before the search is declared converged.
 MAX_GENERATIONS_WITHOUT_NEW_GENOME = 20
@@ -41,18 +50,6 @@ class Member:
     # unchanged); "cached" (bred again but seen before, so not retrained)
     origin: str
     parents: tuple[str, ...] | None = None  # the parents' genome hashes
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A genome to score, with its place in the generation and where its weights may come from."""
-
-    genome: Genome
-    index: int
-    parents: tuple[Member, ...] | None = None  # fitter first: inheritance starts from parents[0]
-    origin: str = "child"
-    notes: tuple[str, ...] = ()  # what repair changed before training
-    freeze_conv: int = 0  # conv layers kept frozen (phased growth with transferred weights)
 
 
 @dataclass(frozen=True)
@@ -121,10 +118,6 @@ class GAOutcome:
         return max((g.best for g in self.generations), default=-math.inf)
 
 
-# (generation number, candidates) -> one (fitness, run id) per candidate, in order
-EvaluateFn = Callable[[int, Sequence[Candidate]], Sequence[tuple[float, str | None]]]
-
-
 def elite_indices(fitness: np.ndarray, count: int) -> np.ndarray:
     """Indices of the ``count`` fittest individuals, best first; ties keep population order."""
     return np.argsort(-fitness, kind="stable")[:count]
@@ -175,30 +168,20 @@ def breed(
     return children
 
 
-def _architecture_operators(crossover: Callable, mutate: Callable, layer_method: str) -> tuple[Callable, Callable]:
-    """Whole-genome operators for architecture genomes: the configured hyperparameter operators act
-    on the optimiser genes, the layer operators on the conv and fc gene lists."""
-    from pipeline.architecture import crossover_architecture, mutate_architecture
 
-    def cross(parent_a: Genome, parent_b: Genome, space: Any, rng: np.random.Generator) -> Genome:
-        return crossover_architecture(
-            parent_a, parent_b, space, rng, optimiser_crossover=crossover, layer_method=layer_method
-        )
-
-    def mutate_all(genome: Genome, space: Any, rng: np.random.Generator, diversity: float | None = None) -> Genome:
-        return mutate_architecture(
-            genome, space, rng,
-            optimiser_mutation=functools.partial(mutate, diversity=diversity),
-            rate=mutation_rate(mutate, diversity),
-        )  # fmt: skip
-
-    return cross, mutate_all
+def _phases_or_single(phases: PhasesConfig | None, space: Any) -> PhasesConfig:
+    """Phased growth applies to architecture genomes only; one phase otherwise."""
+    return phases if phases is not None and space.kind == "architecture" else PhasesConfig()
 
 
 class GeneticSearch:
     """Generational GA with elitism over ``space``, stopping when ``budget`` genomes are trained or
     a ``ga.termination`` rule fires. An architecture space with ``phases.count > 1`` is grown in
-    phases that share the budget equally."""
+    phases that share the budget equally.
+
+    ``clock`` gives seconds since the search started; by default the ``elapsed_seconds`` of the
+    latest record told, so a resumed search (replaying its records) sees the clock of the killed one.
+    """
 
     def __init__(
         self,
@@ -214,23 +197,80 @@ class GeneticSearch:
         self.config = config
         self.budget = budget
         self.rng = np.random.default_rng(seed)
-        self.phases = phases if phases is not None and not isinstance(space, SearchSpace) else PhasesConfig()
-        # Seconds since the search started; the stage passes a clock that replays identically on resume.
-        self.clock = clock or _elapsed_since(time.perf_counter())
+        self.phases = _phases_or_single(phases, space)
+        self._elapsed = 0.0
+        self.clock = clock or (lambda: self._elapsed)
         self.select = bind_operator("selection", config.selection.name, config.selection.settings)
         crossover_settings, loop = split_settings("crossover", config.crossover.settings)
         self.crossover_probability = float(loop["probability"])
-        self.crossover = bind_operator("crossover", config.crossover.name, crossover_settings)
+        crossover = bind_operator("crossover", config.crossover.name, crossover_settings)
         self.mutate = bind_operator("mutation", config.mutation.name, config.mutation.settings)
-        if not isinstance(space, SearchSpace):
-            self.crossover, self.mutate_genome = _architecture_operators(self.crossover, self.mutate, loop["layers"])
-        else:
-            self.mutate_genome = self.mutate
-        self.cache: dict[str, Member] = {}
+        self.crossover, self.mutate_genome = genome_operators(space, crossover, self.mutate, loop["layers"])
+        self.cache: dict[str, Member] = {}  # every genome trained, by hash
+        self.outcome = GAOutcome()
         self._training_limit = budget
+        self._flow = self._generations()
+        self._pending: Batch | None = None
+        self._started = False
+        self._report: GroupReport | None = None
 
-    def run(self, evaluate: EvaluateFn, on_generation: Callable[[Generation], None] | None = None) -> GAOutcome:
-        outcome = GAOutcome()
+    # -- the ask/tell protocol ---------------------------------------------------------------
+
+    @property
+    def stop_reason(self) -> str:
+        return self.outcome.stop_reason
+
+    def ask(self) -> Batch | None:
+        if not self._started:
+            self._started = True
+            self._pending = next(self._flow, None)
+        return self._pending
+
+    def tell(self, scored: Sequence[Scored | None]) -> GroupReport | None:
+        if self._pending is None:
+            raise RuntimeError("tell() without a pending batch: ask() first")
+        for item in scored:
+            if item is not None and item.new and item.record.elapsed_seconds is not None:
+                self._elapsed = item.record.elapsed_seconds
+        try:
+            self._pending = self._flow.send(list(scored))
+        except StopIteration:
+            self._pending = None
+        return self._report
+
+    def stage_params(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "generations": len(self.outcome.generations),
+            "stop_reason": self.outcome.stop_reason,
+            "phase_reasons": self.outcome.phase_reasons,
+            "operators": self.operator_params(),
+            "rejected": sum(len(g.rejected) for g in self.outcome.generations),
+        }
+
+    def history(self) -> list[dict[str, Any]]:
+        return [g.summary() for g in self.outcome.generations]
+
+    def operator_params(self) -> dict[str, Any]:
+        """The GA's operator choices and settings, flat (MLflow params of every generation run)."""
+        ga = self.config
+        params: dict[str, Any] = {
+            "population_size": ga.population_size, "elites": ga.elites, "survival.fraction": ga.survival.fraction,
+            "survival.immigrants": ga.survival.immigrants, "weights": ga.weights, "space.kind": self.space.kind,
+        }  # fmt: skip
+        for role in ("selection", "crossover", "mutation"):
+            spec = getattr(ga, role)
+            params[role] = spec.name
+            params |= {f"{role}.{k}": v for k, v in spec.settings.items()}
+        params |= {f"termination.{k}": v for k, v in ga.termination.model_dump().items() if v is not None}
+        return params
+
+    # -- the generational loop (a coroutine: yields batches, receives their scores) --------------
+
+    def _generations(self) -> Generator[Batch, list[Scored | None], None]:
+        outcome = self.outcome
         space = self.space
         best: Member | None = None
         for phase in range(self.phases.count):
@@ -238,50 +278,43 @@ class GeneticSearch:
             if phase > 0:
                 if best is None:
                     outcome.stop_reason = "no individual of the previous phase could be trained"
-                    return outcome
+                    return
                 try:
                     space = space.grow(best.genome, self.phases.new_conv_layers)
                 except ValueError as exc:  # InfeasibleGenome: no new layer fits after the best's
                     outcome.stop_reason = f"phase {phase} cannot start: {exc}"
-                    return outcome
+                    return
                 transfer = best
             phase_budget = self.budget * (phase + 1) // self.phases.count
-            reason, stop_all = self._run_phase(phase, space, transfer, phase_budget, evaluate, on_generation, outcome)
+            reason, stop_all = yield from self._run_phase(phase, space, transfer, phase_budget)
             outcome.phase_reasons.append(reason)
             best = self._best_member() or best
             if stop_all or phase == self.phases.count - 1:
                 outcome.stop_reason = reason
-                return outcome
-        return outcome
+                return
 
     def _best_member(self) -> Member | None:
         finished = [m for m in self.cache.values() if math.isfinite(m.fitness)]
         return max(finished, key=lambda m: m.fitness) if finished else None
 
     def _run_phase(
-        self,
-        phase: int,
-        space: Any,
-        transfer: Member | None,
-        phase_budget: int,
-        evaluate: EvaluateFn,
-        on_generation: Callable[[Generation], None] | None,
-        outcome: GAOutcome,
-    ) -> tuple[str, bool]:
-        """Run one phase's generations; returns (why it ended, whether the whole search must stop)."""
+        self, phase: int, space: Any, transfer: Member | None, phase_budget: int
+    ) -> Generator[Batch, list[Scored | None], tuple[str, bool]]:
+        """One phase's generations; returns (why it ended, whether the whole search must stop)."""
+        outcome = self.outcome
         freeze = len(getattr(space, "prefix", ())) if transfer is not None and self.phases.freeze_transferred else 0
         self._training_limit = phase_budget  # a generation may not overrun its phase's share
-        initial = []
-        for i in range(self.config.population_size):
-            # sample() returns trainable genomes (an architecture space repairs its draws).
-            parents = (transfer,) if transfer is not None else None
-            initial.append(Candidate(space.sample(self.rng), i, parents, "initial", (), freeze))
-        population = self._score_generation(
-            len(outcome.generations), phase, space, initial, [], evaluate, outcome, on_generation, None, ()
-        )
+        number = len(outcome.generations)
+        parents = (transfer,) if transfer is not None else ()
+        # sample() returns trainable genomes (an architecture space repairs its draws).
+        initial = [
+            self._proposal(number, i, space.sample(self.rng), "initial", parents, (), freeze)
+            for i in range(self.config.population_size)
+        ]
+        population = yield from self._score_generation(number, phase, space, initial, [], None, ())
         phase_generations, idle, stagnant, best = 1, 0, 0, outcome.generations[-1].best
         while True:
-            reason = self._global_stop(outcome)
+            reason = self._global_stop()
             if reason:
                 return reason, True
             if outcome.trained >= phase_budget:
@@ -295,16 +328,15 @@ class GeneticSearch:
                 return f"stagnation: no better best in {stagnant} generations", False
             if idle >= MAX_GENERATIONS_WITHOUT_NEW_GENOME:
                 return f"converged: no new genome in {idle} generations", False
-            population = self._next_generation(
-                len(outcome.generations), phase, space, population, freeze, evaluate, outcome, on_generation
-            )
+            population = yield from self._next_generation(len(outcome.generations), phase, space, population, freeze)
             phase_generations += 1
             idle = 0 if outcome.generations[-1].trained else idle + 1
             new_best = outcome.generations[-1].best
             stagnant = 0 if new_best > best else stagnant + 1
             best = max(best, new_best)
 
-    def _global_stop(self, outcome: GAOutcome) -> str | None:
+    def _global_stop(self) -> str | None:
+        outcome = self.outcome
         if outcome.trained >= self.budget:
             return f"budget of {self.budget} evaluations spent"
         termination = self.config.termination
@@ -315,32 +347,24 @@ class GeneticSearch:
         return None
 
     def _next_generation(
-        self,
-        number: int,
-        phase: int,
-        space: Any,
-        population: list[Member],
-        freeze: int,
-        evaluate: EvaluateFn,
-        outcome: GAOutcome,
-        on_generation: Callable[[Generation], None] | None,
-    ) -> list[Member]:
+        self, number: int, phase: int, space: Any, population: list[Member], freeze: int
+    ) -> Generator[Batch, list[Scored | None], list[Member]]:
         """Elites and random survivors carried unchanged, fresh immigrants, then bred children."""
         fitness = np.array([m.fitness for m in population])
         elite_idx = elite_indices(fitness, self.config.elites)
         carried = [replace(population[i], origin="elite") for i in elite_idx]
         for i in survivor_indices(fitness, len(elite_idx), self.config.survivors, self.rng):
             carried.append(replace(population[i], origin="survivor"))
-        candidates = []
+        proposals = []
         for _ in range(self.config.survival.immigrants):
-            index = len(carried) + len(candidates)
-            candidates.append(Candidate(space.sample(self.rng), index, None, "immigrant", (), freeze))
-        diversity = outcome.generations[-1].diversity
+            index = len(carried) + len(proposals)
+            proposals.append(self._proposal(number, index, space.sample(self.rng), "immigrant", (), (), freeze))
+        diversity = self.outcome.generations[-1].diversity
         rate = mutation_rate(self.mutate, diversity)
         rejected: list[Rejection] = []
-        wanted = self.config.population_size - len(carried) - len(candidates)
+        wanted = self.config.population_size - len(carried) - len(proposals)
         for _ in range(MAX_BREEDING_ROUNDS):
-            missing = wanted - sum(c.origin == "child" for c in candidates)
+            missing = wanted - sum(p.tags["origin"] == "child" for p in proposals)
             if missing <= 0:
                 break
             bred = breed(
@@ -355,61 +379,78 @@ class GeneticSearch:
                     rejected.append(Rejection(genome, str(exc)))
                     continue
                 parents = sorted((population[a], population[b]), key=lambda m: -m.fitness)
-                candidates.append(
-                    Candidate(repaired, len(carried) + len(candidates), tuple(parents), "child", tuple(notes), freeze)
-                )
-        return self._score_generation(
-            number, phase, space, candidates, carried, evaluate, outcome, on_generation, rate, tuple(rejected)
-        )
+                index = len(carried) + len(proposals)
+                proposals.append(self._proposal(number, index, repaired, "child", tuple(parents), tuple(notes), freeze))
+        return (yield from self._score_generation(number, phase, space, proposals, carried, rate, tuple(rejected)))
+
+    @staticmethod
+    def _proposal(
+        number: int, index: int, genome: Genome, origin: str, parents: tuple[Member, ...], notes: tuple[str, ...],
+        freeze: int,
+    ) -> Proposal:
+        """A generation's proposal; ``parents`` fitter first (inheritance starts from the first)."""
+        tags = {
+            "method": "ga",
+            "generation": number,
+            "index": index,
+            "origin": origin,
+            "parent_hashes": ",".join(p.genome_hash for p in parents),
+            "parent_run_ids": ",".join(str(p.run_id) for p in parents),
+            **({"repaired": "; ".join(notes)} if notes else {}),
+        }
+        return Proposal(genome, f"ga-g{number:02d}-{index:02d}", tags, tuple(p.genome_hash for p in parents), freeze)
 
     def _score_generation(
         self,
         number: int,
         phase: int,
         space: Any,
-        candidates: list[Candidate],
+        proposals: list[Proposal],
         carried: list[Member],
-        evaluate: EvaluateFn,
-        outcome: GAOutcome,
-        on_generation: Callable[[Generation], None] | None,
         rate: float | None,
         rejected: tuple[Rejection, ...],
-    ) -> list[Member]:
-        """Score a generation's candidates: cached genomes reuse their score, new ones are trained
-        as one batch while budget remains; candidates past the budget are dropped."""
-        remaining = min(self.budget, self._training_limit) - outcome.trained
-        to_train: list[Candidate] = []
-        planned: set[str] = set(self.cache)
-        for candidate in candidates:
-            hash_ = genome_hash(candidate.genome)
-            if hash_ not in planned and len(to_train) < remaining:
-                to_train.append(candidate)
-                planned.add(hash_)
-        scores = evaluate(number, to_train) if to_train else []
-        for candidate, (fitness, run_id) in zip(to_train, scores):
-            hash_ = genome_hash(candidate.genome)
-            parents = tuple(p.genome_hash for p in candidate.parents) if candidate.parents else None
-            self.cache[hash_] = Member(candidate.genome, hash_, fitness, run_id, candidate.origin, parents)
+    ) -> Generator[Batch, list[Scored | None], list[Member]]:
+        """Hand the generation's proposals to the runner and build the generation from their scores:
+        genomes seen before come back from its cache, new ones trained while budget remains; those
+        past the budget (told ``None``) are dropped."""
+        group = Group(number, f"generation-{number:02d}", self.operator_params(), {"method": "ga", "generation": number})
+        limit = min(self.budget, self._training_limit) - self.outcome.trained
+        scored = yield Batch(tuple(proposals), group, max_trainings=limit)
         members = list(carried)
-        cache_hits = 0
-        for candidate in candidates:
-            hash_ = genome_hash(candidate.genome)
-            if hash_ not in self.cache:
+        trained = cache_hits = 0
+        for proposal, score in zip(proposals, scored):
+            if score is None:
                 continue  # past the budget
-            member = self.cache[hash_]
-            if not any(c is candidate for c in to_train):
+            record = score.record
+            if score.new:
+                trained += 1
+                member = Member(
+                    proposal.genome, record.genome_hash, record.fitness, record.run_id,
+                    proposal.tags["origin"], proposal.parents or None,
+                )  # fmt: skip
+                self.cache[record.genome_hash] = member
+            else:
                 cache_hits += 1
-                member = replace(member, origin="cached")
+                member = replace(self.cache[record.genome_hash], origin="cached")
             members.append(member)
         generation = Generation(
-            number, tuple(members), len(to_train), cache_hits,
+            number, tuple(members), trained, cache_hits,
             population_diversity([m.genome for m in members], space), phase, rate, rejected,
         )  # fmt: skip
-        outcome.generations.append(generation)
-        if on_generation is not None:
-            on_generation(generation)
+        self.outcome.generations.append(generation)
+        self._report = _generation_report(generation)
         return members
 
 
-def _elapsed_since(start: float) -> Callable[[], float]:
-    return lambda: time.perf_counter() - start
+def _generation_report(generation: Generation) -> GroupReport:
+    summary = generation.summary()
+    metrics = {k: summary[k] for k in ("best", "mean", "median", "worst") if summary[k] is not None}
+    metrics |= {k: summary[k] for k in ("failed", "trained", "cache_hits", "diversity", "phase")}
+    metrics |= {"rejected": len(generation.rejected)}
+    if generation.mutation_rate is not None:
+        metrics["mutation_rate"] = generation.mutation_rate
+    tags = {"elite_hashes": ",".join(m.genome_hash for m in generation.members if m.origin == "elite")}
+    if generation.rejected:
+        tags["rejected"] = " | ".join(r.reason for r in generation.rejected)[:5000]
+    stage = {"generation_best": metrics.get("best", 0.0), "generation_diversity": generation.diversity}
+    return GroupReport(metrics, tags, stage)

@@ -3,15 +3,17 @@ example), and variable-length networks built from architecture genomes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.architecture import feature_shape
-from pipeline.config import ModelConfig
+from pipeline.space.architecture import feature_shape
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import ModelConfig
 
 
 class StudyCNN(nn.Module):
@@ -149,6 +151,19 @@ def build_architecture_network(
     genome: Mapping[str, Any], image_shape: tuple[int, int, int], num_classes: int
 ) -> ArchitectureNet:
     return ArchitectureNet(genome["conv"], genome["fc"], image_shape, num_classes)
+
+
+NetworkBuilder = Callable[[Mapping[str, Any]], nn.Module]
+
+
+def network_builder(
+    space_kind: str, model_config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int
+) -> NetworkBuilder:
+    """genome -> its freshly initialised network: its own layers for ``space.kind: architecture``,
+    else the study's CNN of ``model`` (the genome then holds optimiser genes only)."""
+    if space_kind == "architecture":
+        return lambda genome: build_architecture_network(genome, image_shape, num_classes)
+    return lambda genome: build_network(model_config, image_shape, num_classes)
 
 
 def freeze_conv_layers(network: ArchitectureNet, count: int) -> None:

@@ -10,12 +10,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import numpy as np
 from scipy import stats
 
-from pipeline.config import ChoiceGene, FloatGene, IntGene, SpaceConfig
+if TYPE_CHECKING:  # annotations only: the config validates through this package, not the reverse
+    from pipeline.config.sections import SpaceConfig
 
 Genome = dict[str, Any]
 
@@ -173,17 +174,19 @@ class _RoundedLogUniform:
 class SearchSpace:
     """An ordered set of dimensions; genomes list their genes in this order."""
 
+    kind: ClassVar[str] = "hyperparameters"
+
     dimensions: tuple[Dimension, ...]
 
     @classmethod
     def from_config(cls, config: SpaceConfig) -> SearchSpace:
         dims: list[Dimension] = []
         for name, gene in config.genes.items():
-            if isinstance(gene, FloatGene):
+            if gene.type == "float":
                 dims.append(FloatDimension(name, float(gene.low), float(gene.high), gene.log))
-            elif isinstance(gene, IntGene):
+            elif gene.type == "int":
                 dims.append(IntDimension(name, gene.low, gene.high, gene.log))
-            elif isinstance(gene, ChoiceGene):
+            elif gene.type == "choice":
                 dims.append(ChoiceDimension(name, tuple(gene.values)))
         return cls(tuple(dims))
 

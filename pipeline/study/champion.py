@@ -11,19 +11,22 @@ import mlflow
 import mlflow.pytorch
 import torch
 
-from pipeline.config import StudyConfig
+from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
-from pipeline.evaluate import fit_genome, mlflow_params, training_device
-from pipeline.lit_module import DivergedError
+from pipeline.errors import SearchFailed
 from pipeline.jsonio import write_json
-from pipeline.search import METHODS, SearchFailed
+from pipeline.search.registry import method_names
 from pipeline.space import genome_hash, genome_seed
-from pipeline.tracking import Tracker
+from pipeline.tracking.observer import mlflow_params
+from pipeline.tracking.store import Tracker
+from pipeline.training.fit import fit_genome, training_device
+from pipeline.training.lit_module import DivergedError
+from pipeline.training.models import NetworkBuilder, network_builder
 
 
 def load_search_summaries(results_dir: Path) -> dict[str, dict[str, Any]]:
     summaries = {}
-    for method in METHODS:
+    for method in method_names():
         path = results_dir / f"{method}_search.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run the {method}_search stage first")
@@ -32,18 +35,18 @@ def load_search_summaries(results_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def rank_methods(summaries: dict[str, dict[str, Any]]) -> list[str]:
-    """Methods with a finished best, by best validation accuracy (ties keep METHODS order)."""
-    usable = [m for m in METHODS if summaries[m].get("best_val_acc") is not None]
+    """Methods with a finished best, by best validation accuracy (ties keep the registry's order)."""
+    usable = [m for m in summaries if summaries[m].get("best_val_acc") is not None]
     return sorted(usable, key=lambda m: -summaries[m]["best_val_acc"])
 
 
 def _retrain(
-    genome: dict, config: StudyConfig, data: PreparedData, splits: dict[str, TensorSplit], tracker: Tracker, run_id: str
+    genome: dict, config: StudyConfig, build: NetworkBuilder, splits: dict[str, TensorSplit], tracker: Tracker, run_id: str
 ) -> dict[str, Any]:
     seed = genome_seed(config.seed, genome)
     outcome = fit_genome(
-        genome, seed=seed, train_split=splits["train"], val_split=splits["val"], data=data,
-        model_config=config.model, train_config=config.train, epochs=config.champion.epochs,
+        genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
+        train_config=config.train, epochs=config.champion.epochs,
     )  # fmt: skip
     test_batches = TensorBatches(splits["test"], config.train.eval_batch_size, shuffle=False)
     (test_metrics,) = outcome.trainer.test(outcome.module, dataloaders=test_batches, verbose=False)
@@ -73,6 +76,7 @@ def run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Pat
         "val": data.load("val").to(training_device()),
         "test": data.load("test").to(training_device()),
     }
+    build = network_builder(config.space.kind, config.model, data.image_shape, data.num_classes)
     stage_run = tracker.start_run(
         "champion",
         params={"epochs": config.champion.epochs, "train_size": len(splits["train"]), "test_size": len(splits["test"])},
@@ -90,7 +94,7 @@ def run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Pat
                     tags={"method": method, "genome_hash": hash_, "search_run_id": summaries[method]["best_run_id"]},
                 )  # fmt: skip
                 try:
-                    retrained[hash_] = _retrain(genome, config, data, splits, tracker, run_id) | {"run_id": run_id}
+                    retrained[hash_] = _retrain(genome, config, build, splits, tracker, run_id) | {"run_id": run_id}
                     tracker.end_run(run_id)
                 except (DivergedError, RuntimeError, ValueError) as exc:
                     retrained[hash_] = {"failure": f"{type(exc).__name__}: {exc}", "run_id": run_id}

@@ -1,5 +1,8 @@
 """The second genome kind: variable-length network architectures (studies 002 and 003).
 
+The space here: sampling, repair, diversity, phased growth; the layer operators are in
+``pipeline.operators.layers``.
+
 A genome is a plain, JSON-serialisable ``dict``: the optimiser genes in the order of
 ``space.optimiser`` (learning_rate, momentum, ...), then ``"conv"``, a list of conv genes (dicts
 keyed by ``CONV_KEYS``), then ``"fc"``, a list of fully connected genes (keyed by ``FC_KEYS``)::
@@ -11,23 +14,22 @@ Conv layer ``i`` is ``genome["conv"][i]``, counted from 0 with the phase prefix 
 network's ``conv.<i>`` modules). Phased growth (study 003) fixes the first conv genes to the previous
 phase's best (``ArchitectureSpace.prefix``); the operators here never change them.
 
-Operators follow the house contract: pure functions, randomness only from the given
-``numpy.random.Generator`` in a documented order (same seed, same child), inputs never changed. They
-do not repair; the caller runs ``ArchitectureSpace.repair`` before training. numpy only: no torch.
+numpy only: no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.config import SpaceConfig
-from pipeline.space import ChoiceDimension, Genome, SearchSpace
+from pipeline.space.dimensions import ChoiceDimension, Genome, IntDimension, SearchSpace
+
+if TYPE_CHECKING:  # annotations only: the config validates through this package, not the reverse
+    from pipeline.config.sections import SpaceConfig
 
 CONV_KEYS = (
     "filters", "kernel_size", "stride", "padding", "pool_size", "pool_type", "activation", "batch_norm", "skip"
@@ -89,6 +91,8 @@ def _size(hw: tuple[int, int]) -> str:
 @dataclass(frozen=True)
 class ArchitectureSpace:
     """Variable-length architecture genomes: optimiser genes plus conv and fc gene lists."""
+
+    kind: ClassVar[str] = "architecture"
 
     optimiser: SearchSpace  # fixed-length genes
     conv: SearchSpace  # one ChoiceDimension per CONV_KEYS entry
@@ -317,143 +321,23 @@ def _slot_disagreement(layers: Sequence[Sequence[Mapping[str, Any]]]) -> float |
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Layer-list operators
+# A fixed-length view, for samplers that know only fixed-length spaces (scikit-learn's grid and sampler)
+
+# Names of the layer-count dimensions in the view (never an optimiser gene's name).
+CONV_COUNT, FC_COUNT = "conv_layers", "fc_layers"
 
 
-def crossover_layers_mix(
-    layers_a: Sequence[Layer],
-    layers_b: Sequence[Layer],
-    rng: np.random.Generator,
-    *,
-    bounds: tuple[int, int] | None = None,
-) -> list[Layer]:
-    """Study 002: over the shorter parent's length, each key of each gene from ``a`` or ``b`` with
-    probability 0.5; the longer parent's remaining genes copied after. The child is as long as the
-    longer parent, so it respects any ``bounds`` both parents do (accepted for a common call shape).
+def layer_count_view(space: ArchitectureSpace) -> SearchSpace:
+    """The new-conv and fc layer counts, then the optimiser dimensions: a fixed-length space.
 
-    Draws: one ``rng.random((n, keys))`` for the ``n`` shared slots (none when ``n == 0``).
+    Counts first: ``grid_levels`` breaks ties towards earlier dimensions, so a small grid varies
+    the depth of the network before the optimiser genes.
     """
-    n = min(len(layers_a), len(layers_b))
-    child: list[Layer] = []
-    if n:
-        keys = list(layers_a[0])
-        take_b = rng.random((n, len(keys))) < 0.5
-        for i in range(n):
-            child.append({k: (layers_b[i] if b else layers_a[i])[k] for k, b in zip(keys, take_b[i])})
-    longer = layers_a if len(layers_a) > len(layers_b) else layers_b
-    return child + [dict(g) for g in longer[n:]]
+    counts = (IntDimension(CONV_COUNT, *space.conv_length), IntDimension(FC_COUNT, *space.fc_length))
+    return SearchSpace(counts + space.optimiser.dimensions)
 
 
-def crossover_layers_cut_splice(
-    layers_a: Sequence[Layer], layers_b: Sequence[Layer], rng: np.random.Generator, *, bounds: tuple[int, int]
-) -> list[Layer]:
-    """One-point cut and splice: ``a[:i] + b[j:]``, ``(i, j)`` uniform among the cuts
-    (``0 <= i <= len(a)``, ``0 <= j <= len(b)``) that give a length within ``bounds``.
-
-    Draws: one ``rng.integers`` over the valid cuts, listed by ``i`` then ``j``.
-    """
-    lo, hi = bounds
-    cuts = [
-        (i, j)
-        for i in range(len(layers_a) + 1)
-        for j in range(len(layers_b) + 1)
-        if lo <= i + len(layers_b) - j <= hi
-    ]
-    if not cuts:
-        raise ValueError(f"no cut of parents of lengths {len(layers_a)} and {len(layers_b)} fits {bounds}")
-    i, j = cuts[int(rng.integers(len(cuts)))]
-    return [dict(g) for g in layers_a[:i]] + [dict(g) for g in layers_b[j:]]
-
-
-LAYER_CROSSOVERS: dict[str, Callable[..., list[Layer]]] = {
-    "mix": crossover_layers_mix,
-    "cut_splice": crossover_layers_cut_splice,
-}
-
-
-def mutate_layer_genes(
-    layers: Sequence[Layer], layer_space: SearchSpace, rng: np.random.Generator, *, rate: float
-) -> list[Layer]:
-    """Each key of each gene, with probability ``rate``, redrawn from its choices.
-
-    Draws, gene by gene: ``rng.random(keys)``, then one ``sample`` per key hit (in key order).
-    """
-    child = []
-    for gene in layers:
-        hits = rng.random(len(layer_space.dimensions)) < rate
-        child.append({d.name: d.sample(rng) if hit else gene[d.name] for d, hit in zip(layer_space.dimensions, hits)})
-    return child
-
-
-def mutate_length(
-    layers: Sequence[Layer],
-    layer_space: SearchSpace,
-    rng: np.random.Generator,
-    *,
-    rate: float,
-    bounds: tuple[int, int],
-) -> list[Layer]:
-    """Study 002: new length ``round(Normal(len(layers), sqrt(rate * bounds[1])))`` clipped to
-    ``bounds`` (variance proportional to the rate); genes appended are drawn like initial ones,
-    a shorter list drops genes from the end. Rate 0 keeps the length.
-
-    Draws: one ``rng.normal``, then ``layer_space.sample`` per appended gene.
-    """
-    sd = math.sqrt(rate * bounds[1])
-    length = int(round(float(rng.normal(len(layers), sd))))
-    length = min(max(length, bounds[0]), bounds[1])
-    kept = [dict(g) for g in layers[:length]]
-    return kept + [layer_space.sample(rng) for _ in range(length - len(kept))]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Whole-genome operators
-
-
-def crossover_architecture(
-    parent_a: Genome,
-    parent_b: Genome,
-    space: ArchitectureSpace,
-    rng: np.random.Generator,
-    *,
-    optimiser_crossover: Callable[..., Genome],
-    layer_method: str = "mix",
-) -> Genome:
-    """A child genome, not repaired. ``optimiser_crossover(opt_a, opt_b, space.optimiser, rng)``
-    crosses the optimiser genes; ``LAYER_CROSSOVERS[layer_method]`` the conv genes after the
-    prefix (the prefix is kept) and the fc genes.
-
-    Draws: the optimiser crossover's, then the conv layers', then the fc layers'.
-    """
-    if layer_method not in LAYER_CROSSOVERS:
-        raise KeyError(f"unknown layer crossover {layer_method!r}; choose one of {sorted(LAYER_CROSSOVERS)}")
-    cross = LAYER_CROSSOVERS[layer_method]
-    p = len(space.prefix)
-    opt_a, opt_b = space.optimiser_genes(parent_a), space.optimiser_genes(parent_b)
-    child = dict(optimiser_crossover(opt_a, opt_b, space.optimiser, rng))
-    conv = cross(parent_a["conv"][p:], parent_b["conv"][p:], rng, bounds=space.conv_length)
-    fc = cross(parent_a["fc"], parent_b["fc"], rng, bounds=space.fc_length)
-    return child | {"conv": [dict(g) for g in space.prefix] + conv, "fc": fc}
-
-
-def mutate_architecture(
-    genome: Genome,
-    space: ArchitectureSpace,
-    rng: np.random.Generator,
-    *,
-    optimiser_mutation: Callable[..., Genome],
-    rate: float,
-) -> Genome:
-    """A mutated copy, not repaired: ``optimiser_mutation(opt_genes, space.optimiser, rng)`` on the
-    optimiser genes; on the conv genes after the prefix and on the fc genes, ``mutate_length`` then
-    ``mutate_layer_genes``, both at ``rate``. The prefix is kept.
-
-    Draws: the optimiser mutation's, then conv length, conv genes, fc length, fc genes.
-    """
-    p = len(space.prefix)
-    child = dict(optimiser_mutation(space.optimiser_genes(genome), space.optimiser, rng))
-    conv = mutate_length(genome["conv"][p:], space.conv, rng, rate=rate, bounds=space.conv_length)
-    conv = mutate_layer_genes(conv, space.conv, rng, rate=rate)
-    fc = mutate_length(genome["fc"], space.fc, rng, rate=rate, bounds=space.fc_length)
-    fc = mutate_layer_genes(fc, space.fc, rng, rate=rate)
-    return child | {"conv": [dict(g) for g in space.prefix] + conv, "fc": fc}
+def assemble_genome(space: ArchitectureSpace, point: Mapping[str, Any], conv: list[dict], fc: list[dict]) -> Genome:
+    """A genome of ``space`` from a point of ``layer_count_view`` and the new layer genes."""
+    genome = {**space.optimiser.canonical(point), "conv": [*space.prefix, *conv], "fc": fc}
+    return space.canonical(genome)

@@ -10,12 +10,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import ConfigError, StudyConfig, load_config
-from pipeline.data import DatasetError
-from pipeline.search import SearchFailed
-from pipeline.tracking import TrackingError
-
-USER_ERRORS = (ConfigError, DatasetError, TrackingError, SearchFailed, FileNotFoundError)
+from pipeline.config import StudyConfig, load_config
+from pipeline.errors import USER_ERRORS
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -1,0 +1,119 @@
+"""What crosses the seam between a search strategy, the runner and an evaluator.
+
+A strategy *proposes* genomes (``Proposal``); an evaluator trains each and returns an
+``EvaluationRecord``; the runner completes the record (its place in the search, its MLflow run,
+when it finished), appends it to the checkpoint and tells the strategy (``Scored``). The record is
+the one type of an evaluated individual: in memory, in the checkpoint, in the history file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+from pipeline.space.dimensions import Genome, genome_hash, genome_seed
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A genome a strategy wants evaluated, with how its MLflow run is named and tagged.
+
+    ``parents`` are genome hashes, fitter first: with ``ga.weights`` the child starts from their
+    trained weights. ``freeze_conv`` leading conv layers stay frozen (phased growth).
+    """
+
+    genome: Genome
+    name: str
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    parents: tuple[str, ...] = ()
+    freeze_conv: int = 0
+
+    @property
+    def genome_hash(self) -> str:
+        return genome_hash(self.genome)
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One evaluated individual. An evaluator fills the training fields; the runner adds ``index``
+    (its place among the search's trainings), ``group`` (the GA's generation), ``run_id`` and
+    ``elapsed_seconds`` (on the search's own clock, which a resumed search continues)."""
+
+    genome: Genome
+    genome_hash: str
+    seed: int
+    status: str  # "finished" or "failed"
+    val_acc: float | None
+    val_loss: float | None
+    train_loss: float | None
+    train_seconds: float
+    epochs: list[dict[str, float]]
+    failure: str | None = None
+    init: str = "scratch"  # "scratch", "inherit" or "merge": where the initial weights came from
+    transferred_fraction: float = 0.0  # share of the initial weights taken from parents
+    index: int | None = None
+    generation: int | None = None
+    run_id: str | None = None
+    elapsed_seconds: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished" and self.val_acc is not None
+
+    @property
+    def fitness(self) -> float:
+        """Validation accuracy; a failed individual ranks below every finished one."""
+        return self.val_acc if self.finished else -math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> EvaluationRecord:
+        """The record of a checkpoint or history line; raises ``KeyError``/``TypeError`` when malformed."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+    @classmethod
+    def failed(cls, genome: Genome, seed: int, reason: str, seconds: float, **initial: Any) -> EvaluationRecord:
+        return cls(genome, genome_hash(genome), seed, "failed", None, None, None, seconds, [], reason, **initial)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a strategy is told of one proposal: its record, and whether it was trained for this
+    proposal (``new``) or reused from an earlier evaluation of the same genome."""
+
+    record: EvaluationRecord
+    new: bool
+
+
+class Evaluator(Protocol):
+    """Trains proposals. Yields ``(position in proposals, record)`` as each finishes, in any order;
+    the runner commits them in proposal order. Never touches MLflow or the checkpoint."""
+
+    def evaluate(self, proposals: Sequence[Proposal]) -> Iterator[tuple[int, EvaluationRecord]]: ...
+
+
+class FunctionEvaluator:
+    """An evaluator without training: ``fitness(genome)`` is the validation accuracy (``-inf`` or an
+    exception: a failed individual). For search-dynamics benchmarks and tests of the loop."""
+
+    def __init__(self, fitness: Callable[[Genome], float], study_seed: int = 0) -> None:
+        self.fitness = fitness
+        self.study_seed = study_seed
+
+    def evaluate(self, proposals: Sequence[Proposal]) -> Iterator[tuple[int, EvaluationRecord]]:
+        for position, proposal in enumerate(proposals):
+            genome = proposal.genome
+            seed = genome_seed(self.study_seed, genome)
+            try:
+                value = float(self.fitness(genome))
+            except Exception as exc:  # noqa: BLE001 - the individual's failure, not the search's
+                yield position, EvaluationRecord.failed(genome, seed, f"{type(exc).__name__}: {exc}", 0.0)
+                continue
+            if not math.isfinite(value):
+                yield position, EvaluationRecord.failed(genome, seed, f"fitness {value}", 0.0)
+                continue
+            yield position, EvaluationRecord(genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [])

@@ -1,0 +1,155 @@
+"""The one loop that drives any search strategy: ask, plan, train, record, tell.
+
+It owns what every method shares: the duplicate-genome cache (a genome is trained once per
+search), the budget (trainings counted here only), the checkpoint (each record appended before its
+MLflow run is finished), replay of a killed search's records instead of training, tracking and
+progress. The evaluator only trains; the strategy only proposes. torch-free: the evaluator is
+handed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from pipeline.evaluation import EvaluationRecord, Evaluator, Proposal, Scored
+from pipeline.search.protocol import Batch, Strategy
+from pipeline.study.checkpoint import Checkpoint
+from pipeline.tracking.observer import SearchTracking
+
+TRAIN, CACHED, DROPPED = "train", "cached", "dropped"
+
+
+class ResumeDiverged(RuntimeError):
+    """A resumed search asked for other genomes than the checkpoint recorded: the code or the
+    platform is not deterministic, and the checkpoint cannot be continued."""
+
+
+def plan_batch(batch: Batch, known: set[str], budget_left: int) -> list[str]:
+    """What to do with each proposal: ``train`` a genome not seen yet while the budget (and the
+    batch's own ``max_trainings``) lasts; ``cached`` for one evaluated before, or earlier in this
+    batch; ``dropped`` past the budget."""
+    limit = budget_left if batch.max_trainings is None else min(budget_left, batch.max_trainings)
+    planned, plan = set(known), []
+    for proposal in batch.proposals:
+        hash_ = proposal.genome_hash
+        if hash_ in planned:
+            plan.append(CACHED)
+        elif plan.count(TRAIN) < limit:
+            plan.append(TRAIN)
+            planned.add(hash_)
+        else:
+            plan.append(DROPPED)
+    return plan
+
+
+@dataclass
+class SearchRunner:
+    """Runs ``strategy`` to its end with ``evaluator``, at most ``budget`` trainings.
+
+    ``checkpoint``: where each finished evaluation is appended, and the records of a killed run
+    to replay. ``tracking``: MLflow runs under ``stage_run``. ``on_record(record, replayed)``:
+    progress, after each record is committed.
+    """
+
+    strategy: Strategy
+    evaluator: Evaluator
+    budget: int
+    checkpoint: Checkpoint | None = None
+    tracking: SearchTracking | None = None
+    stage_run: str | None = None
+    on_record: Callable[[EvaluationRecord, bool], None] | None = None
+    records: list[EvaluationRecord] = field(default_factory=list)  # every training of this search, in order
+
+    def __post_init__(self) -> None:
+        self._replay = list(self.checkpoint.records) if self.checkpoint is not None else []
+        self._known: dict[str, EvaluationRecord] = {}
+        # The search's own clock: a resumed search continues the killed one's timeline.
+        last = self._replay[-1].elapsed_seconds if self._replay else None
+        self._started = time.perf_counter() - (last or 0.0)
+
+    def elapsed(self) -> float:
+        """Seconds on the search's own clock (a resumed search continues the killed one's)."""
+        return time.perf_counter() - self._started
+
+    def run(self) -> list[EvaluationRecord]:
+        while (batch := self.strategy.ask()) is not None:
+            plan = plan_batch(batch, set(self._known), self.budget - len(self.records))
+            group_run = self._group_run(batch)
+            to_train = [p for p, action in zip(batch.proposals, plan) if action == TRAIN]
+            self._train(to_train, batch, group_run)
+            scored = [
+                None if action == DROPPED else Scored(self._known[p.genome_hash], new=action == TRAIN)
+                for p, action in zip(batch.proposals, plan)
+            ]
+            report = self.strategy.tell(scored)
+            if self.tracking is not None and batch.group is not None and group_run is not None:
+                self.tracking.finish_group(group_run, batch.group, report, self.stage_run)
+        return self.records
+
+    def _group_run(self, batch: Batch) -> str | None:
+        if self.tracking is None or batch.group is None:
+            return self.stage_run
+        number = batch.group.number
+        reused = self.checkpoint.group_runs.get(number) if self.checkpoint is not None else None
+        if reused is not None:
+            self.tracking.resume_group(reused)
+            return reused
+        run_id = self.tracking.start_group(batch.group, self.stage_run)
+        if self.checkpoint is not None:
+            self.checkpoint.set_group_run(number, run_id)
+        return run_id
+
+    def _train(self, proposals: Sequence[Proposal], batch: Batch, group_run: str | None) -> None:
+        """Replay what the checkpoint holds, train the rest; commit records in proposal order."""
+        replayed = self._replay[len(self.records) : len(self.records) + len(proposals)]
+        for proposal, record in zip(proposals, replayed):
+            if record.genome_hash != proposal.genome_hash:
+                where = self.checkpoint.path if self.checkpoint is not None else "the checkpoint"
+                raise ResumeDiverged(
+                    f"resume diverged at evaluation {len(self.records)}: {where} has {record.genome_hash}, "
+                    f"the search asked for {proposal.genome_hash}; delete {where} to start afresh"
+                )
+            self._commit(record, replayed=True)
+        fresh = list(proposals[len(replayed) :])
+        if not fresh:
+            return
+        run_ids: list[str | None] = [None] * len(fresh)
+        if self.tracking is not None and group_run is not None:
+            run_ids = list(self.tracking.start_individuals(fresh, group_run))
+        finished: dict[int, EvaluationRecord] = {}
+        committed = 0
+        generation = batch.group.number if batch.group is not None else None
+        try:
+            for position, record in self.evaluator.evaluate(fresh):
+                finished[position] = record
+                while committed in finished:  # results may arrive in any order; commit in proposal order
+                    record = dataclasses.replace(
+                        finished.pop(committed), index=len(self.records), generation=generation,
+                        run_id=run_ids[committed], elapsed_seconds=self.elapsed(),
+                    )  # fmt: skip
+                    self._commit(record, replayed=False)
+                    committed += 1
+        except BaseException:
+            # Killed (Ctrl-C, SIGTERM) or broken: runs without a record did not finish; a resume retrains them.
+            if self.tracking is not None:
+                self.tracking.kill_individuals([r for r in run_ids[committed:] if r is not None])
+            raise
+
+    def _commit(self, record: EvaluationRecord, *, replayed: bool) -> None:
+        if not replayed:
+            if self.checkpoint is not None:
+                self.checkpoint.append(record)  # the record first: a kill after it loses nothing
+            if self.tracking is not None:
+                self.tracking.finish_individual(record)
+        self.records.append(record)
+        self._known[record.genome_hash] = record
+        if self.on_record is not None:
+            self.on_record(record, replayed)
+
+
+def run_strategy(strategy: Strategy, evaluator: Evaluator, budget: int) -> list[EvaluationRecord]:
+    """Drive ``strategy`` with ``evaluator`` in memory: no checkpoint, tracking or progress."""
+    return SearchRunner(strategy, evaluator, budget).run()

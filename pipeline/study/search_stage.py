@@ -1,0 +1,156 @@
+"""A search stage end to end: one registered method on the shared evaluator and budget, every
+evaluation logged to MLflow, the checkpoint and the stage's results files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.config.sections import StudyConfig
+from pipeline.data import PreparedData
+from pipeline.errors import SearchFailed
+from pipeline.evaluation import EvaluationRecord
+from pipeline.jsonio import write_json
+from pipeline.search.registry import get_method
+from pipeline.space import make_space
+from pipeline.study.checkpoint import Checkpoint, fingerprint
+from pipeline.study.runner import SearchRunner
+from pipeline.tracking.observer import SearchTracking
+from pipeline.tracking.store import Tracker
+from pipeline.training.evaluator import SequentialEvaluator
+from pipeline.training.weights import WeightStore
+
+SHARED_SECTIONS = ("model", "space", "budget", "train")
+
+
+def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, tracker: Tracker) -> str:
+    """What a search's results depend on: its params, the prepared data, where its runs are logged
+    (a checkpoint's run ids mean nothing in another store or experiment), and the code."""
+    sections: dict[str, Any] = {"method": method, "seed": config.seed, "data": data_summary}
+    for name in SHARED_SECTIONS + get_method(method).settings_sections:
+        sections[name] = getattr(config, name).model_dump()
+    sections["tracking"] = {"uri": tracker.uri, "experiment": config.mlflow.experiment}
+    return fingerprint(sections)
+
+
+def search_summary(method: str, budget: int, records: list[EvaluationRecord], wall_seconds: float) -> dict[str, Any]:
+    """The stage's results: counts, times and its best (the earliest evaluation to reach the best score)."""
+    finished = [r for r in records if r.finished]
+    summary: dict[str, Any] = {
+        "method": method,
+        "budget": budget,
+        "evaluations": len(records),
+        "failed": sum(not r.finished for r in records),
+        "total_train_seconds": sum(r.train_seconds for r in records),
+        "wall_seconds": wall_seconds,
+    }
+    if finished:
+        best = max(finished, key=lambda r: r.fitness)  # max() keeps the first of equal scores
+        summary.update(
+            best_val_acc=best.val_acc,
+            best_val_loss=best.val_loss,
+            best_genome=best.genome,
+            best_genome_hash=best.genome_hash,
+            best_run_id=best.run_id,
+            evaluations_to_best=best.index + 1,
+            time_to_best_seconds=best.elapsed_seconds,
+            train_seconds_to_best=sum(r.train_seconds for r in records[: best.index + 1]),
+        )
+    return summary
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return f"[{len(value)} layers]"  # the whole genome is in MLflow and the history file
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class _Progress:
+    """One line per trained evaluation above a tqdm bar with the best so far."""
+
+    def __init__(self, bar: tqdm, method: str, budget: int) -> None:
+        self.bar, self.method, self.budget, self.best = bar, method, budget, None
+
+    def __call__(self, record: EvaluationRecord, replayed: bool) -> None:
+        self.bar.update(1)
+        if record.finished and (self.best is None or record.fitness > self.best):
+            self.best = record.fitness
+            self.bar.set_postfix(best=f"{self.best:.4f}")
+        if replayed:
+            return
+        genes = " ".join(f"{k}={_short(v)}" for k, v in record.genome.items())
+        outcome = f"val_acc={record.val_acc:.4f}" if record.finished else f"FAILED ({record.failure})"
+        where = f" gen {record.generation}" if record.generation is not None else ""
+        self.bar.write(
+            f"[{self.method}] eval {record.index + 1}/{self.budget}{where}: {outcome} "
+            f"in {record.train_seconds:.1f}s | {genes}"
+        )
+
+
+def run_search_stage(
+    method: str, config: StudyConfig, prepared_dir: Path, results_dir: Path, checkpoint_dir: Path = Path("checkpoints")
+) -> dict[str, Any]:
+    """Run one search method end to end; writes ``<method>_search.json`` (summary metrics) and
+    ``<method>_search_history.json`` (every evaluation) under ``results_dir``. Resumes from
+    ``checkpoint_dir/<method>_search.jsonl`` when a killed run with the same fingerprint left one."""
+    spec = get_method(method)
+    budget = config.budget.evaluations
+    tracker = Tracker(config.mlflow.experiment)
+    tracking = SearchTracking(tracker, config.seed)
+    data = PreparedData.open(prepared_dir)
+    space = make_space(config.space, data.image_shape)
+    checkpoint, message = Checkpoint.open(
+        checkpoint_dir / f"{method}_search.jsonl", stage_fingerprint(method, config, data.summary, tracker)
+    )
+    print(f"[{method}] {message}", flush=True)
+    weight_rule = spec.weight_rule(config)
+    weight_store = None
+    if weight_rule != "none":
+        weights_dir = checkpoint_dir / f"{method}_weights"
+        if not checkpoint.records and weights_dir.exists():
+            shutil.rmtree(weights_dir)  # a fresh start: weights of another run's genomes must not be reused
+        weight_store = WeightStore(weights_dir)
+    evaluator = SequentialEvaluator(
+        data, space_kind=config.space.kind, model_config=config.model, train_config=config.train,
+        study_seed=config.seed, weights=weight_rule, weight_store=weight_store,
+    )  # fmt: skip
+    strategy = spec.build(config, space)
+    if checkpoint.stage_run_id is not None:
+        stage_run = checkpoint.stage_run_id
+        closed, killed = tracking.reopen_stage(stage_run, list(checkpoint.group_runs.values()), checkpoint.records)
+        if closed or killed:
+            print(f"[{method}] closed {closed} run(s) the killed stage left RUNNING from their records, "
+                  f"marked {killed} as KILLED", flush=True)  # fmt: skip
+    else:
+        stage_run = tracking.start_stage(
+            f"{method}_search",
+            params={"budget": budget, "seed": config.seed, "dataset": data.summary["dataset"],
+                    "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"],
+                    **strategy.stage_params()},
+            tags={"method": method, "stage": f"{method}_search"},
+        )  # fmt: skip
+        checkpoint.set_stage_run(stage_run)
+    try:
+        with tqdm(total=budget, desc=f"{method} search", unit="eval", disable=None) as bar:
+            runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, _Progress(bar, method, budget))
+            records = runner.run()
+    except BaseException as exc:
+        # Ctrl-C or SIGTERM (KeyboardInterrupt/SystemExit) is a kill, anything else a failure.
+        tracking.fail_stage(stage_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+    summary = search_summary(method, budget, records, runner.elapsed()) | strategy.summary()
+    history = {"evaluations": [r.to_dict() for r in records], "generations": strategy.history()}
+    write_json(results_dir / f"{method}_search_history.json", history)
+    write_json(results_dir / f"{method}_search.json", summary)
+    if "best_val_acc" not in summary:
+        tracking.fail_stage(stage_run, "FAILED", "every individual failed")
+        raise SearchFailed(
+            f"{method} search: all {summary['evaluations']} individuals failed (see failure_reason in MLflow); "
+            "no champion can be chosen. Narrow the search space (e.g. space.genes.learning_rate.high)"
+        )
+    tracking.finish_stage(stage_run, summary)
+    checkpoint.mark_complete()
+    return summary

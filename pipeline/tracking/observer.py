@@ -1,0 +1,115 @@
+"""MLflow runs of one search stage, as the runner reports its progress: the stage's run, a run per
+group (the GA's generation) under it, and a run per trained individual under that.
+
+An individual's run is created before it trains and finished from its record after the record is
+in the checkpoint; a resumed stage closes what the killed one left RUNNING: from the record where
+the individual finished, as KILLED where it did not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+from pipeline.evaluation import EvaluationRecord, Proposal
+from pipeline.search.protocol import Group, GroupReport
+from pipeline.space import genome_seed
+from pipeline.tracking.store import Tracker
+
+
+def mlflow_params(genome: Mapping[str, Any]) -> dict[str, Any]:
+    """A genome as MLflow params: scalars as they are, layer lists as JSON plus their length."""
+    params: dict[str, Any] = {}
+    for key, value in genome.items():
+        if isinstance(value, list):
+            params[f"{key}_layers"] = len(value)
+            params[key] = json.dumps(value, separators=(",", ":"))
+        else:
+            params[key] = value
+    return params
+
+
+class SearchTracking:
+    """The MLflow side of one search stage; every method takes and returns plain run ids."""
+
+    def __init__(self, tracker: Tracker, study_seed: int) -> None:
+        self.tracker = tracker
+        self.study_seed = study_seed
+
+    def start_stage(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
+        return self.tracker.start_run(name, params=params, tags=tags)
+
+    def reopen_stage(self, stage_run: str, group_runs: Sequence[str], records: Sequence[EvaluationRecord]) -> tuple[int, int]:
+        """Set a killed stage's run RUNNING again and close the individual runs it left RUNNING:
+        FINISHED (or FAILED) from its record where the individual finished before the kill, KILLED
+        where it did not. Returns (closed from records, killed)."""
+        self.tracker.resume_run(stage_run)
+        by_run = {r.run_id: r for r in records if r.run_id is not None}
+        closed = killed = 0
+        for run_id in self.tracker.running_children([stage_run, *group_runs]):
+            if run_id in by_run:
+                self.finish_individual(by_run[run_id])
+                closed += 1
+            else:
+                self.tracker.end_run(run_id, "KILLED")
+                killed += 1
+        return closed, killed
+
+    def start_group(self, group: Group, stage_run: str) -> str:
+        return self.tracker.start_run(group.name, parent_id=stage_run, params=group.params, tags=group.tags)
+
+    def resume_group(self, run_id: str) -> None:
+        self.tracker.resume_run(run_id)
+
+    def finish_group(self, run_id: str, group: Group, report: GroupReport | None, stage_run: str) -> None:
+        if report is not None:
+            self.tracker.log_metrics(run_id, report.metrics)
+            self.tracker.log_metrics(stage_run, report.stage_metrics, step=group.number)
+            self.tracker.set_tags(run_id, report.tags)
+        self.tracker.end_run(run_id)
+
+    def start_individuals(self, proposals: Sequence[Proposal], parent_run: str) -> list[str]:
+        """One RUNNING run per proposal about to train, with its genes as params and its tags."""
+        runs = []
+        for proposal in proposals:
+            seed = genome_seed(self.study_seed, proposal.genome)
+            runs.append(self.tracker.start_run(
+                proposal.name, parent_id=parent_run, params={**mlflow_params(proposal.genome), "seed": seed},
+                tags={**proposal.tags, "genome_hash": proposal.genome_hash},
+            ))  # fmt: skip
+        return runs
+
+    def finish_individual(self, record: EvaluationRecord) -> None:
+        """Per-epoch curves, final metrics and status of an individual's run, from its record."""
+        run_id = record.run_id
+        if run_id is None:
+            return
+        if not record.finished:
+            self.tracker.set_tags(run_id, {"failure_reason": (record.failure or "")[:5000]})
+            self.tracker.log_metrics(run_id, {"train_seconds": record.train_seconds})
+            self.tracker.end_run(run_id, "FAILED")
+            return
+        for epoch, metrics in enumerate(record.epochs):
+            self.tracker.log_metrics(run_id, metrics, step=epoch)
+        self.tracker.log_metrics(run_id, {
+            "final_val_acc": record.val_acc, "final_val_loss": record.val_loss, "train_seconds": record.train_seconds,
+            "epochs_trained": len(record.epochs), "transferred_fraction": record.transferred_fraction,
+        })  # fmt: skip
+        self.tracker.set_tags(run_id, {"init": record.init})
+        self.tracker.end_run(run_id, "FINISHED")
+
+    def kill_individuals(self, run_ids: Sequence[str]) -> None:
+        """Runs a kill (Ctrl-C, SIGTERM) stopped before their record was written: a resume retrains them."""
+        for run_id in run_ids:
+            self.tracker.end_run(run_id, "KILLED")
+
+    def finish_stage(self, stage_run: str, summary: Mapping[str, Any]) -> None:
+        keys = ("best_val_acc", "best_val_loss", "evaluations", "failed", "total_train_seconds", "time_to_best_seconds")
+        self.tracker.log_metrics(stage_run, {k: summary[k] for k in keys})
+        self.tracker.set_tags(stage_run, {"best_run_id": summary["best_run_id"], "best_genome_hash": summary["best_genome_hash"]})
+        self.tracker.end_run(stage_run)
+
+    def fail_stage(self, stage_run: str, status: str, reason: str | None = None) -> None:
+        if reason is not None:
+            self.tracker.set_tags(stage_run, {"failure_reason": reason})
+        self.tracker.end_run(stage_run, status)

@@ -1,0 +1,105 @@
+"""One fit: a genome's network trained with its optimiser genes by a Lightning ``Trainer``.
+
+Randomness (initial weights, dropout, input noise) comes from the genome's own seed, inside a
+forked torch RNG, so a fit gives the same result whatever ran before it in the process, and
+leaves the process's RNG as it found it. Batches are shuffled by their own seeded generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+
+from pipeline.data import TensorBatches, TensorSplit
+from pipeline.space import Genome
+from pipeline.training.lit_module import LitClassifier
+from pipeline.training.models import NetworkBuilder
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import EarlyStoppingConfig, TrainConfig
+
+# Lightning prints device and hint lines for every Trainer; one per individual drowns the progress.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*is an invalid value for `num_workers`.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+@dataclass
+class FitOutcome:
+    module: LitClassifier
+    trainer: pl.Trainer
+    seconds: float
+
+
+def training_device() -> torch.device:
+    """Where ``accelerator="auto"`` trains: the GPU when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def make_trainer(max_epochs: int, early_stopping: EarlyStoppingConfig | None = None) -> pl.Trainer:
+    """A Trainer for short fits: no checkpoints, logger, progress bar or summary per individual."""
+    callbacks = []
+    if early_stopping is not None:
+        callbacks.append(
+            EarlyStopping(monitor="val_acc", mode="max", patience=early_stopping.patience,
+                          min_delta=early_stopping.min_delta, verbose=False)
+        )  # fmt: skip
+    return pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+
+
+def fit_genome(
+    genome: Genome,
+    *,
+    seed: int,
+    build_network: NetworkBuilder,
+    train_split: TensorSplit,
+    val_split: TensorSplit,
+    train_config: TrainConfig,
+    epochs: int | None = None,
+    prepare_network: Callable[[torch.nn.Module], None] | None = None,
+) -> FitOutcome:
+    """Train the genome's network with its optimiser settings; raises on divergence.
+
+    ``prepare_network`` sees the freshly (seeded) initialised network before training: where
+    inherited weights are loaded and transferred layers frozen.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        network = build_network(genome)
+        if prepare_network is not None:
+            prepare_network(network)
+        module = LitClassifier(
+            network,
+            learning_rate=genome["learning_rate"],
+            momentum=genome["momentum"],
+            weight_decay=genome["weight_decay"],
+            lr_step_size=train_config.lr_step_size,
+            lr_gamma=train_config.lr_gamma,
+            noise_level=genome.get("noise_level", train_config.noise_level),
+        )
+        trainer = make_trainer(epochs or genome["epochs"], train_config.early_stopping)
+        train_batches = TensorBatches(train_split, genome["batch_size"], shuffle=True, seed=seed)
+        val_batches = TensorBatches(val_split, train_config.eval_batch_size, shuffle=False)
+        started = time.perf_counter()
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+        return FitOutcome(module, trainer, time.perf_counter() - started)
