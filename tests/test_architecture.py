@@ -15,23 +15,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pipeline.architecture import (
-    CONV_KEYS,
-    FC_KEYS,
+from pipeline.operators.layers import (
     LAYER_CROSSOVERS,
-    ArchitectureSpace,
-    InfeasibleGenome,
-    conv_block_output_size,
     crossover_architecture,
     crossover_layers_cut_splice,
     crossover_layers_mix,
-    feature_shape,
     mutate_architecture,
     mutate_layer_genes,
     mutate_length,
 )
+from pipeline.space.architecture import (
+    CONV_KEYS,
+    FC_KEYS,
+    ArchitectureSpace,
+    InfeasibleGenome,
+    conv_block_output_size,
+    feature_shape,
+)
 from pipeline.config import SpaceConfig
-from pipeline.models import ArchitectureNet, build_architecture_network, freeze_conv_layers
+from pipeline.training.models import ArchitectureNet, build_architecture_network, freeze_conv_layers
 from pipeline.operators.crossover import crossover_uniform
 from pipeline.operators.mutation import mutate_resample
 from pipeline.space import FloatDimension, SearchSpace, genome_hash

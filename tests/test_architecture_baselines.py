@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.architecture import ArchitectureSpace
-from pipeline.baselines import architecture_grid_genomes, architecture_random_genomes
+from pipeline.space.architecture import ArchitectureSpace
+from pipeline.search.grid import architecture_grid_genomes
+from pipeline.search.random import architecture_random_genomes
 from pipeline.config import SpaceConfig, parse_config
 from pipeline.space import genome_hash
 

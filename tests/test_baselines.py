@@ -11,7 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.baselines import grid_genomes, grid_levels, random_genomes
+from pipeline.search.grid import grid_genomes, grid_levels
+from pipeline.search.random import random_genomes
 from pipeline.config import SpaceConfig, load_config
 from pipeline.space import SearchSpace, genome_hash
 

@@ -7,10 +7,13 @@ import math
 import pytest
 import torch
 
-from pipeline import lit_module
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.evaluate import EvaluationRequest, Evaluator, fit_genome
+from pipeline.evaluation import Proposal
 from pipeline.space import genome_seed
+from pipeline.training import lit_module
+from pipeline.training.evaluator import SequentialEvaluator
+from pipeline.training.fit import fit_genome
+from pipeline.training.models import network_builder
 
 pytestmark = pytest.mark.slow
 
@@ -18,13 +21,34 @@ GOOD = {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.0, "batch_size
 SMALL_MODEL = ModelConfig(conv_channels=[4, 8], hidden_units=16)
 
 
+def make_evaluator(data, kind="hyperparameters", train_config=None, study_seed=0, **weights) -> SequentialEvaluator:
+    return SequentialEvaluator(data, space_kind=kind, model_config=SMALL_MODEL, train_config=train_config or TrainConfig(),
+                               study_seed=study_seed, **weights)  # fmt: skip
+
+
+def request(genome: dict, name: str, weight_parents=(), freeze_conv: int = 0) -> Proposal:
+    return Proposal(genome, name, {}, tuple(weight_parents), freeze_conv)
+
+
+def evaluate(evaluator: SequentialEvaluator, proposals: list[Proposal]) -> list:
+    """The records, in proposal order."""
+    finished = dict(evaluator.evaluate(proposals))
+    return [finished[i] for i in range(len(proposals))]
+
+
+def build(genome: dict, data):
+    """A genome's freshly initialised network (its own layers when it has any)."""
+    kind = "architecture" if "conv" in genome else "hyperparameters"
+    return network_builder(kind, SMALL_MODEL, data.image_shape, data.num_classes)(genome)
+
+
 @pytest.fixture
 def evaluator(prepared_digits):
-    return Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(), study_seed=0)
+    return make_evaluator(prepared_digits)
 
 
 def test_training_learns_and_reports_per_epoch(evaluator):
-    (result,) = evaluator.evaluate([EvaluationRequest(GOOD, "good")])
+    (result,) = evaluate(evaluator, [request(GOOD, "good")])
     assert result.status == "finished"
     assert len(result.epochs) == GOOD["epochs"]
     assert result.val_acc == result.epochs[-1]["val_acc"]
@@ -35,25 +59,23 @@ def test_training_learns_and_reports_per_epoch(evaluator):
     assert result.seed == genome_seed(0, GOOD)
 
 
-def test_same_genome_same_seed_same_fitness_on_cpu(evaluator):
-    first, second = evaluator.evaluate([EvaluationRequest(GOOD, "a"), EvaluationRequest(GOOD, "b")])
+def test_same_genome_same_seed_same_fitness_on_cpu(evaluator, prepared_digits):
+    first, second = evaluate(evaluator, [request(GOOD, "a"), request(GOOD, "b")])
     assert first.val_acc == second.val_acc
     assert first.epochs == second.epochs
-    other_seed = Evaluator(evaluator.data, model_config=SMALL_MODEL, train_config=TrainConfig(), study_seed=1)
-    (third,) = other_seed.evaluate([EvaluationRequest(GOOD, "c")])
+    other_seed = make_evaluator(prepared_digits, study_seed=1)
+    (third,) = evaluate(other_seed, [request(GOOD, "c")])
     assert third.epochs != first.epochs
 
 
 def test_diverging_individual_is_failed_and_next_one_still_trains(evaluator):
     exploding = {**GOOD, "learning_rate": 1.0e6}
-    seen = []
-    results = evaluator.evaluate(
-        [EvaluationRequest(exploding, "boom"), EvaluationRequest(GOOD, "fine")], on_result=seen.append
-    )
+    yielded = list(evaluator.evaluate([request(exploding, "boom"), request(GOOD, "fine")]))
+    assert [position for position, _ in yielded] == [0, 1]  # one after another, in order
+    results = [record for _, record in yielded]
     assert [r.status for r in results] == ["failed", "finished"]
     assert "DivergedError" in results[0].failure
     assert results[0].fitness == -math.inf
-    assert seen == results
 
 
 def test_injected_nan_loss_is_caught(evaluator, monkeypatch):
@@ -66,7 +88,7 @@ def test_injected_nan_loss_is_caught(evaluator, monkeypatch):
         return loss * float("nan") if calls["count"] > 4 else loss
 
     monkeypatch.setattr(lit_module.F, "cross_entropy", nan_after_four_batches)
-    (result,) = evaluator.evaluate([EvaluationRequest(GOOD, "nan")])
+    (result,) = evaluate(evaluator, [request(GOOD, "nan")])
     assert result.status == "failed"
     assert "nan" in result.failure
     assert result.val_acc is None
@@ -74,8 +96,8 @@ def test_injected_nan_loss_is_caught(evaluator, monkeypatch):
 
 def test_champion_fit_overrides_epochs(prepared_digits):
     outcome = fit_genome(
-        GOOD, seed=1, train_split=prepared_digits.load("train"), val_split=prepared_digits.load("val"),
-        data=prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(), epochs=3,
+        GOOD, seed=1, build_network=lambda genome: build(genome, prepared_digits), train_split=prepared_digits.load("train"),
+        val_split=prepared_digits.load("val"), train_config=TrainConfig(), epochs=3,
     )  # fmt: skip
     assert len(outcome.module.epoch_metrics) == 3
 
@@ -86,9 +108,8 @@ def test_champion_fit_overrides_epochs(prepared_digits):
 import lightning.pytorch as pl  # noqa: E402
 
 from pipeline.config import EarlyStoppingConfig  # noqa: E402
-from pipeline.evaluate import build_genome_network  # noqa: E402
 from pipeline.space import genome_hash  # noqa: E402
-from pipeline.weights import WeightStore, inherit_weights, merge_weights  # noqa: E402
+from pipeline.training.weights import WeightStore, inherit_weights, merge_weights  # noqa: E402
 
 
 def conv_gene(filters: int, **changes) -> dict:
@@ -101,19 +122,18 @@ def arch_genome(conv: list[dict], units: int, **genes) -> dict:
     return {**GOOD, "epochs": 1, **genes, "conv": conv, "fc": [{"units": units, "activation": "relu", "dropout": 0.1}]}
 
 
-def weight_evaluator(prepared_digits, tmp_path, rule: str) -> Evaluator:
-    return Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(), study_seed=0,
-                     weights=rule, weight_store=WeightStore(tmp_path / "weights"))  # fmt: skip
+def weight_evaluator(prepared_digits, tmp_path, rule: str, kind: str = "architecture") -> SequentialEvaluator:
+    return make_evaluator(prepared_digits, kind, weights=rule, weight_store=WeightStore(tmp_path / "weights"))
 
 
-def capture_initial_weights(evaluator: Evaluator) -> dict:
+def capture_initial_weights(evaluator: SequentialEvaluator) -> dict:
     """Spy on the evaluator: the child's state dict right after its initialisation rule ran."""
     captured: dict = {}
     original = evaluator._initialise
 
     def spy(network, request):
         info = original(network, request)
-        captured[request.run_name] = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        captured[request.name] = {k: v.detach().clone() for k, v in network.state_dict().items()}
         return info
 
     evaluator._initialise = spy  # type: ignore[method-assign]
@@ -122,18 +142,18 @@ def capture_initial_weights(evaluator: Evaluator) -> dict:
 
 def fresh_state(genome: dict, data, study_seed: int = 0) -> dict:
     pl.seed_everything(genome_seed(study_seed, genome), workers=False, verbose=False)
-    return build_genome_network(genome, SMALL_MODEL, data.image_shape, data.num_classes).state_dict()
+    return build(genome, data).state_dict()
 
 
 def test_inherited_child_starts_from_its_parents_trained_weights(prepared_digits, tmp_path):
-    evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit")
+    evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit", kind="hyperparameters")
     captured = capture_initial_weights(evaluator)
     parent = {**GOOD, "epochs": 1}
     child = {**parent, "learning_rate": 0.01}
-    (parent_result,) = evaluator.evaluate([EvaluationRequest(parent, "parent")])
+    (parent_result,) = evaluate(evaluator, [request(parent, "parent")])
     assert parent_result.init == "scratch"
     trained_parent = evaluator.weight_store.load(genome_hash(parent))
-    (child_result,) = evaluator.evaluate([EvaluationRequest(child, "child", weight_parents=(genome_hash(parent),))])
+    (child_result,) = evaluate(evaluator, [request(child, "child", weight_parents=(genome_hash(parent),))])
     assert child_result.init == "inherit" and child_result.transferred_fraction == 1.0
     for key, tensor in captured["child"].items():
         assert torch.equal(tensor, trained_parent[key]), key
@@ -146,8 +166,8 @@ def test_inheritance_takes_only_layers_whose_shapes_match(prepared_digits, tmp_p
     captured = capture_initial_weights(evaluator)
     parent = arch_genome([conv_gene(4), conv_gene(8)], units=16)
     child = arch_genome([conv_gene(4), conv_gene(6)], units=16, learning_rate=0.02)
-    evaluator.evaluate([EvaluationRequest(parent, "parent")])
-    (result,) = evaluator.evaluate([EvaluationRequest(child, "child", weight_parents=(genome_hash(parent),))])
+    evaluate(evaluator, [request(parent, "parent")])
+    (result,) = evaluate(evaluator, [request(child, "child", weight_parents=(genome_hash(parent),))])
     expected, taken = inherit_weights(fresh_state(child, prepared_digits), evaluator.weight_store.load(genome_hash(parent)))
     assert "conv.0.conv.weight" in taken and "conv.1.conv.weight" not in taken
     assert 0 < result.transferred_fraction < 1
@@ -161,9 +181,9 @@ def test_merged_child_starts_from_the_cropped_padded_average(prepared_digits, tm
     parent_a = arch_genome([conv_gene(4)], units=16)
     parent_b = arch_genome([conv_gene(8), conv_gene(4)], units=8, momentum=0.5)
     child = arch_genome([conv_gene(6)], units=12, learning_rate=0.02)
-    evaluator.evaluate([EvaluationRequest(parent_a, "a"), EvaluationRequest(parent_b, "b")])
+    evaluate(evaluator, [request(parent_a, "a"), request(parent_b, "b")])
     hashes = (genome_hash(parent_a), genome_hash(parent_b))
-    (result,) = evaluator.evaluate([EvaluationRequest(child, "child", weight_parents=hashes)])
+    (result,) = evaluate(evaluator, [request(child, "child", weight_parents=hashes)])
     assert result.init == "merge" and result.status == "finished"
     expected, _ = merge_weights(fresh_state(child, prepared_digits), [evaluator.weight_store.load(h) for h in hashes])
     for key, tensor in captured["child"].items():
@@ -178,11 +198,9 @@ def test_frozen_transferred_layers_do_not_train(prepared_digits, tmp_path):
     evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit")
     best = arch_genome([conv_gene(4)], units=16)
     grown = arch_genome([conv_gene(4), conv_gene(8)], units=16)
-    evaluator.evaluate([EvaluationRequest(best, "best")])
+    evaluate(evaluator, [request(best, "best")])
     transferred = evaluator.weight_store.load(genome_hash(best))
-    (result,) = evaluator.evaluate(
-        [EvaluationRequest(grown, "grown", weight_parents=(genome_hash(best),), freeze_conv=1)]
-    )
+    (result,) = evaluate(evaluator, [request(grown, "grown", weight_parents=(genome_hash(best),), freeze_conv=1)])
     trained = evaluator.weight_store.load(genome_hash(grown))
     assert result.status == "finished"
     assert torch.equal(trained["conv.0.conv.weight"], transferred["conv.0.conv.weight"])
@@ -190,26 +208,26 @@ def test_frozen_transferred_layers_do_not_train(prepared_digits, tmp_path):
 
 
 def test_weights_rule_without_parent_weights_trains_from_scratch(prepared_digits, tmp_path):
-    evaluator = weight_evaluator(prepared_digits, tmp_path, "merge")
-    (result,) = evaluator.evaluate([EvaluationRequest({**GOOD, "epochs": 1}, "orphan", weight_parents=("0" * 16,))])
+    evaluator = weight_evaluator(prepared_digits, tmp_path, "merge", kind="hyperparameters")
+    (result,) = evaluate(evaluator, [request({**GOOD, "epochs": 1}, "orphan", weight_parents=("0" * 16,))])
     assert result.status == "finished" and result.init == "scratch"
 
 
 def test_input_noise_changes_training_and_the_gene_overrides_the_default(prepared_digits):
     genome = {**GOOD, "epochs": 1}
     with_gene = {**genome, "noise_level": 0.0}
-    base = Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(), study_seed=0)
-    noisy = Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=TrainConfig(noise_level=0.5), study_seed=0)
-    plain, plain_gene = base.evaluate([EvaluationRequest(genome, "plain"), EvaluationRequest(with_gene, "plain-gene")])
-    noised, noised_gene = noisy.evaluate([EvaluationRequest(genome, "noised"), EvaluationRequest(with_gene, "gene")])
+    base = make_evaluator(prepared_digits)
+    noisy = make_evaluator(prepared_digits, train_config=TrainConfig(noise_level=0.5))
+    plain, plain_gene = evaluate(base, [request(genome, "plain"), request(with_gene, "plain-gene")])
+    noised, noised_gene = evaluate(noisy, [request(genome, "noised"), request(with_gene, "gene")])
     assert noised.epochs[0]["train_loss"] != plain.epochs[0]["train_loss"]  # train.noise_level applied
     assert noised_gene.epochs == plain_gene.epochs  # the gene (0.0) overrides train.noise_level
 
 
 def test_early_stopping_ends_a_flat_individual_early(prepared_digits):
     config = TrainConfig(early_stopping=EarlyStoppingConfig(patience=1))
-    evaluator = Evaluator(prepared_digits, model_config=SMALL_MODEL, train_config=config, study_seed=0)
-    (flat,) = evaluator.evaluate([EvaluationRequest({**GOOD, "learning_rate": 1e-12, "epochs": 5}, "flat")])
+    evaluator = make_evaluator(prepared_digits, train_config=config)
+    (flat,) = evaluate(evaluator, [request({**GOOD, "learning_rate": 1e-12, "epochs": 5}, "flat")])
     assert flat.status == "finished" and len(flat.epochs) == 2  # epoch 2 brought no improvement
 
 
@@ -217,17 +235,17 @@ def test_in_memory_batches_learn_exactly_like_the_dataloader_path(prepared_digit
     """Same seed, same batches, same metrics: the tensor data path changes speed, not learning."""
     from lightning.pytorch import seed_everything
 
-    from pipeline.evaluate import make_trainer
-    from pipeline.lit_module import LitClassifier
+    from pipeline.training.fit import make_trainer
+    from pipeline.training.lit_module import LitClassifier
     from tests.test_data import dataloader_path
 
     genome = {**GOOD, "epochs": 2}
     train, val = prepared_digits.load("train"), prepared_digits.load("val")
-    ours = fit_genome(genome, seed=5, train_split=train, val_split=val, data=prepared_digits,
-                      model_config=SMALL_MODEL, train_config=TrainConfig())  # fmt: skip
+    ours = fit_genome(genome, seed=5, build_network=lambda g: build(g, prepared_digits), train_split=train,
+                      val_split=val, train_config=TrainConfig())  # fmt: skip
 
     seed_everything(5, workers=False, verbose=False)
-    network = build_genome_network(genome, SMALL_MODEL, prepared_digits.image_shape, prepared_digits.num_classes)
+    network = build(genome, prepared_digits)
     module = LitClassifier(network, learning_rate=genome["learning_rate"], momentum=genome["momentum"],
                            weight_decay=genome["weight_decay"])  # fmt: skip
     val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(val.images, val.labels), batch_size=1000,

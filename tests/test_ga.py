@@ -1,4 +1,5 @@
-"""The GA loop with a cheap synthetic fitness: budget, elitism, cache, reproducibility."""
+"""The GA strategy with a cheap synthetic fitness, driven by the study's runner loop: budget,
+elitism, cache, reproducibility."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import GAConfig, parse_config
-from pipeline.ga import Candidate, GeneticSearch, Member, breed, elite_indices, population_diversity, survivor_indices
+from pipeline.evaluation import FunctionEvaluator
 from pipeline.operators import REGISTRIES, bind_operator
+from pipeline.search.ga import GeneticSearch, Member, breed, elite_indices, population_diversity, survivor_indices
 from pipeline.space import SearchSpace, genome_hash
+from pipeline.study.runner import run_strategy
 
 from tests.conftest import tiny_params
 
@@ -24,27 +27,35 @@ def synthetic_fitness(genome: dict) -> float:
     return 1.0 - abs(math.log10(genome["learning_rate"] / 0.03)) / 3 - abs(genome["momentum"] - 0.9) / 2
 
 
-class RecordingEvaluator:
-    def __init__(self, fail_hashes=()):
-        self.calls: list[tuple[int, list[Candidate]]] = []
+class RecordingEvaluator(FunctionEvaluator):
+    """Scores with ``fitness`` (``-inf``: failed) and keeps every batch of proposals it trained,
+    with its generation: ``calls`` is ``[(generation, [Proposal, ...]), ...]``."""
+
+    def __init__(self, fail_hashes=(), fitness=None):
+        fitness = fitness or synthetic_fitness
+        super().__init__(lambda g: -math.inf if genome_hash(g) in self.fail_hashes else fitness(g))
+        self.calls: list[tuple[int, list]] = []
         self.fail_hashes = set(fail_hashes)
 
-    def __call__(self, generation, candidates):
-        self.calls.append((generation, list(candidates)))
-        return [
-            (-math.inf if genome_hash(c.genome) in self.fail_hashes else synthetic_fitness(c.genome), f"run-{generation}-{c.index}")
-            for c in candidates
-        ]
+    def evaluate(self, proposals):
+        self.calls.append((proposals[0].tags["generation"], list(proposals)))
+        return super().evaluate(proposals)
 
     @property
     def trained(self) -> list[dict]:
         return [c.genome for _, cs in self.calls for c in cs]
 
 
+def drive(search: GeneticSearch, evaluator) -> object:
+    """Run the GA to its end through the runner loop; its outcome (generations, stop reason)."""
+    run_strategy(search, evaluator, search.budget)
+    return search.outcome
+
+
 def run(seed=0, budget=20, **ga_overrides):
     config = GAConfig(**{"population_size": 6, "elites": 1, **ga_overrides})
     evaluator = RecordingEvaluator()
-    outcome = GeneticSearch(make_space(), config, budget=budget, seed=seed).run(evaluator)
+    outcome = drive(GeneticSearch(make_space(), config, budget=budget, seed=seed), evaluator)
     return outcome, evaluator
 
 
@@ -91,8 +102,8 @@ def test_children_record_their_parents():
     previous_hashes = {m.genome_hash for m in outcome.generations[0].members}
     for generation, candidates in evaluator.calls[1:2]:
         for candidate in candidates:
-            assert candidate.parents is not None
-            assert {p.genome_hash for p in candidate.parents} <= previous_hashes
+            assert len(candidate.parents) == 2
+            assert set(candidate.parents) <= previous_hashes
 
 
 def test_cached_genomes_are_not_trained_and_not_charged():
@@ -107,7 +118,7 @@ def test_cached_genomes_are_not_trained_and_not_charged():
     }
     space = SearchSpace.from_config(parse_config(params).space)
     evaluator = RecordingEvaluator()
-    outcome = GeneticSearch(space, GAConfig(population_size=4, elites=1), budget=10, seed=0).run(evaluator)
+    outcome = drive(GeneticSearch(space, GAConfig(population_size=4, elites=1), budget=10, seed=0), evaluator)
     assert len(evaluator.trained) == 2  # only two distinct genomes exist
     assert "converged" in outcome.stop_reason
     assert sum(g.cache_hits for g in outcome.generations) > 0
@@ -118,7 +129,7 @@ def test_failed_individuals_rank_last_and_search_goes_on():
     first = GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=6, seed=3)
     doomed = {genome_hash(first.space.sample(np.random.default_rng(3))) }  # the first initial genome
     evaluator = RecordingEvaluator(fail_hashes=doomed)
-    outcome = GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=16, seed=3).run(evaluator)
+    outcome = drive(GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=16, seed=3), evaluator)
     assert outcome.trained == 16
     generation0 = outcome.generations[0]
     failed = [m for m in generation0.members if m.genome_hash in doomed]
@@ -146,7 +157,7 @@ def test_every_operator_combination_runs_a_tiny_ga(selection, crossover, mutatio
 def test_breed_uses_selected_pairs():
     space = make_space()
     rng = np.random.default_rng(0)
-    from pipeline.ga import Member
+    from pipeline.search.ga import Member
 
     members = [Member(space.sample(rng), f"h{i}", float(i), None, "initial") for i in range(4)]
     children = breed(
@@ -230,9 +241,9 @@ def test_random_survivors_are_carried_unchanged_and_not_retrained():
 def test_immigrants_are_fresh_random_genomes_without_parents():
     outcome, evaluator = run(budget=24, population_size=6, elites=1, survival={"immigrants": 2})
     for generation, candidates in evaluator.calls[1:]:
-        immigrants = [c for c in candidates if c.origin == "immigrant"]
-        assert len(immigrants) == 2 and all(c.parents is None for c in immigrants)
-        assert all(c.parents is not None and len(c.parents) == 2 for c in candidates if c.origin == "child")
+        immigrants = [c for c in candidates if c.tags["origin"] == "immigrant"]
+        assert len(immigrants) == 2 and all(c.parents == () for c in immigrants)
+        assert all(len(c.parents) == 2 for c in candidates if c.tags["origin"] == "child")
 
 
 def test_termination_after_n_generations():
@@ -260,7 +271,7 @@ def test_termination_on_stagnation():
 def test_termination_on_wall_clock_uses_the_given_clock():
     ticks = iter(range(1000))
     config = GAConfig(population_size=6, elites=1, termination={"wall_clock_seconds": 3})
-    outcome = GeneticSearch(make_space(), config, budget=500, seed=0, clock=lambda: next(ticks)).run(RecordingEvaluator())
+    outcome = drive(GeneticSearch(make_space(), config, budget=500, seed=0, clock=lambda: next(ticks)), RecordingEvaluator())
     # the clock reads 0, 1, 2, 3 before generations 1, 2, 3, 4: the fourth reading stops it
     assert len(outcome.generations) == 4 and outcome.stop_reason == "wall-clock budget of 3 s spent"
 
@@ -298,7 +309,7 @@ def test_rejected_children_are_recorded_and_replaced():
                            budget=30, seed=1)  # fmt: skip
     search.space = PickySpace()
     evaluator = RecordingEvaluator()
-    outcome = search.run(evaluator)
+    outcome = drive(search, evaluator)
     assert outcome.trained == 30
     assert all(g["momentum"] <= 0.5 for g in evaluator.trained)
     reasons = [r.reason for g in outcome.generations for r in g.rejected]
@@ -309,7 +320,7 @@ def test_rejected_children_are_recorded_and_replaced():
 # ----------------------------------------------------------------------------------------------------------------------
 # architecture genomes in the loop: every operator, phased growth
 
-from pipeline.architecture import ArchitectureSpace  # noqa: E402
+from pipeline.space.architecture import ArchitectureSpace  # noqa: E402
 from pipeline.config import PhasesConfig  # noqa: E402
 
 
@@ -328,9 +339,8 @@ def architecture_fitness(genome: dict) -> float:
 
 
 class ArchitectureEvaluator(RecordingEvaluator):
-    def __call__(self, generation, candidates):
-        self.calls.append((generation, list(candidates)))
-        return [(architecture_fitness(c.genome), f"run-{generation}-{c.index}") for c in candidates]
+    def __init__(self):
+        super().__init__(fitness=architecture_fitness)
 
 
 @pytest.mark.parametrize("layers", ["mix", "cut_splice"])
@@ -341,7 +351,7 @@ def test_every_operator_runs_a_tiny_architecture_ga(crossover, mutation, layers)
     config = GAConfig(population_size=5, elites=1, crossover={"name": crossover, "layers": layers},
                       mutation={"name": mutation})  # fmt: skip
     evaluator = ArchitectureEvaluator()
-    outcome = GeneticSearch(space, config, budget=14, seed=4).run(evaluator)
+    outcome = drive(GeneticSearch(space, config, budget=14, seed=4), evaluator)
     assert outcome.trained == 14
     assert all(space.contains(g) for g in evaluator.trained)  # every trained genome fits 8x8 images
 
@@ -351,7 +361,7 @@ def test_architecture_ga_is_reproducible_and_reaches_better_genomes():
     runs = []
     for seed in (5, 5, 6):
         evaluator = ArchitectureEvaluator()
-        outcome = GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=40, seed=seed).run(evaluator)
+        outcome = drive(GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=40, seed=seed), evaluator)
         runs.append((evaluator.trained, outcome))
     assert runs[0][0] == runs[1][0] and runs[0][0] != runs[2][0]
     outcome = runs[0][1]
@@ -363,7 +373,7 @@ def test_phased_growth_keeps_the_best_conv_genes_and_appends_new_ones():
     phases = PhasesConfig(count=3, new_conv_layers=1, freeze_transferred=True)
     evaluator = ArchitectureEvaluator()
     search = GeneticSearch(space, GAConfig(population_size=4, elites=1), budget=24, seed=2, phases=phases)
-    outcome = search.run(evaluator)
+    outcome = drive(search, evaluator)
     assert outcome.trained == 24
     assert len(outcome.phase_reasons) == 3 and "phase 0" in outcome.phase_reasons[0]
     by_phase = {}
@@ -379,12 +389,12 @@ def test_phased_growth_keeps_the_best_conv_genes_and_appends_new_ones():
             assert conv[: len(best["conv"])] == best["conv"]
             assert len(conv) == len(best["conv"]) + 1  # new_conv_layers = 1
             assert candidate.freeze_conv == len(best["conv"])
-            if candidate.origin == "initial":
-                assert [p.genome_hash for p in candidate.parents] == [genome_hash(best)]
+            if candidate.tags["origin"] == "initial":
+                assert list(candidate.parents) == [genome_hash(best)]
 
 
 def test_phases_are_ignored_for_a_hyperparameter_space():
     search = GeneticSearch(make_space(), GAConfig(population_size=6, elites=1), budget=12, seed=0,
                            phases=PhasesConfig(count=3))  # fmt: skip
-    outcome = search.run(RecordingEvaluator())
+    outcome = drive(search, RecordingEvaluator())
     assert outcome.trained == 12 and len(outcome.phase_reasons) == 1

@@ -19,11 +19,11 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import evaluate as evaluate_module
+from pipeline.training import evaluator as evaluate_module
 from pipeline.data import DatasetError, PreparedData
-from pipeline.search import run_search_stage
+from pipeline.study.search_stage import run_search_stage
 from pipeline.space import genome_hash
-from pipeline.tracking import PARENT_TAG, Tracker, TrackingError, tracking_uri
+from pipeline.tracking.store import PARENT_TAG, Tracker, TrackingError, tracking_uri
 from tests.test_e2e import make_study_repo, sh
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import skew
 
-from pipeline.report import PLOT_FILES, build_report, evaluation_time_groups
+from pipeline.study.report import PLOT_FILES, build_report, evaluation_time_groups
 
 
 def record(index: int, seconds: float, acc: float | None, epochs: int, init: str | None = None,

@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_config
-from pipeline.search import SearchFailed, run_search_stage
-from pipeline.tracking import PARENT_TAG, Tracker, tracking_uri
+from pipeline.study.search_stage import SearchFailed, run_search_stage
+from pipeline.tracking.store import PARENT_TAG, Tracker, tracking_uri
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pipeline.weights import (
+from pipeline.training.weights import (
     WeightStore,
     crop_or_pad,
     inherit_weights,
