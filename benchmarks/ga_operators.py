@@ -22,7 +22,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.ga import GeneticSearch  # noqa: E402
+from pipeline.search.ga import GeneticSearch  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.space import SearchSpace  # noqa: E402
 

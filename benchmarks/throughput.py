@@ -41,10 +41,10 @@ import lightning.pytorch as pl  # noqa: E402
 
 from pipeline.config import TrainConfig, load_config  # noqa: E402
 from pipeline.data import FASHION_MNIST_FILES, TensorSplit, locate_fashion_mnist, read_idx  # noqa: E402
-from pipeline.evaluate import fit_genome  # noqa: E402
+from pipeline.training.evaluator import fit_genome  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
-from pipeline.lit_module import LitClassifier  # noqa: E402
-from pipeline.models import build_network  # noqa: E402
+from pipeline.training.lit_module import LitClassifier  # noqa: E402
+from pipeline.training.models import build_network  # noqa: E402
 from pipeline.space import SearchSpace, genome_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
-from pipeline.models import build_network  # noqa: E402
+from pipeline.training.models import build_network  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
-from pipeline.search import run_search_stage  # noqa: E402
+from pipeline.study.search_stage import run_search_stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

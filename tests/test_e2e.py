@@ -46,6 +46,7 @@ def make_study_repo(repo: Path, params_changes: dict | None = None) -> Path:
     sh("git", "config", "user.email", "ci@example.com", cwd=repo)
     sh("git", "config", "user.name", "ci", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
+    shutil.copy(REPO_ROOT / ".dvcignore", repo / ".dvcignore")
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "tiny study", cwd=repo)
     return repo

@@ -8,9 +8,12 @@ from pipeline.config.sections import (
     ArchitectureConfig,
     BudgetConfig,
     ChampionConfig,
+    ChoiceGene,
     DataConfig,
     EarlyStoppingConfig,
+    FloatGene,
     GAConfig,
+    IntGene,
     ModelConfig,
     OperatorConfig,
     PhasesConfig,
@@ -21,7 +24,7 @@ from pipeline.config.sections import (
 from pipeline.errors import ConfigError
 
 __all__ = [
-    "ArchitectureConfig", "BudgetConfig", "ChampionConfig", "ConfigError", "DATASET_IMAGE_SHAPES", "DataConfig",
-    "EarlyStoppingConfig", "GAConfig", "ModelConfig", "OperatorConfig", "PhasesConfig", "SpaceConfig",
+    "ArchitectureConfig", "BudgetConfig", "ChampionConfig", "ChoiceGene", "ConfigError", "DATASET_IMAGE_SHAPES",
+    "DataConfig", "EarlyStoppingConfig", "FloatGene", "GAConfig", "IntGene", "ModelConfig", "OperatorConfig", "PhasesConfig", "SpaceConfig",
     "StudyConfig", "TrainConfig", "gene_errors", "load_config", "parse_config",
 ]  # fmt: skip
