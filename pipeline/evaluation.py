@@ -89,11 +89,17 @@ class Scored:
     new: bool
 
 
+StartCallback = Callable[[int], None]
+
+
 class Evaluator(Protocol):
     """Trains proposals. Yields ``(position in proposals, record)`` as each finishes, in any order;
-    the runner commits them in proposal order. Never touches MLflow or the checkpoint."""
+    the runner commits them in proposal order. Calls ``on_start(position)`` as each one starts (the
+    runner opens its MLflow run then). Never touches MLflow or the checkpoint itself."""
 
-    def evaluate(self, proposals: Sequence[Proposal]) -> Iterator[tuple[int, EvaluationRecord]]: ...
+    def evaluate(
+        self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
+    ) -> Iterator[tuple[int, EvaluationRecord]]: ...
 
 
 class FunctionEvaluator:
@@ -104,8 +110,12 @@ class FunctionEvaluator:
         self.fitness = fitness
         self.study_seed = study_seed
 
-    def evaluate(self, proposals: Sequence[Proposal]) -> Iterator[tuple[int, EvaluationRecord]]:
+    def evaluate(
+        self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
+    ) -> Iterator[tuple[int, EvaluationRecord]]:
         for position, proposal in enumerate(proposals):
+            if on_start is not None:
+                on_start(position)
             genome = proposal.genome
             seed = genome_seed(self.study_seed, genome)
             try:

@@ -37,9 +37,9 @@ class RecordingEvaluator(FunctionEvaluator):
         self.calls: list[tuple[int, list]] = []
         self.fail_hashes = set(fail_hashes)
 
-    def evaluate(self, proposals):
+    def evaluate(self, proposals, on_start=None):
         self.calls.append((proposals[0].tags["generation"], list(proposals)))
-        return super().evaluate(proposals)
+        return super().evaluate(proposals, on_start)
 
     @property
     def trained(self) -> list[dict]:

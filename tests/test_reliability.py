@@ -40,6 +40,18 @@ def finished_hashes(runs: list) -> list[str]:
     return sorted(r.data.tags["genome_hash"] for r in runs if r.info.status == "FINISHED")
 
 
+def checkpoint_lines(path: Path) -> list[dict]:
+    """The complete lines of an append-only checkpoint (a line being written is left out)."""
+    lines = []
+    for raw in path.read_text().split("\n")[:-1]:
+        lines.append(json.loads(raw))
+    return lines
+
+
+def checkpointed_evaluations(path: Path) -> int:
+    return sum(line["kind"] == "evaluation" for line in checkpoint_lines(path))
+
+
 def comparable(results_dir: Path, method: str) -> tuple[dict, list]:
     summary = json.loads((results_dir / f"{method}_search.json").read_text())
     history = json.loads((results_dir / f"{method}_search_history.json").read_text())
@@ -54,7 +66,7 @@ class CountingTrainer:
         self.calls = 0
         self.stop_at = stop_at
         self.exception = exception
-        real = evaluate_module.Evaluator._evaluate_one
+        real = evaluate_module.SequentialEvaluator.train
 
         def wrapped(evaluator, request):
             self.calls += 1
@@ -72,7 +84,7 @@ class CountingTrainer:
                     evaluate_module.fit_genome = original_fit
             return real(evaluator, request)
 
-        monkeypatch.setattr(evaluate_module.Evaluator, "_evaluate_one", wrapped)
+        monkeypatch.setattr(evaluate_module.SequentialEvaluator, "train", wrapped)
 
 
 def test_interrupted_architecture_ga_with_merged_weights_resumes_to_the_same_result(
@@ -127,8 +139,9 @@ def test_interrupted_ga_resumes_without_retraining(tmp_path, monkeypatch, tiny_p
     CountingTrainer(monkeypatch, stop_at=stop_at)
     with pytest.raises(KeyboardInterrupt):
         run_search_stage("ga", config, prepared_digits.folder, results, checkpoints)
-    saved = json.loads((checkpoints / "ga_search.json").read_text())
-    assert saved["status"] == "running" and len(saved["records"]) == stop_at - 1
+    saved = checkpoint_lines(checkpoints / "ga_search.jsonl")
+    assert not any(line["kind"] == "complete" for line in saved)
+    assert checkpointed_evaluations(checkpoints / "ga_search.jsonl") == stop_at - 1
 
     counter = CountingTrainer(monkeypatch)
     run_search_stage("ga", config, prepared_digits.folder, results, checkpoints)
@@ -247,11 +260,11 @@ def test_kill_9_of_a_running_stage_then_dvc_repro_resumes(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     process = subprocess.Popen(["dvc", "repro", "ga_search"], cwd=killed, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    checkpoint = killed / "checkpoints" / "ga_search.json"
+    checkpoint = killed / "checkpoints" / "ga_search.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            if len(json.loads(checkpoint.read_text())["records"]) >= kill_after:
+            if checkpointed_evaluations(checkpoint) >= kill_after:
                 break
         except (OSError, json.JSONDecodeError, KeyError):
             pass
@@ -259,11 +272,11 @@ def test_kill_9_of_a_running_stage_then_dvc_repro_resumes(tmp_path):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    done_before_kill = len(json.loads(checkpoint.read_text())["records"])
+    done_before_kill = checkpointed_evaluations(checkpoint)
     assert done_before_kill < 8, f"killed too late (after {kill_after})"
 
     result = sh("dvc", "repro", "ga_search", cwd=killed)
-    assert f"resuming from checkpoints/ga_search.json: {done_before_kill} finished" in result.stdout + result.stderr
+    assert f"resuming from checkpoints/ga_search.jsonl: {done_before_kill} finished" in result.stdout + result.stderr
     assert comparable(killed / "results", "ga") == comparable(reference / "results", "ga")
     runs = individual_runs(f"sqlite:///{killed}/mlruns/mlflow.db", "tiny")
     reference_runs = individual_runs(f"sqlite:///{reference}/mlruns/mlflow.db", "tiny")

@@ -67,7 +67,7 @@ class Checkpoint:
         if not path.is_file():
             checkpoint._start()
             return checkpoint, "no checkpoint: starting afresh"
-        lines, problem = _read_lines(path)
+        lines, valid_bytes, problem = _read_lines(path)
         header = lines[0] if lines else {}
         if header.get("kind") != "header":
             checkpoint._start()
@@ -80,6 +80,8 @@ class Checkpoint:
             return checkpoint, f"checkpoint {path} is of a completed search (the stage was forced): training afresh"
         for line in lines[1:]:
             checkpoint._apply(line)
+        if valid_bytes != path.stat().st_size:
+            os.truncate(path, valid_bytes)  # appends must follow the valid part, not a torn or broken tail
         note = f" (kept the valid part: {problem})" if problem else ""
         return checkpoint, f"resuming from {path}: {len(checkpoint.records)} finished evaluations reused{note}"
 
@@ -134,25 +136,27 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _read_lines(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """The valid prefix of the log, and what ended it early (None when the whole file was valid).
-    A torn last line (a kill mid-write) is dropped silently: it is expected."""
+def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
+    """The valid prefix of the log, its length in bytes, and what ended it early (None when every
+    complete line was valid). A torn last line (a kill mid-write) is dropped silently: it is expected."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return [], exc.strerror
+        return [], 0, exc.strerror
     # Whatever follows the last newline is a torn write (a kill mid-line): dropped.
     raw_lines = data.split(b"\n")[:-1]
     lines: list[dict[str, Any]] = []
+    valid_bytes = 0
     for number, raw in enumerate(raw_lines, start=1):
         try:
             line = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return lines, f"line {number} is not valid JSON"
+            return lines, valid_bytes, f"line {number} is not valid JSON"
         if not isinstance(line, dict) or (line.get("kind") == "evaluation" and not _valid_record(line.get("record"))):
-            return lines, f"line {number} is not a checkpoint entry"
+            return lines, valid_bytes, f"line {number} is not a checkpoint entry"
         lines.append(line)
-    return lines, None
+        valid_bytes += len(raw) + 1
+    return lines, valid_bytes, None
 
 
 def _valid_record(stored: Any) -> bool:

@@ -116,26 +116,30 @@ class SearchRunner:
         fresh = list(proposals[len(replayed) :])
         if not fresh:
             return
-        run_ids: list[str | None] = [None] * len(fresh)
-        if self.tracking is not None and group_run is not None:
-            run_ids = list(self.tracking.start_individuals(fresh, group_run))
+        run_ids: dict[int, str | None] = {}
+
+        def started(position: int) -> None:
+            run_ids[position] = None
+            if self.tracking is not None and group_run is not None:
+                run_ids[position] = self.tracking.start_individual(fresh[position], group_run)
+
         finished: dict[int, EvaluationRecord] = {}
         committed = 0
         generation = batch.group.number if batch.group is not None else None
         try:
-            for position, record in self.evaluator.evaluate(fresh):
+            for position, record in self.evaluator.evaluate(fresh, on_start=started):
                 finished[position] = record
                 while committed in finished:  # results may arrive in any order; commit in proposal order
                     record = dataclasses.replace(
                         finished.pop(committed), index=len(self.records), generation=generation,
-                        run_id=run_ids[committed], elapsed_seconds=self.elapsed(),
+                        run_id=run_ids.get(committed), elapsed_seconds=self.elapsed(),
                     )  # fmt: skip
                     self._commit(record, replayed=False)
                     committed += 1
         except BaseException:
-            # Killed (Ctrl-C, SIGTERM) or broken: runs without a record did not finish; a resume retrains them.
+            # Killed (Ctrl-C, SIGTERM) or broken: started runs without a record did not finish; a resume retrains them.
             if self.tracking is not None:
-                self.tracking.kill_individuals([r for r in run_ids[committed:] if r is not None])
+                self.tracking.kill_individuals([r for p, r in run_ids.items() if p >= committed and r is not None])
             raise
 
     def _commit(self, record: EvaluationRecord, *, replayed: bool) -> None:

@@ -68,16 +68,13 @@ class SearchTracking:
             self.tracker.set_tags(run_id, report.tags)
         self.tracker.end_run(run_id)
 
-    def start_individuals(self, proposals: Sequence[Proposal], parent_run: str) -> list[str]:
-        """One RUNNING run per proposal about to train, with its genes as params and its tags."""
-        runs = []
-        for proposal in proposals:
-            seed = genome_seed(self.study_seed, proposal.genome)
-            runs.append(self.tracker.start_run(
-                proposal.name, parent_id=parent_run, params={**mlflow_params(proposal.genome), "seed": seed},
-                tags={**proposal.tags, "genome_hash": proposal.genome_hash},
-            ))  # fmt: skip
-        return runs
+    def start_individual(self, proposal: Proposal, parent_run: str) -> str:
+        """A RUNNING run for a proposal that starts training, with its genes as params and its tags."""
+        seed = genome_seed(self.study_seed, proposal.genome)
+        return self.tracker.start_run(
+            proposal.name, parent_id=parent_run, params={**mlflow_params(proposal.genome), "seed": seed},
+            tags={**proposal.tags, "genome_hash": proposal.genome_hash},
+        )
 
     def finish_individual(self, record: EvaluationRecord) -> None:
         """Per-epoch curves, final metrics and status of an individual's run, from its record."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from pipeline.data import PreparedData
-from pipeline.evaluation import EvaluationRecord, Proposal
+from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.training.fit import fit_genome, training_device
 from pipeline.training.models import freeze_conv_layers, network_builder
@@ -49,8 +49,12 @@ class SequentialEvaluator:
         self.train_split = data.load("train").to(training_device())
         self.val_split = data.load("val").to(training_device())
 
-    def evaluate(self, proposals: Sequence[Proposal]) -> Iterator[tuple[int, EvaluationRecord]]:
+    def evaluate(
+        self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
+    ) -> Iterator[tuple[int, EvaluationRecord]]:
         for position, proposal in enumerate(proposals):
+            if on_start is not None:
+                on_start(position)
             yield position, self.train(proposal)
 
     def train(self, proposal: Proposal) -> EvaluationRecord:

@@ -1,0 +1,74 @@
+"""``dvc.yaml`` deps cannot drift from the code: each stage script is imported (not run) in a fresh
+interpreter, and every project module it loads must lie under one of that stage's deps. Stages
+that need no training stack do not load it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+# Imports a stage script under another name than __main__ (its main() does not run) and prints the
+# project files and the top-level packages it loaded.
+PROBE = """
+import importlib.util, json, sys
+from pathlib import Path
+root = Path(sys.argv[1]).resolve()
+sys.path.insert(0, str(root))
+spec = importlib.util.spec_from_file_location("stage_under_test", root / sys.argv[2])
+module = sys.modules["stage_under_test"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
+                if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)})
+print(json.dumps({"files": files, "packages": sorted({name.split(".")[0] for name in sys.modules})}))
+"""
+
+
+def loaded_by(script: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, str(REPO_ROOT), script], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def stage_script(stage: dict) -> str:
+    words = shlex.split(stage["cmd"])
+    assert words[0] == "python" and words[1].startswith("stages/"), stage["cmd"]
+    return words[1]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_project_module_a_stage_loads_is_one_of_its_deps(name):
+    stage = STAGES[name]
+    deps = [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"]]
+    loaded = loaded_by(stage_script(stage))
+    project = [f for f in loaded["files"] if f.startswith(("pipeline/", "stages/"))]
+    assert stage_script(stage) in project
+    missing = [f for f in project if not covered(f, deps)]
+    assert missing == [], f"{name}: add to its deps in dvc.yaml: {missing}"
+
+
+@pytest.mark.parametrize("name, allowed_heavy", [("prepare", {"torch"}), ("report", set())])
+def test_light_stages_do_not_load_the_training_stack(name, allowed_heavy):
+    packages = set(loaded_by(stage_script(STAGES[name]))["packages"])
+    heavy = {"torch", "lightning", "mlflow"} - allowed_heavy
+    assert not packages & heavy, f"{name} loads {sorted(packages & heavy)}"
+
+
+def test_the_coverage_check_sees_a_missing_dep():
+    assert covered("pipeline/search/ga.py", ["pipeline/search"])
+    assert not covered("pipeline/search/ga.py", ["pipeline/sear"])
+    assert not covered("pipeline/study/report.py", ["pipeline/study/cli.py"])
