@@ -398,3 +398,41 @@ def test_phases_are_ignored_for_a_hyperparameter_space():
                            phases=PhasesConfig(count=3))  # fmt: skip
     outcome = drive(search, RecordingEvaluator())
     assert outcome.trained == 12 and len(outcome.phase_reasons) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the ask/tell protocol, and operators without a per-gene rate
+
+
+def test_ask_repeats_its_batch_until_told_and_ends_with_a_reason():
+    search = GeneticSearch(make_space(), GAConfig(population_size=4, elites=1), budget=4, seed=0)
+    with pytest.raises(RuntimeError, match="ask"):
+        search.tell([])
+    first = search.ask()
+    assert search.ask() is first and len(first.proposals) == 4 and first.group.number == 0
+    assert first.max_trainings == 4
+    evaluator = FunctionEvaluator(synthetic_fitness)
+    from pipeline.evaluation import Scored
+
+    scored = [Scored(record, True) for _, record in evaluator.evaluate(first.proposals)]
+    report = search.tell(scored)
+    assert report.metrics["trained"] == 4 and report.stage_metrics["generation_best"] == max(s.record.fitness for s in scored)
+    assert search.ask() is None and search.stop_reason == "budget of 4 evaluations spent"
+
+
+def test_a_mutation_without_a_rate_setting_runs_on_both_genome_kinds(monkeypatch):
+    from pipeline.operators import mutation as mutation_module
+    from pipeline.operators.settings import declare
+
+    @declare()
+    def mutate_swap_momentum(genome, space, rng, diversity=None):
+        """Redraws the momentum only: a mutation with no settings and no per-gene rate."""
+        return {**genome, "momentum": space["momentum"].sample(rng)}
+
+    monkeypatch.setitem(mutation_module.MUTATIONS, "swap_momentum", mutate_swap_momentum)
+    outcome, evaluator = run(budget=14, mutation={"name": "swap_momentum"})
+    assert outcome.trained == 14 and all(g.mutation_rate is None for g in outcome.generations)
+    space = make_architecture_space(image_shape=(1, 8, 8))
+    search = GeneticSearch(space, GAConfig(population_size=4, elites=1, mutation={"name": "swap_momentum"}), budget=10, seed=1)
+    outcome = drive(search, ArchitectureEvaluator())
+    assert outcome.trained == 10

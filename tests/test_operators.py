@@ -677,3 +677,42 @@ def test_split_settings_rejects_bad_loop_settings(settings_, key):
     with pytest.raises(ValueError) as info:
         split_settings("crossover", settings_)
     assert info.value.args[1] == key and key in info.value.args[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# settings declared beside the operator
+
+
+def test_a_new_operator_is_validated_through_its_own_declaration(monkeypatch):
+    from pipeline.operators import selection
+    from pipeline.operators.settings import Real, declare
+
+    @declare(pressure=Real(1, 2, low_open=True))
+    def select_pressure(fitness, n_pairs, rng, *, pressure=1.5):
+        return select_rank(fitness, n_pairs, rng)
+
+    monkeypatch.setitem(selection.SELECTIONS, "pressure", select_pressure)
+    assert bind_operator("selection", "pressure", {"pressure": 2}).keywords == {"pressure": 2}
+    with pytest.raises(ValueError, match=r"pressure.pressure must be in \(1, 2\], got 1") as raised:
+        bind_operator("selection", "pressure", {"pressure": 1})
+    assert raised.value.args[1] == "pressure"
+    with pytest.raises(TypeError, match="unknown setting 'presure'.*did you mean 'pressure'"):
+        bind_operator("selection", "pressure", {"presure": 1.5})
+
+
+def test_a_declaration_that_disagrees_with_the_signature_fails_at_import():
+    from pipeline.operators.settings import Real, declare
+
+    with pytest.raises(TypeError, match=r"declared settings \['rate'\] != keyword-only \['rte'\]"):
+
+        @declare(rate=Real(0, 1))
+        def mutate_typo(genome, space, rng, diversity=None, *, rte=0.1):
+            return genome
+
+
+@pytest.mark.parametrize("role", sorted(REGISTRIES))
+def test_every_registered_operator_declares_its_settings(role):
+    from pipeline.operators.settings import declared_settings, keyword_defaults
+
+    for name, function in REGISTRIES[role].items():
+        assert set(declared_settings(function)) == set(keyword_defaults(function)), name

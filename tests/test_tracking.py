@@ -92,3 +92,63 @@ def test_all_failed_stops_with_clear_message(mlflow_store, tiny_params_dict, pre
         run_search_stage("random", config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     stage = next(r for r in runs_by_id("tiny").values() if PARENT_TAG not in r.data.tags)
     assert stage.info.status == "FAILED"
+
+
+def test_a_moved_repository_writes_artifacts_into_its_own_mlruns(tmp_path, monkeypatch):
+    """A repo copied with its store: the experiment, its runs and its logged models point at the
+    copy's mlruns/artifacts, never at the original's."""
+    import shutil
+
+    import mlflow
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(original))
+    tracker = Tracker("moved")
+    run = tracker.start_run("before")
+    mlflow.set_tracking_uri(tracker.uri)
+    with mlflow.start_run(run_id=run):
+        mlflow.log_text("hello", "note.txt")
+    tracker.end_run(run)
+    shutil.copytree(original, copy)
+
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    moved = Tracker("moved")
+    here = (copy / "mlruns" / "artifacts").as_uri()
+    assert moved.client.get_experiment(moved.experiment_id).artifact_location == here
+    assert moved.client.get_run(run).info.artifact_uri.startswith(here)
+    new_run = moved.start_run("after")
+    mlflow.set_tracking_uri(moved.uri)
+    with mlflow.start_run(run_id=new_run):
+        mlflow.log_text("world", "note.txt")
+    assert (copy / "mlruns" / "artifacts" / new_run / "artifacts" / "note.txt").read_text() == "world"
+    assert not (original / "mlruns" / "artifacts" / new_run).exists()
+    # the original is untouched: its store still names its own folder
+    monkeypatch.setenv("DVC_ROOT", str(original))
+    assert Tracker("moved").client.get_run(run).info.artifact_uri.startswith((original / "mlruns" / "artifacts").as_uri())
+
+
+def test_runs_carry_the_git_commit_and_the_experiment_opens_on_model_training(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    tracker = Tracker("tagged")
+    run = tracker.client.get_run(tracker.start_run("r"))
+    assert run.data.tags["mlflow.source.git.commit"] == head
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_existing_experiment_is_tagged_for_the_model_training_view(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    Tracker("seed")  # creates the store
+    experiment_id = client.create_experiment("older")
+    assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
+    Tracker("older")
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
