@@ -22,9 +22,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.search.ga import GeneticSearch  # noqa: E402
+from pipeline.evaluation import FunctionEvaluator  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
+from pipeline.search.ga import GeneticSearch  # noqa: E402
 from pipeline.space import SearchSpace  # noqa: E402
+from pipeline.study.runner import run_strategy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,15 +70,9 @@ def run_variant(changes: dict, seeds: int, budget: int) -> dict[str, float]:
     space = SearchSpace.from_config(config.space)
     finals, at_half = [], []
     for seed in range(seeds):
-        scores: list[float] = []
-
-        def evaluate(number, candidates):
-            values = [landscape(c.genome, space) for c in candidates]
-            scores.extend(values)
-            return [(v, None) for v in values]
-
-        GeneticSearch(space, config.ga, budget=budget, seed=seed).run(evaluate)
-        best = np.maximum.accumulate(scores)
+        evaluator = FunctionEvaluator(lambda genome: landscape(genome, space))
+        records = run_strategy(GeneticSearch(space, config.ga, budget=budget, seed=seed), evaluator, budget)
+        best = np.maximum.accumulate([r.fitness for r in records])
         finals.append(best[-1])
         at_half.append(best[len(best) // 2 - 1])
     return {

@@ -7,7 +7,7 @@ Work: ``--individuals`` genomes of the default search space (params.yaml), each 
 - naive: torchvision's ``FashionMNIST`` dataset with ``ToTensor``/``Normalize`` per sample through a
   ``DataLoader``, a default Lightning ``Trainer`` per individual (progress bar, checkpointing,
   sanity check, model summary, logger), one after another;
-- ours: the pipeline's evaluator path (``pipeline.evaluate.fit_genome``): the split held as
+- ours: the pipeline's evaluator path (``pipeline.training.fit.fit_genome``): the split held as
   normalised tensors (on the device), batches by indexing, a Trainer without per-individual
   overhead.
 
@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -41,10 +40,10 @@ import lightning.pytorch as pl  # noqa: E402
 
 from pipeline.config import TrainConfig, load_config  # noqa: E402
 from pipeline.data import FASHION_MNIST_FILES, TensorSplit, locate_fashion_mnist, read_idx  # noqa: E402
-from pipeline.training.evaluator import fit_genome  # noqa: E402
+from pipeline.training.fit import fit_genome  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.training.lit_module import LitClassifier  # noqa: E402
-from pipeline.training.models import build_network  # noqa: E402
+from pipeline.training.models import build_network, network_builder  # noqa: E402
 from pipeline.space import SearchSpace, genome_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,12 +137,11 @@ def run_naive(genomes: list[dict], root: Path, train_size: int, val_size: int, d
 
 
 def run_ours(genomes: list[dict], splits: dict[str, TensorSplit], device: str) -> None:
-    data = SimpleNamespace(image_shape=(1, 28, 28), num_classes=10)
-    model_config = load_config(ROOT / "params.yaml").model
+    build = network_builder("hyperparameters", load_config(ROOT / "params.yaml").model, (1, 28, 28), 10)
     for genome in genomes:
         fit_genome(
-            genome, seed=genome_seed(0, genome), train_split=splits["train"], val_split=splits["val"],
-            data=data, model_config=model_config, train_config=TrainConfig(),  # type: ignore[arg-type]
+            genome, seed=genome_seed(0, genome), build_network=build, train_split=splits["train"],
+            val_split=splits["val"], train_config=TrainConfig(),
         )  # fmt: skip
 
 
