@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -39,6 +40,7 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 SPLITS = ("train", "val", "full_train", "test")
 _IDX_MAGIC = {0x0801: 1, 0x0803: 3}  # unsigned-byte IDX files: labels (1-D), images (3-D)
+_IDX_KINDS = {1: "labels file (1-D, magic 0x00000801)", 3: "images file (3-D, magic 0x00000803)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,7 +53,8 @@ def read_idx(path: Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
             data = handle.read()
-    except (OSError, EOFError) as exc:
+    # A damaged .gz raises BadGzipFile (its header), EOFError (cut short) or zlib.error (bad deflate data).
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read ({exc}); delete it and run prepare again") from None
     if len(data) < 4:
         raise DatasetError(f"{path}: truncated IDX file ({len(data)} bytes)")
@@ -169,11 +172,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_kind(role: str, path: Path, array: np.ndarray) -> None:
+    """A labels file where the images belong (or the reverse) reads fine, and every training then fails."""
+    wanted = 3 if role.endswith("_images") else 1
+    if array.ndim != wanted:
+        raise DatasetError(
+            f"{path}: an IDX {_IDX_KINDS[array.ndim]}, but the {role.replace('_', ' ')} must be an IDX "
+            f"{_IDX_KINDS[wanted]}; are the files swapped?"
+        )
+
+
+def _check_image_shapes(files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    """Test images of another size than the training images would only fail the champion, after training."""
+    train, test = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if train != test:
+        raise DatasetError(
+            f"{files['test_images']}: {'x'.join(map(str, test))} images, but {files['train_images']} has "
+            f"{'x'.join(map(str, train))} images; the test images must have the training images' size"
+        )
+
+
 def load_fashion_mnist(root: str | None, download_dir: Path) -> RawDataset:
     files = locate_fashion_mnist(root, download_dir)
     arrays = {key: read_idx(path) for key, path in files.items()}
-    for split in ("train", "test"):
+    for key, path in files.items():
+        _check_kind(key, path, arrays[key])
+    for split, name in (("train", "training"), ("test", "test")):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) == 0:
+            raise DatasetError(f"{files[f'{split}_images']}: no images; the {name} set must not be empty")
         if len(images) != len(labels):
             raise DatasetError(
                 f"{files[f'{split}_images']}: {len(images)} images but {files[f'{split}_labels']} "
@@ -181,6 +208,7 @@ def load_fashion_mnist(root: str | None, download_dir: Path) -> RawDataset:
             )
         if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
             raise DatasetError(f"{files[f'{split}_labels']}: label {labels.max()} is not a FashionMNIST class")
+    _check_image_shapes(files, arrays)
     return RawDataset(
         name="fashion_mnist",
         train_images=arrays["train_images"],
@@ -290,6 +318,37 @@ class TensorSplit:
         return TensorSplit(self.images.to(device), self.labels.to(device))
 
 
+# What the stages read from dataset.json, and the JSON type each must have ("files" is optional).
+_SUMMARY_TYPES: dict[str, type] = {
+    "dataset": str, "image_shape": list, "classes": list, "mean": float, "std": float, "sizes": dict,
+}  # fmt: skip
+
+
+def summary_problem(summary: object) -> str | None:
+    """Why ``summary`` is not a dataset.json that ``prepare`` wrote, or None when it is."""
+    if not isinstance(summary, dict):
+        return f"expected a JSON object, got {type(summary).__name__}"
+    missing = [key for key in _SUMMARY_TYPES if key not in summary]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key, kind in _SUMMARY_TYPES.items():
+        if not isinstance(summary[key], kind):
+            return f"{key} has the wrong type ({type(summary[key]).__name__})"
+    shape = summary["image_shape"]
+    if len(shape) != 3 or not all(type(n) is int and n > 0 for n in shape):
+        return "image_shape must be three positive integers"
+    if not summary["classes"]:
+        return "classes is empty"
+    if not (math.isfinite(summary["mean"]) and math.isfinite(summary["std"]) and summary["std"] > 0):
+        return "mean and std must be finite, std > 0"  # the images are divided by std
+    absent = [split for split in SPLITS if type(summary["sizes"].get(split)) is not int]
+    if absent:
+        return f"sizes lacks {', '.join(absent)}"
+    if not isinstance(summary.get("files", {}), dict):
+        return "files has the wrong type"
+    return None
+
+
 @dataclass(frozen=True)
 class PreparedData:
     folder: Path
@@ -301,7 +360,17 @@ class PreparedData:
         path = folder / "dataset.json"
         if not path.is_file():
             raise DatasetError(f"{path}: missing; run the prepare stage first (dvc repro prepare)")
-        return cls(folder, json.loads(path.read_text()))
+        rebuild = "run `dvc repro -f prepare` to rebuild it"
+        try:
+            summary = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise DatasetError(f"{path}: not valid JSON ({str(exc)[:200]}); {rebuild}") from None
+        problem = summary_problem(summary)
+        if problem is not None:
+            raise DatasetError(f"{path}: not a prepared dataset's summary: {problem}; {rebuild}")
+        return cls(folder, summary)
 
     @property
     def num_classes(self) -> int:

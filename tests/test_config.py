@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from pipeline.config import (
     load_config,
     parse_config,
 )
+from pipeline.config.sections import MAX_BATCH, MAX_EPOCHS, MAX_EVALUATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_PATH = REPO_ROOT / "params.yaml"
@@ -121,6 +123,11 @@ def _delete(path: str) -> Callable[[dict], None]:
         del node[last]
 
     return change
+
+
+def _architecture(section: dict) -> Callable[[dict], None]:
+    """An architecture space with ``section`` as its ``space.architecture``."""
+    return _set("space", {**RAW_PARAMS["space"], "kind": "architecture", "architecture": section})
 
 
 def _rename_gene(old: str, new: str) -> Callable[[dict], None]:
@@ -286,6 +293,65 @@ BAD_VARIANTS = [
     ("phases-exceed-budget", _set("space", {**RAW_PARAMS["space"], "kind": "architecture",
                                             "architecture": {"phases": {"count": 3}}}),
      "<top level>", ["space.architecture.phases.count (3) x ga.population_size (6) exceeds budget.evaluations (16)"]),
+    # inf and nan, wherever a number goes
+    ("gene-bound-inf", _set("space.genes.learning_rate.high", math.inf), "space.genes.learning_rate.high",
+     ["must be a finite number, got inf"]),
+    ("gene-bound-nan", _set("space.genes.momentum.low", math.nan), "space.genes.momentum.low",
+     ["must be a finite number, got nan"]),
+    ("choice-value-minus-inf", _set("space.genes.batch_size.values", [32, -math.inf]),
+     "space.genes.batch_size.values.1", ["got -inf"]),
+    ("noise-level-inf", _set("train.noise_level", math.inf), "train.noise_level", ["finite"]),
+    ("lr-gamma-nan", _set("train.lr_gamma", math.nan), "train.lr_gamma", ["finite"]),
+    ("wall-clock-inf", _set("ga.termination.wall_clock_seconds", math.inf), "ga.termination.wall_clock_seconds",
+     ["finite"]),
+    ("operator-setting-nan", _set("ga.mutation.rate", math.nan), "ga.mutation.rate", ["finite", "nan"]),
+    ("test-size-nan", _set("data.test_size", math.nan), "data.test_size", ["finite"]),
+    # upper bounds: a typo refused before any training
+    ("budget-huge", _set("budget.evaluations", 1_000_000_000), "budget.evaluations",
+     ["less than or equal to 100000", "1000000000"]),
+    ("gene-epochs-huge", _set("space.genes.epochs.high", 5000), "space.genes.epochs.high",
+     [f"<= {MAX_EPOCHS}", "got 5000"]),
+    ("gene-epochs-choice-huge", _set("space.genes.epochs", {"type": "choice", "values": [1, 10**6]}),
+     "space.genes.epochs.values", [f"<= {MAX_EPOCHS}", "1000000"]),
+    ("gene-batch-size-huge", _set("space.genes.batch_size.values", [32, 10**7]), "space.genes.batch_size.values",
+     [f"<= {MAX_BATCH}", "10000000"]),
+    ("gene-batch-size-int-huge", _set("space.genes.batch_size", {"type": "int", "low": 32, "high": 10**7}),
+     "space.genes.batch_size.high", [f"<= {MAX_BATCH}"]),
+    ("champion-epochs-huge", _set("champion.epochs", 10**6), "champion.epochs", ["less than or equal to 1000"]),
+    ("champion-train-size-huge", _set("champion.train_size", 10**9), "champion.train_size", ["less than or equal"]),
+    ("eval-batch-size-huge", _set("train.eval_batch_size", 10**8), "train.eval_batch_size", ["less than or equal"]),
+    ("lr-step-size-huge", _set("train.lr_step_size", 10**6), "train.lr_step_size", ["less than or equal to 1000"]),
+    ("patience-huge", _set("train.early_stopping", {"patience": 10**6}), "train.early_stopping.patience",
+     ["less than or equal to 1000"]),
+    ("hidden-units-huge", _set("model.hidden_units", 10**7), "model.hidden_units", ["less than or equal"]),
+    ("conv-channels-huge", _set("model.conv_channels", [32, 10**6]), "model.conv_channels.1",
+     ["less than or equal"]),
+    ("train-size-huge", _set("data.train_size", 10**9), "data.train_size", ["less than or equal to 1000000"]),
+    ("val-size-huge", _set("data.val_size", 10**9), "data.val_size", ["less than or equal to 1000000"]),
+    ("population-huge", _set("ga.population_size", 10**6), "ga.population_size", ["less than or equal to 10000"]),
+    ("immigrants-huge", _set("ga.survival.immigrants", 10**6), "ga.survival.immigrants", ["less than or equal"]),
+    ("generations-huge", _set("ga.termination.generations", 10**9), "ga.termination.generations",
+     ["less than or equal to 100000"]),
+    ("architecture-filters-huge", _architecture({"conv": {"filters": [8, 10**6]}}),
+     "space.architecture.conv.filters.1", ["less than or equal to 4096"]),
+    ("architecture-units-huge", _architecture({"fc": {"units": [10**6]}}), "space.architecture.fc.units.0",
+     ["less than or equal"]),
+    ("architecture-kernel-huge", _architecture({"conv": {"kernel_size": [3, 999]}}),
+     "space.architecture.conv.kernel_size.1", ["less than or equal to 32"]),
+    ("architecture-stride-huge", _architecture({"conv": {"stride": [999]}}), "space.architecture.conv.stride.0",
+     ["less than or equal"]),
+    ("architecture-padding-huge", _architecture({"conv": {"padding": [0, 10**4]}}),
+     "space.architecture.conv.padding.1", ["less than or equal"]),
+    ("architecture-pool-size-huge", _architecture({"conv": {"pool_size": [None, 999]}}),
+     "space.architecture.conv.pool_size.1", ["less than or equal"]),
+    ("architecture-conv-layers-huge", _architecture({"conv_layers": {"min": 1, "max": 1000}}),
+     "space.architecture.conv_layers.max", ["less than or equal to 32"]),
+    ("architecture-fc-layers-huge", _architecture({"fc_layers": {"min": 1, "max": 1000}}),
+     "space.architecture.fc_layers.max", ["less than or equal"]),
+    ("phases-count-huge", _architecture({"phases": {"count": 10**4}}), "space.architecture.phases.count",
+     ["less than or equal to 100"]),
+    ("phases-new-conv-layers-huge", _architecture({"phases": {"new_conv_layers": 1000}}),
+     "space.architecture.phases.new_conv_layers", ["less than or equal"]),
     # missing sections
     ("missing-section-ga", _delete("ga"), "ga", ["Field required"]),
     ("missing-section-space", _delete("space"), "space", ["Field required"]),
@@ -346,6 +412,41 @@ def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 
 
+def test_upper_bounds_themselves_are_allowed():
+    params = fresh_params()
+    params["budget"]["evaluations"] = MAX_EVALUATIONS
+    params["champion"]["epochs"] = MAX_EPOCHS
+    params["space"]["genes"]["epochs"]["high"] = MAX_EPOCHS
+    params["space"]["genes"]["batch_size"]["values"] = [32, MAX_BATCH]
+    config = parse_config(params)
+    assert config.budget.evaluations == MAX_EVALUATIONS and config.space.genes["epochs"].high == MAX_EPOCHS
+
+
+HUGE_STRING = "x" * 100_000
+HUGE_INPUTS = [
+    ("huge-list-for-string", _set("mlflow.experiment", [HUGE_STRING] * 1000), "mlflow.experiment"),
+    ("huge-string-for-int", _set("seed", HUGE_STRING), "seed"),
+    ("huge-duplicate-choices", _set("space.genes.batch_size.values", [32] * 100_000), "space.genes.batch_size"),
+    ("huge-bad-gene-value", _set("space.genes.learning_rate", {"type": "choice", "values": [HUGE_STRING, -1]}),
+     "space.genes.learning_rate.values"),
+    ("huge-unknown-key", _set(f"ga.{HUGE_STRING}", 1), "ga.xxx"),
+    ("huge-operator-setting", _set("ga.selection", {"name": "truncation", "fraction": HUGE_STRING}),
+     "ga.selection.fraction"),
+    ("many-bad-items", _set("model.conv_channels", ["a"] * 10_000), "model.conv_channels"),
+]
+
+
+@pytest.mark.parametrize(("change", "key"), [v[1:] for v in HUGE_INPUTS], ids=[v[0] for v in HUGE_INPUTS])
+def test_error_messages_stay_short_whatever_the_input(change, key):
+    params = fresh_params()
+    change(params)
+    with pytest.raises(ConfigError) as info:
+        parse_config(params)
+    message = str(info.value)
+    assert len(message) < 2000, f"{len(message)} characters"
+    assert any(line.startswith(key) for line in error_lines(message)), message
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # load_config on files
 
@@ -393,3 +494,118 @@ def test_load_config_round_trips_a_dumped_copy(tmp_path: Path):
     path = tmp_path / "copy.yaml"
     path.write_text(yaml.safe_dump(fresh_params()))
     assert load_config(path) == load_config(PARAMS_PATH)
+
+
+def _params_text_with(old: str, new: str) -> str:
+    text = PARAMS_PATH.read_text()
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def _line_of(text: str, fragment: str) -> int:
+    """The 1-based line of the last line that holds ``fragment``."""
+    return max(n for n, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+DUPLICATE_KEYS = [
+    ("top-level", lambda: PARAMS_PATH.read_text() + "seed: 7\n", "seed", "seed: 7"),
+    ("nested", lambda: _params_text_with("  population_size: 6\n", "  population_size: 6\n  population_size: 8\n"),
+     "ga.population_size", "population_size: 8"),
+    ("section", lambda: PARAMS_PATH.read_text() + "budget:\n  evaluations: 30\n", "budget", "budget:"),
+    ("flow-mapping", lambda: _params_text_with("{type: int, low: 1, high: 3}", "{type: int, low: 1, high: 3, low: 2}"),
+     "space.genes.epochs.low", "low: 2"),
+    ("inside-a-list", lambda: PARAMS_PATH.read_text() + "extra: [{a: 1}, {b: 1, b: 2}]\n", "extra.1.b", "b: 2"),
+]
+
+
+@pytest.mark.parametrize(("make_text", "key", "line_fragment"), [v[1:] for v in DUPLICATE_KEYS],
+                         ids=[v[0] for v in DUPLICATE_KEYS])  # fmt: skip
+def test_load_config_duplicate_key_names_key_and_line(tmp_path: Path, make_text, key, line_fragment):
+    text = make_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: duplicate key {key} (line {_line_of(text, line_fragment)})"
+
+
+def test_load_config_merge_key_may_be_overridden(tmp_path: Path):
+    # `<<` merges a mapping whose keys the mapping's own keys override: not a duplicate.
+    path = tmp_path / "params.yaml"
+    path.write_text(_params_text_with("selection: {name: truncation, fraction: 0.5}",
+                                      "selection: {<<: {name: truncation, fraction: 0.9}, fraction: 0.5}"))  # fmt: skip
+    assert load_config(path) == load_config(PARAMS_PATH)
+
+
+def test_load_config_accepts_a_few_aliases(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    text = _params_text_with("registered_model: evohpo-champion", "registered_model: &name evohpo-champion")
+    path.write_text(text.replace("experiment: evohpo", "experiment: *name"))
+    assert load_config(path).mlflow.experiment == "evohpo-champion"
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"), [(".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan"), (".Inf", "inf"), ("1.0e+999", "inf")]
+)
+def test_load_config_non_finite_number_names_key(tmp_path: Path, written, shown):
+    path = tmp_path / "params.yaml"
+    path.write_text(_params_text_with("high: 1.0, log: true", f"high: {written}, log: true"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert f"space.genes.learning_rate.high: must be a finite number, got {shown}" in error_lines(message)
+
+
+def test_load_config_not_utf8_names_byte_and_position(tmp_path: Path):
+    data = PARAMS_PATH.read_bytes().replace(b"experiment: evohpo", b"experiment: evohp\xe9", 1)
+    path = tmp_path / "params.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    position = data.index(b"\xe9")
+    assert str(info.value) == f"{path}: not valid UTF-8 (byte 0xe9 at position {position})"
+
+
+def _billion_laughs(levels: int = 9) -> str:
+    lines = ['lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"lol{n}: &lol{n} [" + ", ".join([f"*lol{n - 1}"] * 9) + "]" for n in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [_billion_laughs(), PARAMS_PATH.read_text() + "bomb:\n  " + _billion_laughs().replace("\n", "\n  ")],
+    ids=["alone", "inside-params"],
+)
+def test_load_config_refuses_an_alias_bomb_with_a_short_message(tmp_path: Path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: YAML aliases expand to") and "allowed" in message
+    assert len(message) < 300
+
+
+def test_load_config_refuses_a_recursive_alias(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_PATH.read_text() + "loop: &loop {again: *loop}\n")
+    with pytest.raises(ConfigError, match="recursive alias"):
+        load_config(path)
+
+
+def test_load_config_deep_nesting_is_an_error_not_a_crash(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_load_config_huge_budget_fails_at_load_time(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text(_params_text_with("evaluations: 16 ", "evaluations: 1000000000 "))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert_names_key(str(info.value), "budget.evaluations")
+    assert "less than or equal to 100000" in str(info.value)

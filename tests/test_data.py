@@ -63,6 +63,14 @@ def test_idx_truncated_names_file(tmp_path):
         read_idx(path)
 
 
+def test_idx_corrupt_deflate_names_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    write_idx(path, np.zeros((4, 28, 28), dtype=np.uint8))
+    _damage_deflate(path)
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte.gz: cannot read \(Error -3"):
+        read_idx(path)
+
+
 def test_prepare_from_root_folder(tmp_path):
     arrays = write_fake_fashion_mnist(tmp_path / "fm")
     config = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), train_size=50, val_size=30)
@@ -196,6 +204,61 @@ def test_prepared_data_missing_says_run_prepare(tmp_path):
         PreparedData.open(tmp_path)
 
 
+def _summary_without(key):
+    def change(summary):
+        del summary[key]
+        return json.dumps(summary)
+
+    return change
+
+
+def _summary_with(key, value):
+    def change(summary):
+        return json.dumps({**summary, key: value})
+
+    return change
+
+
+# (id, dataset.json text from a good summary, what the message must say)
+BAD_SUMMARIES = [
+    ("truncated", lambda summary: json.dumps(summary, indent=2)[:150], "not valid JSON"),
+    ("empty", lambda summary: "", "not valid JSON"),
+    ("not-json", lambda summary: "dataset: digits\n", "not valid JSON"),
+    ("not-utf8", lambda summary: b"\xff\xfe{}", "not valid JSON"),
+    ("a-list", lambda summary: json.dumps([summary]), "expected a JSON object, got list"),
+    ("missing-keys", lambda summary: json.dumps({"dataset": "digits"}), "missing image_shape, classes, mean, std"),
+    ("missing-mean", _summary_without("mean"), "missing mean"),
+    ("classes-not-a-list", _summary_with("classes", 10), "classes has the wrong type"),
+    ("image-shape-short", _summary_with("image_shape", [8, 8]), "image_shape must be three positive integers"),
+    ("std-zero", _summary_with("std", 0.0), "std > 0"),
+    ("std-nan", lambda summary: json.dumps({**summary, "std": float("nan")}), "must be finite"),
+    ("sizes-without-test", _summary_with("sizes", {"train": 1, "val": 1, "full_train": 2}), "sizes lacks test"),
+]
+
+
+@pytest.mark.parametrize(("write", "fragment"), [v[1:] for v in BAD_SUMMARIES], ids=[v[0] for v in BAD_SUMMARIES])
+def test_bad_prepared_summary_names_file_and_says_rebuild(tmp_path, prepared_digits, write, fragment):
+    text = write(json.loads(json.dumps(prepared_digits.summary)))
+    path = tmp_path / "dataset.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DatasetError) as info:
+        PreparedData.open(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and fragment in message, message
+    assert message.endswith("run `dvc repro -f prepare` to rebuild it") and "\n" not in message
+
+
+def test_prepared_summary_written_by_prepare_opens(prepared_digits):
+    again = PreparedData.open(prepared_digits.folder)
+    assert again.summary == prepared_digits.summary and again.image_shape == (1, 8, 8)
+
+
+def _damage_deflate(path):
+    packed = bytearray(gzip.compress(gzip.decompress(path.read_bytes())))  # no file name: deflate data at byte 10
+    packed[10] |= 0b110  # the first block's type 3 is reserved: zlib.error, not a gzip header error
+    path.write_bytes(bytes(packed))
+
+
 def _corrupt_magic(folder):
     path = folder / "train-images-idx3-ubyte.gz"
     raw = bytearray(gzip.decompress(path.read_bytes()))
@@ -230,10 +293,58 @@ def _bad_label(folder):
     return "train-labels-idx1-ubyte.gz: label 12 is not a FashionMNIST class"
 
 
-@pytest.mark.parametrize(
-    "corrupt", [_corrupt_magic, _truncate, _not_gzip, _delete, _wrong_count, _bad_label],
-    ids=["bad-magic", "truncated", "not-gzip", "missing-file", "count-mismatch", "label-out-of-range"],
-)
+def _bad_deflate(folder):
+    _damage_deflate(folder / "t10k-images-idx3-ubyte.gz")
+    return r"t10k-images-idx3-ubyte.gz: cannot read \(Error -3 while decompressing"
+
+
+def _labels_for_images(folder):
+    # Same count as the labels, so only the kind of file can tell.
+    write_idx(folder / "train-images-idx3-ubyte.gz", np.arange(120, dtype=np.uint8) % 10)
+    return (r"train-images-idx3-ubyte.gz: an IDX labels file \(1-D, magic 0x00000801\), but the train images must "
+            r"be an IDX images file \(3-D, magic 0x00000803\)")  # fmt: skip
+
+
+def _images_for_labels(folder):
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros((40, 28, 28), dtype=np.uint8))
+    return r"t10k-labels-idx1-ubyte.gz: an IDX images file .*, but the test labels must be an IDX labels file"
+
+
+def _swapped_test_files(folder):
+    images, labels = folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
+    images_bytes = images.read_bytes()
+    images.write_bytes(labels.read_bytes())
+    labels.write_bytes(images_bytes)
+    return "t10k-images-idx3-ubyte.gz: an IDX labels file .* the test images must be an IDX images file"
+
+
+def _test_images_other_size(folder):
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((40, 32, 32), dtype=np.uint8))
+    return "t10k-images-idx3-ubyte.gz: 32x32 images, but .*train-images-idx3-ubyte.gz has 28x28 images"
+
+
+def _empty_test_set(folder):
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
+    return "t10k-images-idx3-ubyte.gz: no images; the test set must not be empty"
+
+
+def _empty_training_set(folder):
+    write_idx(folder / "train-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
+    return "train-images-idx3-ubyte.gz: no images; the training set must not be empty"
+
+
+BAD_DATASETS = [
+    ("bad-magic", _corrupt_magic), ("truncated", _truncate), ("not-gzip", _not_gzip), ("missing-file", _delete),
+    ("count-mismatch", _wrong_count), ("label-out-of-range", _bad_label), ("bad-deflate-data", _bad_deflate),
+    ("labels-for-images", _labels_for_images), ("images-for-labels", _images_for_labels),
+    ("test-files-swapped", _swapped_test_files), ("test-images-other-size", _test_images_other_size),
+    ("empty-test-set", _empty_test_set), ("empty-training-set", _empty_training_set),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("corrupt", [c for _, c in BAD_DATASETS], ids=[name for name, _ in BAD_DATASETS])
 def test_bad_dataset_file_is_named(tmp_path, corrupt):
     write_fake_fashion_mnist(tmp_path / "fm")
     expected = corrupt(tmp_path / "fm")

@@ -5,6 +5,8 @@ operator's declaration, and an architecture space that fits the dataset's images
 from __future__ import annotations
 
 import difflib
+import math
+import reprlib
 import typing
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config.sections import ChoiceGene, FloatGene, IntGene, OperatorConfig, SpaceConfig, StudyConfig
+from pipeline.config.sections import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    ChoiceGene,
+    FloatGene,
+    IntGene,
+    OperatorConfig,
+    SpaceConfig,
+    StudyConfig,
+)
 from pipeline.errors import ConfigError
 from pipeline.operators import bind_operator, split_settings
 from pipeline.space import ArchitectureSpace, InfeasibleGenome
@@ -20,6 +31,33 @@ from pipeline.space import ArchitectureSpace, InfeasibleGenome
 
 # The images of each dataset (channels, height, width): architecture genomes are checked against them.
 DATASET_IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
+
+
+# No error message may be huge, whatever the file holds: each value echoed is cut to _MAX_SHOWN characters,
+# each line to _MAX_LINE, and at most _MAX_LINES faults are listed.
+_MAX_SHOWN, _MAX_LINE, _MAX_LINES = 200, 400, 30
+_REPR = reprlib.Repr()  # bounded in time too: a huge list is never formatted whole only to be cut
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlist, _REPR.maxdict = 120, 120, 60, 10, 10
+
+
+def _clip(text: str, limit: int = _MAX_SHOWN) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` as echoed in an error: never more than ``_MAX_SHOWN`` characters."""
+    return _clip(_REPR.repr(value))
+
+
+def _invalid(source: str, lines: list[str]) -> ConfigError:
+    shown = [_clip(line, _MAX_LINE) for line in lines[:_MAX_LINES]]
+    if len(lines) > _MAX_LINES:
+        shown.append(f"... and {len(lines) - _MAX_LINES} more")
+    return ConfigError(f"{source} is invalid:\n  " + "\n  ".join(shown))
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    return ".".join(map(str, path)) or "<top level>"
 
 
 def _did_you_mean(word: str, options: Any) -> str:
@@ -50,22 +88,38 @@ def _format_error(error: dict[str, Any]) -> str:
         return f"{key}: unknown key{hint}"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] not in ("value_error", "missing"):
-        message += f" (got {error.get('input')!r})"
+        message += f" (got {_shown(error.get('input'))})"
     return f"{key}: {message}"
+
+
+def non_finite_errors(raw: Any, path: tuple[Any, ...] = ()) -> list[str]:
+    """Every ``inf``/``nan`` (``.inf``, ``.nan`` in YAML) anywhere in ``raw``, named by its dotted key.
+
+    Checked before the sections: an infinite bound passes every ``>``/``<`` check, then each
+    individual trains the whole budget long and fails."""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return [f"{_dotted(path)}: must be a finite number, got {raw!r}"]
+    if isinstance(raw, dict):
+        return [e for key, value in raw.items() for e in non_finite_errors(value, (*path, key))]
+    if isinstance(raw, list):
+        return [e for index, value in enumerate(raw) for e in non_finite_errors(value, (*path, index))]
+    return []
 
 
 def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     """Validate a loaded ``params.yaml`` mapping; raises ``ConfigError`` naming every bad key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    errors = non_finite_errors(raw)
+    if errors:
+        raise _invalid(source, errors)
     try:
         config = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [_format_error(e) for e in exc.errors()]
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+        raise _invalid(source, [_format_error(e) for e in exc.errors()]) from None
     errors = gene_errors(config.space)
     if errors:
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(errors))
+        raise _invalid(source, errors)
     _check_operators(config, source)
     if config.space.kind == "architecture":
         _check_architecture(config, source)
@@ -76,16 +130,19 @@ def _check_architecture(config: StudyConfig, source: str) -> None:
     try:
         ArchitectureSpace.from_config(config.space, DATASET_IMAGE_SHAPES[config.data.dataset])
     except InfeasibleGenome as exc:
-        raise ConfigError(f"{source} is invalid:\n  space.architecture.conv_layers.min: {exc}") from None
+        raise _invalid(source, [f"space.architecture.conv_layers.min: {exc}"]) from None
 
 
 # What the evaluator can train with: (allowed gene types, value check, what it must be).
+# Batch size and epochs are capped (sections.MAX_BATCH, MAX_EPOCHS) so a typo cannot train for days.
 _GENE_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "learning_rate": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v > 0, "a number > 0"),
     "momentum": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "batch_size": ((IntGene, ChoiceGene), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "epochs": ((IntGene, ChoiceGene), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": ((IntGene, ChoiceGene), lambda v: _is_int(v) and 1 <= v <= MAX_BATCH,
+                   f"an integer >= 1 and <= {MAX_BATCH}"),  # fmt: skip
+    "epochs": ((IntGene, ChoiceGene), lambda v: _is_int(v) and 1 <= v <= MAX_EPOCHS,
+               f"an integer >= 1 and <= {MAX_EPOCHS}"),  # fmt: skip
     "noise_level": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
 }
 # Genes the evaluator can do without (a fixed value from `train` stands in).
@@ -122,7 +179,7 @@ def gene_errors(space: SpaceConfig) -> list[str]:
         for field, values in ends.items():
             bad = [v for v in values if not valid(v)]
             if bad:
-                errors.append(f"space.genes.{name}.{field}: must be {wanted}, got {bad[0]!r}")
+                errors.append(f"space.genes.{name}.{field}: must be {wanted}, got {_shown(bad[0])}")
     return errors
 
 
@@ -134,17 +191,111 @@ def _check_operators(config: StudyConfig, source: str) -> None:
             bind_operator(role, spec.name, own)
         except (KeyError, TypeError, ValueError) as exc:
             message, key = exc.args
-            raise ConfigError(f"{source} is invalid:\n  ga.{role}.{key}: {message}") from None
+            raise _invalid(source, [f"ga.{role}.{key}: {message}"]) from None
+
+
+# Nodes that YAML aliases may stand for in all, once expanded. A params.yaml reusing a few gene specs
+# needs tens; an alias bomb ("billion laughs") needs billions, and would exhaust memory and time.
+_MAX_ALIAS_NODES = 1000
+
+
+class _RefusedYaml(yaml.YAMLError):
+    """YAML that PyYAML would load but a study must not: the message is one line, without the file's name."""
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def alias_expansion(root: yaml.Node) -> int:
+    """How many more nodes the document has once its aliases are expanded (0 without aliases).
+
+    Each distinct node is sized once, so a bomb is measured in time linear in the file, not in its
+    expansion. Raises ``_RefusedYaml`` for an alias inside its own anchor (a structure without end)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            line = node.start_mark.line + 1
+            raise _RefusedYaml(f"the alias on line {line} refers to a node that contains it (a recursive alias)")
+        open_nodes.add(id(node))
+        sizes[id(node)] = 1 + sum(size(child) for child in _node_children(node))
+        open_nodes.discard(id(node))
+        return sizes[id(node)]
+
+    return size(root) - len(sizes)
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what it would let through silently: duplicate keys (PyYAML keeps
+    the last one; DVC rejects the file) and aliases expanding past ``_MAX_ALIAS_NODES`` nodes."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, tuple[Any, ...]] = {}  # id(node) -> its keys from the top, to name duplicates
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        extra = alias_expansion(node)
+        if extra > _MAX_ALIAS_NODES:
+            raise _RefusedYaml(
+                f"YAML aliases expand to {extra} more values, above the {_MAX_ALIAS_NODES} allowed; "
+                "write the values out instead"
+            )
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            path = self._paths.get(id(node), ())
+            lines: dict[Any, int] = {}
+            # Before merge keys (<<) are flattened in: a key written here may override a merged one.
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, typing.Hashable):
+                    continue  # PyYAML refuses it, naming the line
+                if key in lines:
+                    line = key_node.start_mark.line + 1
+                    raise _RefusedYaml(f"duplicate key {_clip(_dotted((*path, key)))} (line {line})")
+                lines[key] = key_node.start_mark.line + 1
+                self._paths.setdefault(id(value_node), (*path, key))  # an aliased node: named where anchored
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_sequence(self, node: yaml.Node, deep: bool = False) -> list[Any]:
+        if isinstance(node, yaml.SequenceNode):
+            path = self._paths.get(id(node), ())
+            for index, child in enumerate(node.value):
+                self._paths.setdefault(id(child), (*path, index))
+        return super().construct_sequence(node, deep=deep)
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at position {exc.start})") from None
 
 
 def load_config(path: str | Path = "params.yaml") -> StudyConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    text = _decode(data, path)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    except _RefusedYaml as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_clip(str(exc), 1000)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_config(raw, source=str(path))

@@ -12,6 +12,21 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+# Upper bounds: generous for any study this pipeline runs, yet a typo (an extra 0 or three) is refused
+# when params.yaml is read, not found after days of training or an out-of-memory network.
+MAX_EVALUATIONS = 100_000  # trainings per method (budget.evaluations): a grid this size is still cheap to list
+MAX_EPOCHS = 1000  # per individual (the epochs gene), for the champion, and bounds on epoch counts
+MAX_BATCH = 65_536  # images per batch: the batch_size gene and train.eval_batch_size
+MAX_IMAGES = 1_000_000  # split sizes: above every dataset here (FashionMNIST has 60,000 training images)
+MAX_CHANNELS = 4096  # channels (filters) of one conv layer
+MAX_UNITS = 16_384  # units of one fully connected layer
+MAX_GEOMETRY = 32  # kernel_size, stride, padding, pool_size: beyond the 28x28 images studied here
+MAX_LAYERS = 32  # conv or fc layers in a genome, and conv layers appended per phase
+MAX_PHASES = 100  # growth phases; each needs a whole population's evaluations anyway
+MAX_POPULATION = 10_000  # ga.population_size and ga.survival.immigrants
+MAX_GENERATIONS = MAX_EVALUATIONS  # every generation trains at least one child
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -19,8 +34,8 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist"
     root: str | None = None
-    train_size: Annotated[int, Field(gt=0)] | None = None
-    val_size: Annotated[int, Field(gt=0)] = 10_000
+    train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None
+    val_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] = 10_000
     test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits only: it has no official test set
 
 
@@ -73,7 +88,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "swish", "sigmoid")
 
 class LengthRange(_Section):
     min: Annotated[int, Field(ge=0)]
-    max: Annotated[int, Field(ge=0)]
+    max: Annotated[int, Field(ge=0, le=MAX_LAYERS)]
 
     @model_validator(mode="after")
     def _check_order(self) -> LengthRange:
@@ -85,11 +100,11 @@ class LengthRange(_Section):
 class ConvChoices(_Section):
     """The values each convolutional gene may take (the studies' blueprint by default)."""
 
-    filters: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [8, 16, 32, 64]
-    kernel_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [3, 5, 7]
-    stride: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [1, 2]
-    padding: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0, 1]
-    pool_size: Annotated[list[Annotated[int, Field(ge=2)] | None], Field(min_length=1)] = [None, 2, 3]
+    filters: Annotated[list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=1)] = [8, 16, 32, 64]
+    kernel_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [3, 5, 7]
+    stride: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [1, 2]
+    padding: Annotated[list[Annotated[int, Field(ge=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [0, 1]
+    pool_size: Annotated[list[Annotated[int, Field(ge=2, le=MAX_GEOMETRY)] | None], Field(min_length=1)] = [None, 2, 3]
     pool_type: Annotated[list[Literal["max", "avg"]], Field(min_length=1)] = ["max", "avg"]
     activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]
     batch_norm: Annotated[list[bool], Field(min_length=1)] = [False, True]
@@ -97,7 +112,9 @@ class ConvChoices(_Section):
 
 
 class FcChoices(_Section):
-    units: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [8, 16, 32, 64, 128, 256, 512]
+    units: Annotated[list[Annotated[int, Field(gt=0, le=MAX_UNITS)]], Field(min_length=1)] = [
+        8, 16, 32, 64, 128, 256, 512,
+    ]  # fmt: skip
     activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]
     dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [0.1, 0.2, 0.25]
 
@@ -105,8 +122,8 @@ class FcChoices(_Section):
 class PhasesConfig(_Section):
     """Phased growth: after each phase the best genome's conv genes are kept, new ones appended."""
 
-    count: Annotated[int, Field(ge=1)] = 1
-    new_conv_layers: Annotated[int, Field(ge=1)] = 1  # at most this many conv genes appended per phase
+    count: Annotated[int, Field(ge=1, le=MAX_PHASES)] = 1
+    new_conv_layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)] = 1  # at most this many conv genes appended per phase
     freeze_transferred: bool = True  # with ga.weights inherit/merge: train only the new layers
 
 
@@ -137,23 +154,25 @@ class SpaceConfig(_Section):
 
 
 class BudgetConfig(_Section):
-    evaluations: Annotated[int, Field(gt=0)]
+    evaluations: Annotated[int, Field(gt=0, le=MAX_EVALUATIONS)]
 
 
 class ModelConfig(_Section):
-    conv_channels: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=2, max_length=2)] = [32, 64]
-    hidden_units: Annotated[int, Field(gt=0)] = 128
+    conv_channels: Annotated[
+        list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=2, max_length=2)
+    ] = [32, 64]
+    hidden_units: Annotated[int, Field(gt=0, le=MAX_UNITS)] = 128
 
 
 class EarlyStoppingConfig(_Section):
-    patience: Annotated[int, Field(ge=1)] = 1  # epochs without val_acc improvement before stopping
+    patience: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1  # epochs without val_acc improvement before stopping
     min_delta: Annotated[float, Field(ge=0)] = 0.0
 
 
 class TrainConfig(_Section):
-    lr_step_size: Annotated[int, Field(gt=0)] = 1
+    lr_step_size: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = 1
     lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.7
-    eval_batch_size: Annotated[int, Field(gt=0)] = 1000
+    eval_batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 1000
     # Std of Gaussian noise added to training images (data augmentation); a gene `noise_level` overrides.
     noise_level: Annotated[float, Field(ge=0)] = 0.0
     early_stopping: EarlyStoppingConfig | None = None  # None: every individual trains all its epochs
@@ -174,20 +193,21 @@ class SurvivalConfig(_Section):
     """Who lives on besides the elites: a random share of the rest, and fresh random immigrants."""
 
     fraction: Annotated[float, Field(ge=0, le=1)] = 0.0  # of the non-elites, carried unchanged
-    immigrants: Annotated[int, Field(ge=0)] = 0  # new random genomes per generation
+    immigrants: Annotated[int, Field(ge=0, le=MAX_POPULATION)] = 0  # new random genomes per generation
 
 
 class TerminationConfig(_Section):
     """Extra stopping rules; the evaluation budget (budget.evaluations) always applies."""
 
-    generations: Annotated[int, Field(ge=1)] | None = None  # generations in all, the initial one included
+    # Generations in all, the initial one included.
+    generations: Annotated[int, Field(ge=1, le=MAX_GENERATIONS)] | None = None
     wall_clock_seconds: Annotated[float, Field(gt=0)] | None = None
     target_fitness: Annotated[float, Field(gt=0, le=1)] | None = None  # stop once reached
-    stagnation: Annotated[int, Field(ge=1)] | None = None  # generations without a better best
+    stagnation: Annotated[int, Field(ge=1, le=MAX_GENERATIONS)] | None = None  # generations without a better best
 
 
 class GAConfig(_Section):
-    population_size: Annotated[int, Field(ge=2)]
+    population_size: Annotated[int, Field(ge=2, le=MAX_POPULATION)]
     elites: Annotated[int, Field(ge=0)] = 1
     survival: SurvivalConfig = SurvivalConfig()
     selection: OperatorConfig = OperatorConfig(name="truncation", fraction=0.5)
@@ -222,8 +242,8 @@ class GAConfig(_Section):
 
 
 class ChampionConfig(_Section):
-    epochs: Annotated[int, Field(gt=0)]
-    train_size: Annotated[int, Field(gt=0)] | None = None  # None: every training image not in validation
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
+    train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None  # None: every training image not in validation
     registered_model: str = "evohpo-champion"
 
 

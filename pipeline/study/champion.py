@@ -17,6 +17,7 @@ from pipeline.errors import SearchFailed
 from pipeline.jsonio import write_json
 from pipeline.search.registry import method_names
 from pipeline.space import genome_hash, genome_seed
+from pipeline.study.lock import StageLock
 from pipeline.tracking.observer import mlflow_params
 from pipeline.tracking.store import Tracker
 from pipeline.training.fit import fit_genome, training_device
@@ -64,12 +65,25 @@ def _retrain(
     return result | {"module": outcome.module}
 
 
-def run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Path, model_path: Path) -> dict[str, Any]:
+def run_champion_stage(
+    config: StudyConfig, prepared_dir: Path, results_dir: Path, model_path: Path, lock_dir: Path = Path("checkpoints")
+) -> dict[str, Any]:
+    """Retrain each method's best, test it, log and register the overall best; holds
+    ``lock_dir/champion.lock`` throughout, so a second run of the stage stops at once."""
+    with StageLock(lock_dir / "champion.lock", "champion"):
+        return _run_champion_stage(config, prepared_dir, results_dir, model_path)
+
+
+def _run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Path, model_path: Path) -> dict[str, Any]:
     summaries = load_search_summaries(results_dir)
     ranking = rank_methods(summaries)
     if not ranking:
         raise SearchFailed("every search failed: there is no configuration to retrain")
     tracker = Tracker(config.mlflow.experiment)
+    tracker.check_artifacts_writable()  # before any training: the model is saved there at the end
+    stale = tracker.close_stale_stage_runs("champion", keep=set())
+    if stale:
+        print(f"[champion] marked {stale} run(s) left RUNNING by an earlier, killed run as KILLED", flush=True)
     data = PreparedData.open(prepared_dir)
     splits = {
         "train": data.load("full_train", limit=config.champion.train_size, seed=config.seed).to(training_device()),
@@ -100,6 +114,9 @@ def run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Pat
                     retrained[hash_] = {"failure": f"{type(exc).__name__}: {exc}", "run_id": run_id}
                     tracker.set_tags(run_id, {"failure_reason": retrained[hash_]["failure"]})
                     tracker.end_run(run_id, "FAILED")
+                except BaseException:
+                    tracker.end_run(run_id, "KILLED")  # Ctrl-C or SIGTERM: stopped, not failed
+                    raise
             result = {k: v for k, v in retrained[hash_].items() if k != "module"}
             per_method[method] = {"genome": genome, "genome_hash": hash_,
                                   "search_val_acc": summaries[method]["best_val_acc"], **result}  # fmt: skip

@@ -94,6 +94,11 @@ class Checkpoint:
         elif kind == "evaluation":
             self.records.append(EvaluationRecord.from_dict(line["record"]))
 
+    def restart(self) -> None:
+        """Forget what was read and start the file anew."""
+        self.stage_run_id, self.group_runs, self.records = None, {}, []
+        self._start()
+
     def _start(self) -> None:
         """Replace the file by a bare header (atomically: temp file + rename)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,7 @@ class SearchRunner:
 
     def __post_init__(self) -> None:
         self._replay = list(self.checkpoint.records) if self.checkpoint is not None else []
+        self._unfinished: EvaluationRecord | None = None
         self._known: dict[str, EvaluationRecord] = {}
         # The search's own clock: a resumed search continues the killed one's timeline.
         last = self._replay[-1].elapsed_seconds if self._replay else None
@@ -137,17 +138,27 @@ class SearchRunner:
                     self._commit(record, replayed=False)
                     committed += 1
         except BaseException:
-            # Killed (Ctrl-C, SIGTERM) or broken: started runs without a record did not finish; a resume retrains them.
+            # Killed (Ctrl-C, SIGTERM) or broken: a run whose record is written is closed from it;
+            # started runs without a record did not finish, and a resume retrains them.
             if self.tracking is not None:
-                self.tracking.kill_individuals([r for p, r in run_ids.items() if p >= committed and r is not None])
+                written = self._unfinished.run_id if self._unfinished is not None else None
+                if self._unfinished is not None:
+                    self.tracking.finish_individual(self._unfinished)
+                self.tracking.kill_individuals(
+                    [r for p, r in run_ids.items() if p >= committed and r is not None and r != written]
+                )
             raise
+        finally:
+            self._unfinished = None
 
     def _commit(self, record: EvaluationRecord, *, replayed: bool) -> None:
         if not replayed:
             if self.checkpoint is not None:
                 self.checkpoint.append(record)  # the record first: a kill after it loses nothing
             if self.tracking is not None:
+                self._unfinished = record  # written, its run not yet closed
                 self.tracking.finish_individual(record)
+                self._unfinished = None
         self.records.append(record)
         self._known[record.genome_hash] = record
         if self.on_record is not None:

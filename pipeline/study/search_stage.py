@@ -3,10 +3,12 @@ evaluation logged to MLflow, the checkpoint and the stage's results files."""
 
 from __future__ import annotations
 
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from pipeline.config.sections import StudyConfig
@@ -17,6 +19,7 @@ from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
 from pipeline.study.checkpoint import Checkpoint, fingerprint
+from pipeline.study.lock import StageLock
 from pipeline.study.runner import SearchRunner
 from pipeline.tracking.observer import SearchTracking
 from pipeline.tracking.store import Tracker
@@ -33,6 +36,8 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
     for name in SHARED_SECTIONS + get_method(method).settings_sections:
         sections[name] = getattr(config, name).model_dump()
     sections["tracking"] = {"uri": tracker.uri, "experiment": config.mlflow.experiment}
+    # Results are bit-identical on one machine with one torch, not across them.
+    sections["platform"] = {"torch": torch.__version__, "machine": platform.machine()}
     return fingerprint(sections)
 
 
@@ -95,17 +100,34 @@ def run_search_stage(
 ) -> dict[str, Any]:
     """Run one search method end to end; writes ``<method>_search.json`` (summary metrics) and
     ``<method>_search_history.json`` (every evaluation) under ``results_dir``. Resumes from
-    ``checkpoint_dir/<method>_search.jsonl`` when a killed run with the same fingerprint left one."""
+    ``checkpoint_dir/<method>_search.jsonl`` when a killed run with the same fingerprint left one.
+    Holds ``<method>_search.lock`` throughout: a second run of the same stage stops at once."""
+    with StageLock(checkpoint_dir / f"{method}_search.lock", f"{method}_search"):
+        return _run_search_stage(method, config, prepared_dir, results_dir, checkpoint_dir)
+
+
+def _run_search_stage(
+    method: str, config: StudyConfig, prepared_dir: Path, results_dir: Path, checkpoint_dir: Path
+) -> dict[str, Any]:
     spec = get_method(method)
+    stage = f"{method}_search"
     budget = config.budget.evaluations
     tracker = Tracker(config.mlflow.experiment)
     tracking = SearchTracking(tracker, config.seed)
     data = PreparedData.open(prepared_dir)
     space = make_space(config.space, data.image_shape)
     checkpoint, message = Checkpoint.open(
-        checkpoint_dir / f"{method}_search.jsonl", stage_fingerprint(method, config, data.summary, tracker)
+        checkpoint_dir / f"{stage}.jsonl", stage_fingerprint(method, config, data.summary, tracker)
     )
+    if checkpoint.stage_run_id is not None and not tracker.run_exists(checkpoint.stage_run_id):
+        checkpoint.restart()
+        message = (f"checkpoint {checkpoint.path} names runs the MLflow store {tracker.uri} does not hold "
+                   "(deleted or replaced): starting afresh")  # fmt: skip
     print(f"[{method}] {message}", flush=True)
+    # Under the lock no other process owns this stage's runs: those left RUNNING were a killed run's.
+    stale = tracker.close_stale_stage_runs(stage, keep={checkpoint.stage_run_id} - {None})
+    if stale:
+        print(f"[{method}] marked {stale} run(s) left RUNNING by an earlier, killed run as KILLED", flush=True)
     weight_rule = spec.weight_rule(config)
     weight_store = None
     if weight_rule != "none":
@@ -120,17 +142,16 @@ def run_search_stage(
     strategy = spec.build(config, space)
     if checkpoint.stage_run_id is not None:
         stage_run = checkpoint.stage_run_id
-        closed, killed = tracking.reopen_stage(stage_run, list(checkpoint.group_runs.values()), checkpoint.records)
-        if closed or killed:
-            print(f"[{method}] closed {closed} run(s) the killed stage left RUNNING from their records, "
-                  f"marked {killed} as KILLED", flush=True)  # fmt: skip
+        settled = tracking.reopen_stage(stage_run, list(checkpoint.group_runs.values()), checkpoint.records)
+        if settled:
+            print(f"[{method}] {settled}", flush=True)
     else:
         stage_run = tracking.start_stage(
-            f"{method}_search",
+            stage,
             params={"budget": budget, "seed": config.seed, "dataset": data.summary["dataset"],
                     "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"],
                     **strategy.stage_params()},
-            tags={"method": method, "stage": f"{method}_search"},
+            tags={"method": method, "stage": stage},
         )  # fmt: skip
         checkpoint.set_stage_run(stage_run)
     try:
@@ -143,8 +164,8 @@ def run_search_stage(
         raise
     summary = search_summary(method, budget, records, runner.elapsed()) | strategy.summary()
     history = {"evaluations": [r.to_dict() for r in records], "generations": strategy.history()}
-    write_json(results_dir / f"{method}_search_history.json", history)
-    write_json(results_dir / f"{method}_search.json", summary)
+    write_json(results_dir / f"{stage}_history.json", history)
+    write_json(results_dir / f"{stage}.json", summary)
     if "best_val_acc" not in summary:
         tracking.fail_stage(stage_run, "FAILED", "every individual failed")
         raise SearchFailed(

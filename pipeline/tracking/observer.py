@@ -39,21 +39,44 @@ class SearchTracking:
     def start_stage(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
         return self.tracker.start_run(name, params=params, tags=tags)
 
-    def reopen_stage(self, stage_run: str, group_runs: Sequence[str], records: Sequence[EvaluationRecord]) -> tuple[int, int]:
-        """Set a killed stage's run RUNNING again and close the individual runs it left RUNNING:
-        FINISHED (or FAILED) from its record where the individual finished before the kill, KILLED
-        where it did not. Returns (closed from records, killed)."""
+    def reopen_stage(self, stage_run: str, group_runs: Sequence[str], records: Sequence[EvaluationRecord]) -> str | None:
+        """Set a killed stage's run RUNNING again and settle the runs under it with the checkpoint,
+        so that no genome ends FINISHED twice and nothing stays RUNNING:
+
+        - an individual left RUNNING whose record is in the checkpoint finished before the kill:
+          closed from its record;
+        - one left RUNNING without a record was interrupted: KILLED (it is retrained);
+        - a FINISHED or FAILED one without a record lost it (a damaged checkpoint): KILLED and
+          tagged ``superseded`` (it is retrained as a new run);
+        - a group run the checkpoint does not know, left RUNNING: KILLED.
+
+        Returns a sentence saying what was settled, or None when nothing was."""
         self.tracker.resume_run(stage_run)
         by_run = {r.run_id: r for r in records if r.run_id is not None}
-        closed = killed = 0
-        for run_id in self.tracker.running_children([stage_run, *group_runs]):
+        counts = {"closed from their records": 0, "marked KILLED": 0, "superseded (record lost)": 0}
+        level = [stage_run, *group_runs]
+        for run in self.tracker.children(level):
+            run_id, status = run.info.run_id, run.info.status
+            if run_id in group_runs:
+                continue  # resumed when its generation is replayed
+            if "genome_hash" not in run.data.tags:
+                if status == "RUNNING":  # a group run created just before the kill
+                    self.tracker.end_run(run_id, "KILLED")
+                    counts["marked KILLED"] += 1
+                continue
             if run_id in by_run:
-                self.finish_individual(by_run[run_id])
-                closed += 1
-            else:
+                if status == "RUNNING":
+                    self.finish_individual(by_run[run_id])
+                    counts["closed from their records"] += 1
+            elif status == "RUNNING":
                 self.tracker.end_run(run_id, "KILLED")
-                killed += 1
-        return closed, killed
+                counts["marked KILLED"] += 1
+            elif status in ("FINISHED", "FAILED"):
+                self.tracker.set_tags(run_id, {"superseded": "its checkpoint record was lost; retrained as a new run"})
+                self.tracker.end_run(run_id, "KILLED")
+                counts["superseded (record lost)"] += 1
+        settled = [f"{n} {what}" for what, n in counts.items() if n]
+        return f"runs left by the killed stage: {', '.join(settled)}" if settled else None
 
     def start_group(self, group: Group, stage_run: str) -> str:
         return self.tracker.start_run(group.name, parent_id=stage_run, params=group.params, tags=group.tags)

@@ -20,6 +20,8 @@ from pipeline.errors import TrackingError
 
 PARENT_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+# The project folder a stage ran in: stale runs are only ever closed for this workspace.
+WORKSPACE_TAG = "evohpo.workspace"
 # The MLflow UI opens an experiment of this kind on its runs (model training), not the GenAI overview.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Columns that hold artifact locations, by table: rewritten when the repository has moved.
@@ -90,11 +92,30 @@ def _param_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _store_is_busy(exc: BaseException) -> bool:
+    """SQLite's answer while another process writes (or recovers after a kill): worth a retry."""
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text or "disk i/o error" in text
+
+
 class Tracker:
-    """The study's MLflow experiment; every method returns or takes plain run ids."""
+    """The study's MLflow experiment; every method returns or takes plain run ids.
+
+    Every call to the store is retried with backoff while SQLite reports it busy (another writer,
+    ``mlflow ui`` reading, recovery after a kill), for ``busy_seconds`` in all; then it fails with
+    one line naming the store.
+    """
+
+    busy_seconds = float(os.environ.get("EVOHPO_STORE_BUSY_SECONDS", "120"))
 
     def __init__(self, experiment: str, root: Path | None = None) -> None:
         root = root or project_root()
+        self.root = root
         self.uri = tracking_uri(root)
         _prepare_sqlite_store(self.uri)
         if self.uri.startswith(("http://", "https://")):
@@ -104,24 +125,44 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         artifacts = (root / "mlruns" / "artifacts").as_uri()
         try:
-            found = self.client.get_experiment_by_name(experiment)
+            found = self._call(self.client.get_experiment_by_name, experiment)
             if found is None:
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-                )
+                self.experiment_id = self._call(
+                    self.client.create_experiment, experiment, artifact_location=artifacts,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )  # fmt: skip
             else:
                 self.experiment_id = found.experiment_id
                 self._keep_artifacts_here(found.artifact_location, artifacts)
                 if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                    self._call(self.client.set_experiment_tag, self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except TrackingError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure here means: no usable store
-            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise TrackingError(
-                f"MLflow tracking store {self.uri} is not usable ({first_line}); "
+                f"MLflow tracking store {self.uri} is not usable ({_first_line(exc)}); "
                 "start the server, fix MLFLOW_TRACKING_URI, or unset it to use mlruns/mlflow.db"
             ) from None
         self.experiment = experiment
         self.commit = git_commit(root)
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """``method(*args, **kwargs)``, retried with backoff while the store is busy."""
+        deadline = time.monotonic() + self.busy_seconds
+        pause = 0.05
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - only a busy store is retried; the rest re-raised
+                if not _store_is_busy(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TrackingError(
+                        f"MLflow store {self.uri} stayed locked by another writer for {self.busy_seconds:g} s "
+                        f"({_first_line(exc)}); stop the other process (a second stage, a script) and rerun"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def _keep_artifacts_here(self, stored: str, wanted: str) -> None:
         """A repository copied or moved with its SQLite store: its experiment still names the old
@@ -129,6 +170,24 @@ class Tracker:
         if stored == wanted or not self.uri.startswith("sqlite:///") or not stored.endswith("/mlruns/artifacts"):
             return
         relocate_artifacts(Path(self.uri.removeprefix("sqlite:///")), stored, wanted)
+
+    def check_artifacts_writable(self) -> None:
+        """Fail now, not after training, when models cannot be saved: the experiment's local
+        artifact folder must be writable."""
+        location = self._call(self.client.get_experiment, self.experiment_id).artifact_location
+        if not location.startswith("file://"):
+            return  # a server or object store: it answers for itself
+        folder = Path(location.removeprefix("file://"))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise TrackingError(
+                f"{folder}: cannot write MLflow artifacts there ({exc.strerror}); make it writable "
+                "(chmod u+w) or set MLFLOW_TRACKING_URI to another store"
+            ) from None
 
     def start_run(
         self,
@@ -141,43 +200,77 @@ class Tracker:
         all_tags = {key: str(value) for key, value in (tags or {}).items()}
         if parent_id is not None:
             all_tags[PARENT_TAG] = parent_id
+        else:
+            all_tags[WORKSPACE_TAG] = str(self.root)
         if os.environ.get("DVC_EXP_NAME"):
             all_tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
         if self.commit is not None:
             all_tags[GIT_COMMIT_TAG] = self.commit
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run = self._call(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
         if params:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        self.client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
+        self._call(self.client.log_batch, run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._call(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._call(self.client.set_terminated, run_id, status=status)
 
     def resume_run(self, run_id: str) -> None:
         """Set a run of a killed stage RUNNING again: the resumed stage logs into it and ends it."""
-        self.client.update_run(run_id, status="RUNNING")
+        self._call(self.client.update_run, run_id, status="RUNNING")
+
+    def run_exists(self, run_id: str) -> bool:
+        """Whether the store holds this run, live, in this experiment (a replaced store does not)."""
+        try:
+            run = self._call(self.client.get_run, run_id)
+        except TrackingError:
+            raise
+        except Exception:  # noqa: BLE001 - MLflow raises on an unknown id
+            return False
+        return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
+
+    def children(self, parents: list[str], status: str | None = None) -> list[Any]:
+        """The runs directly under any of ``parents`` (not ``parents`` themselves), of ``status`` if given."""
+        found = []
+        for parent in parents:
+            where = f"tags.`{PARENT_TAG}` = '{parent}'" + (f" and attributes.status = '{status}'" if status else "")
+            runs = self._call(self.client.search_runs, [self.experiment_id], filter_string=where, max_results=50_000)
+            found += [r for r in runs if r.info.run_id not in parents]
+        return found
 
     def running_children(self, parents: list[str]) -> list[str]:
         """Ids of the runs still RUNNING directly under any of ``parents`` (not ``parents`` themselves)."""
-        found = []
-        for parent in parents:
-            runs = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'RUNNING'",
-                max_results=10_000,
-            )
-            found += [r.info.run_id for r in runs if r.info.run_id not in parents]
-        return found
+        return [r.info.run_id for r in self.children(parents, "RUNNING")]
+
+    def close_stale_stage_runs(self, stage: str, keep: set[str]) -> int:
+        """Mark KILLED every run of ``stage`` (tag ``stage``) left RUNNING by a process that is gone,
+        with everything still RUNNING under it; ``keep``: the stage run being resumed. Only call it
+        while holding the stage's lock: no live process can own those runs then. Returns how many."""
+        where = f"tags.stage = '{stage}' and tags.`{WORKSPACE_TAG}` = '{self.root}' and attributes.status = 'RUNNING'"
+        stale = self._call(self.client.search_runs, [self.experiment_id], filter_string=where, max_results=10_000)
+        closed = 0
+        for run in stale:
+            if run.info.run_id in keep:
+                continue
+            level = [run.info.run_id]
+            while level:  # generations, then individuals
+                below = self.running_children(level)
+                for run_id in below:
+                    self.end_run(run_id, "KILLED")
+                closed += len(below)
+                level = below
+            self.end_run(run.info.run_id, "KILLED")
+            closed += 1
+        return closed
 
     def runs_url(self, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs"
