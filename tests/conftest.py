@@ -46,6 +46,12 @@ def tiny_params() -> dict:
     return params
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_from_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test picks its own MLflow store: none inherited from the shell or an earlier test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def tiny_params_dict() -> dict:
     return copy.deepcopy(tiny_params())

@@ -3,9 +3,11 @@ held-out test set; the overall best is logged to MLflow as a model and registere
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import mlflow.pytorch
@@ -147,10 +149,21 @@ def _run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Pa
     return payload
 
 
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``uri`` for a while. ``mlflow.set_tracking_uri`` also sets
+    ``MLFLOW_TRACKING_URI`` for the whole process: put back what was there."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets the variable again
+
+
 def _log_model(module: torch.nn.Module, test: TensorSplit, config: StudyConfig, tracker: Tracker, run_id: str) -> dict:
     network = module.network.cpu().eval()
-    mlflow.set_tracking_uri(tracker.uri)
-    with mlflow.start_run(run_id=run_id):
+    with _fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             network,
             name="model",

@@ -80,7 +80,12 @@ class SearchRunner:
             plan = plan_batch(batch, set(self._known), self.budget - len(self.records))
             group_run = self._group_run(batch)
             to_train = [p for p, action in zip(batch.proposals, plan) if action == TRAIN]
-            self._train(to_train, batch, group_run)
+            try:
+                self._train(to_train, batch, group_run)
+            except BaseException:
+                if self.tracking is not None and batch.group is not None and group_run is not None:
+                    self.tracking.kill_individuals([group_run])  # the generation stopped with the stage
+                raise
             scored = [
                 None if action == DROPPED else Scored(self._known[p.genome_hash], new=action == TRAIN)
                 for p, action in zip(batch.proposals, plan)

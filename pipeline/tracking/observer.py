@@ -119,7 +119,8 @@ class SearchTracking:
         self.tracker.end_run(run_id, "FINISHED")
 
     def kill_individuals(self, run_ids: Sequence[str]) -> None:
-        """Runs a kill (Ctrl-C, SIGTERM) stopped before their record was written: a resume retrains them."""
+        """Runs a kill (Ctrl-C, SIGTERM) stopped before their record was written (a resume retrains
+        them), or the group run they were in."""
         for run_id in run_ids:
             self.tracker.end_run(run_id, "KILLED")
 

@@ -148,7 +148,7 @@ class Tracker:
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         """``method(*args, **kwargs)``, retried with backoff while the store is busy."""
-        deadline = time.monotonic() + self.busy_seconds
+        started = time.monotonic()
         pause = 0.05
         while True:
             try:
@@ -156,10 +156,11 @@ class Tracker:
             except Exception as exc:  # noqa: BLE001 - only a busy store is retried; the rest re-raised
                 if not _store_is_busy(exc):
                     raise
-                if time.monotonic() >= deadline:
+                waited = time.monotonic() - started
+                if waited >= self.busy_seconds:
                     raise TrackingError(
-                        f"MLflow store {self.uri} stayed locked by another writer for {self.busy_seconds:g} s "
-                        f"({_first_line(exc)}); stop the other process (a second stage, a script) and rerun"
+                        f"MLflow store {self.uri} stayed locked by another writer for {waited:.0f} s; "
+                        "stop the other process (a second stage, a script holding the database) and rerun"
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
@@ -252,13 +253,14 @@ class Tracker:
         return [r.info.run_id for r in self.children(parents, "RUNNING")]
 
     def close_stale_stage_runs(self, stage: str, keep: set[str]) -> int:
-        """Mark KILLED every run of ``stage`` (tag ``stage``) left RUNNING by a process that is gone,
-        with everything still RUNNING under it; ``keep``: the stage run being resumed. Only call it
-        while holding the stage's lock: no live process can own those runs then. Returns how many."""
-        where = f"tags.stage = '{stage}' and tags.`{WORKSPACE_TAG}` = '{self.root}' and attributes.status = 'RUNNING'"
-        stale = self._call(self.client.search_runs, [self.experiment_id], filter_string=where, max_results=10_000)
+        """Mark KILLED every run of ``stage`` (tag ``stage``, this workspace) that a process now gone
+        left RUNNING, and everything still RUNNING under any earlier run of it; ``keep``: the stage
+        run being resumed. Only call it while holding the stage's lock: no live process can own
+        those runs then. Returns how many runs were closed."""
+        where = f"tags.stage = '{stage}' and tags.`{WORKSPACE_TAG}` = '{self.root}'"
+        earlier = self._call(self.client.search_runs, [self.experiment_id], filter_string=where, max_results=10_000)
         closed = 0
-        for run in stale:
+        for run in earlier:
             if run.info.run_id in keep:
                 continue
             level = [run.info.run_id]
@@ -268,8 +270,9 @@ class Tracker:
                     self.end_run(run_id, "KILLED")
                 closed += len(below)
                 level = below
-            self.end_run(run.info.run_id, "KILLED")
-            closed += 1
+            if run.info.status == "RUNNING":
+                self.end_run(run.info.run_id, "KILLED")
+                closed += 1
         return closed
 
     def runs_url(self, host: str = "http://127.0.0.1:5000") -> str:

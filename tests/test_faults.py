@@ -1,0 +1,353 @@
+"""Reliability, round two: each fault injected at its exact point. After each: no genome FINISHED
+twice, no run left RUNNING, results equal to an uninterrupted run, one line naming the culprit."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import parse_config
+from pipeline.errors import CheckpointError, TrackingError
+from pipeline.study import checkpoint as checkpoint_module
+from pipeline.study.champion import run_champion_stage
+from pipeline.study.lock import StageLock
+from pipeline.study.search_stage import run_search_stage
+from pipeline.tracking.store import Tracker, tracking_uri
+
+from tests.conftest import REPO_ROOT, tiny_params
+from tests.test_reliability import CountingTrainer, comparable
+
+pytestmark = pytest.mark.slow
+
+
+def all_runs(uri: str, experiment: str = "tiny") -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], max_results=10_000) if found else []
+
+
+def assert_settled(uri: str) -> list:
+    """Nothing RUNNING; within each stage run, no genome FINISHED twice. Returns the runs."""
+    runs = all_runs(uri)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parent = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
+
+    def stage_of(run_id: str) -> str:
+        while parent.get(run_id):
+            run_id = parent[run_id]
+        return run_id
+
+    finished: dict[tuple[str, str], int] = {}
+    for run in runs:
+        if run.info.status == "FINISHED" and "genome_hash" in run.data.tags:
+            key = (stage_of(run.info.run_id), run.data.tags["genome_hash"])
+            finished[key] = finished.get(key, 0) + 1
+    assert [k for k, n in finished.items() if n > 1] == []
+    return runs
+
+
+def config_of(budget: int = 7):
+    params = tiny_params()
+    params["budget"]["evaluations"] = budget
+    return parse_config(params)
+
+
+@pytest.fixture
+def reference(tmp_path_factory, prepared_digits):
+    """An uninterrupted GA search of ``config_of()``, in a store of its own."""
+    root = tmp_path_factory.mktemp("reference")
+    previous = os.environ.get("DVC_ROOT")
+    os.environ["DVC_ROOT"] = str(root)
+    try:
+        run_search_stage("ga", config_of(), prepared_digits.folder, root / "results", root / "ckpt")
+    finally:
+        os.environ.pop("DVC_ROOT") if previous is None else os.environ.__setitem__("DVC_ROOT", previous)
+    return root / "results"
+
+
+# -- kill -9 at an exact point: a child process dies with os._exit where the hook fires ----------------------------
+
+
+def _die_at(root: str, prepared: str, where: str, after: int) -> None:
+    """In a child process: run the GA stage and die like ``kill -9`` (no cleanup at all) at ``where``."""
+    os.environ["DVC_ROOT"] = root
+    from pipeline.study import runner, search_stage
+    from pipeline.tracking import observer
+
+    calls = {"n": 0}
+
+    def dying(original):
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == after:
+                os._exit(137)
+            return result
+
+        return wrapped
+
+    if where == "after_checkpoint_append":  # the record is written, its run not yet finished
+        checkpoint_module.Checkpoint.append = dying(checkpoint_module.Checkpoint.append)
+    elif where == "after_finish_individual":
+        observer.SearchTracking.finish_individual = dying(observer.SearchTracking.finish_individual)
+    elif where == "after_stage_run_created":  # before the checkpoint names it
+        observer.SearchTracking.start_stage = dying(observer.SearchTracking.start_stage)
+    del runner, search_stage
+    run_search_stage("ga", config_of(), Path(prepared), Path(root) / "results", Path(root) / "ckpt")
+
+
+@pytest.mark.parametrize(("where", "after"), [
+    ("after_checkpoint_append", 4), ("after_finish_individual", 2), ("after_stage_run_created", 1),
+])  # fmt: skip
+def test_kill_9_at_an_exact_point_then_resume(tmp_path, monkeypatch, prepared_digits, reference, where, after):
+    child = multiprocessing.get_context("spawn").Process(
+        target=_die_at, args=(str(tmp_path), str(prepared_digits.folder), where, after)
+    )
+    child.start()
+    child.join(300)
+    assert child.exitcode == 137
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
+    runs = assert_settled(tracking_uri())
+    individuals = [r for r in runs if "genome_hash" in r.data.tags]
+    assert sorted({r.data.tags["genome_hash"] for r in individuals if r.info.status == "FINISHED"}) == sorted(
+        {h for h, _ in comparable(reference, "ga")[1]}
+    )
+
+
+def _champion_until_killed(root: str, prepared: str, how: str) -> None:
+    os.environ["DVC_ROOT"] = root
+    from pipeline.study import champion
+
+    real_fit = champion.fit_genome
+
+    def fit_then_die(*args, **kwargs):
+        outcome = real_fit(*args, **kwargs)
+        if how == "kill":
+            os._exit(137)
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered as SystemExit by the stage's handler
+        time.sleep(5)
+        return outcome
+
+    champion.fit_genome = fit_then_die
+    from pipeline.study.cli import _terminate
+
+    signal.signal(signal.SIGTERM, _terminate)
+    run_champion_stage(config_of(), Path(prepared), Path(root) / "results", Path(root) / "models" / "champion.pt",
+                       Path(root) / "ckpt")  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_a_killed_champion_leaves_nothing_running(tmp_path, monkeypatch, prepared_digits, how):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    for method in ("ga", "grid", "random"):
+        run_search_stage(method, config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    child = multiprocessing.get_context("spawn").Process(
+        target=_champion_until_killed, args=(str(tmp_path), str(prepared_digits.folder), how)
+    )
+    child.start()
+    child.join(300)
+    assert child.exitcode == (137 if how == "kill" else 128 + signal.SIGTERM)
+    statuses = {r.info.run_name: r.info.status for r in all_runs(tracking_uri()) if "champion" in r.info.run_name}
+    if how == "term":  # closed on the way out
+        assert "RUNNING" not in statuses.values() and statuses["champion"] == "KILLED"
+    run_champion_stage(config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "models" / "m.pt",
+                       tmp_path / "ckpt")  # fmt: skip
+    assert_settled(tracking_uri())
+
+
+# -- damaged checkpoints --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"[]\n", b"null\n", b'"x"\n', b"42\n", b"\x89PNG\r\n\x1a\n\x00\xff\xfe"])
+def test_an_unreadable_checkpoint_is_one_line_and_the_search_goes_on(
+    tmp_path, monkeypatch, prepared_digits, reference, capsys, content
+):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    CountingTrainer(monkeypatch, stop_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "ga_search.jsonl").write_bytes(content)
+    CountingTrainer(monkeypatch)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    out = capsys.readouterr().out
+    assert f"checkpoint {tmp_path / 'ckpt' / 'ga_search.jsonl'} unreadable" in out and "starting afresh" in out
+    assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
+    assert_settled(tracking_uri())
+
+
+def test_a_truncated_checkpoint_keeps_its_valid_part_and_no_genome_finishes_twice(
+    tmp_path, monkeypatch, prepared_digits, reference, capsys
+):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    CountingTrainer(monkeypatch, stop_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "ga_search.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    evaluations = [i for i, line in enumerate(lines) if b'"kind":"evaluation"' in line]
+    # cut inside the 4th record: the 4th and 5th records are lost, their runs FINISHED in MLflow
+    path.write_bytes(b"\n".join(lines[: evaluations[3]]) + b"\n" + lines[evaluations[3]][:40])
+    counter = CountingTrainer(monkeypatch)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    out = capsys.readouterr().out
+    assert "3 finished evaluations reused" in out and "2 superseded (record lost)" in out
+    assert counter.calls == 7 - 3
+    assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
+    assert_settled(tracking_uri())
+
+
+# -- store and checkpoint disagree ----------------------------------------------------------------------------------
+
+
+def test_a_deleted_store_starts_the_search_afresh_and_says_so(tmp_path, monkeypatch, prepared_digits, capsys):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    CountingTrainer(monkeypatch, stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    for leftover in (tmp_path / "mlruns").glob("mlflow.db*"):
+        leftover.unlink()
+    # A new stage process opens the store afresh; this one caches store and engine by URI: forget them.
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    for engine in SqlAlchemyStore._engine_map.values():
+        engine.dispose()
+    SqlAlchemyStore._engine_map.clear()
+    counter = CountingTrainer(monkeypatch)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert "does not hold (deleted or replaced): starting afresh" in capsys.readouterr().out
+    assert counter.calls == 7
+    runs = assert_settled(tracking_uri())
+    assert len([r for r in runs if "genome_hash" in r.data.tags]) == 7
+
+
+def test_a_renamed_experiment_does_not_reuse_the_checkpoint(tmp_path, monkeypatch, prepared_digits, capsys):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    run_search_stage("random", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    params = tiny_params()
+    params["budget"]["evaluations"] = 7
+    params["mlflow"]["experiment"] = "renamed"
+    counter = CountingTrainer(monkeypatch)
+    run_search_stage("random", parse_config(params), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert "made with other params, data or code: starting afresh" in capsys.readouterr().out
+    assert counter.calls == 7
+    assert len([r for r in all_runs(tracking_uri(), "renamed") if "genome_hash" in r.data.tags]) == 7
+
+
+# -- the same stage twice, a locked store, an unwritable artifact folder, a full disk ------------------------------
+
+
+def test_the_same_stage_started_twice_stops_the_second_with_one_line(tmp_path, monkeypatch, prepared_digits):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with StageLock(tmp_path / "ckpt" / "ga_search.lock", "ga_search"):
+        with pytest.raises(CheckpointError, match=rf"ga_search.lock: ga_search is already running in process {os.getpid()}"):
+            run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "ga_search.jsonl").exists()  # nothing started
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")  # free again
+
+
+def test_a_second_stage_process_prints_one_line_naming_the_holder(tmp_path):
+    from tests.test_e2e import make_study_repo, sh
+
+    repo = make_study_repo(tmp_path / "repo")
+    sh("dvc", "repro", "prepare", cwd=repo)
+    with StageLock(repo / "checkpoints" / "grid_search.lock", "grid_search"):
+        done = subprocess.run([sys.executable, "stages/search.py", "grid"], cwd=repo, capture_output=True, text=True,
+                              env={**os.environ, "DVC_ROOT": str(repo)})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: checkpoints/grid_search.lock: grid_search is already running in process {os.getpid()}; "
+        "wait for it to finish or stop it"
+    ]
+
+
+def test_a_locked_store_is_retried_then_named_in_one_line(mlflow_store, monkeypatch):
+    tracker = Tracker("locked")
+    run = tracker.start_run("r")
+    database = mlflow_store / "mlruns" / "mlflow.db"
+
+    def hold_exclusive(seconds: float) -> None:
+        with sqlite3.connect(database, timeout=30) as connection:
+            connection.execute("BEGIN EXCLUSIVE")
+            time.sleep(seconds)
+
+    holder = threading.Thread(target=hold_exclusive, args=(2.0,))
+    holder.start()
+    time.sleep(0.3)
+    tracker.log_metrics(run, {"x": 1.0})  # waits for the writer, then succeeds
+    holder.join()
+    assert MlflowClient(tracker.uri).get_run(run).data.metrics["x"] == 1.0
+
+    # A store that stays busy: retried with backoff, then one line naming it.
+    attempts = {"n": 0}
+
+    def busy(*args, **kwargs):
+        attempts["n"] += 1
+        raise RuntimeError("(sqlite3.OperationalError) database is locked\n[SQL: INSERT INTO metrics ...]")
+
+    monkeypatch.setattr(Tracker, "busy_seconds", 1.0)
+    monkeypatch.setattr(tracker.client, "log_batch", busy)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=r"mlflow.db stayed locked by another writer for \d s; stop the other") as raised:
+        tracker.log_metrics(run, {"x": 2.0})
+    assert "\n" not in str(raised.value) and attempts["n"] >= 3 and time.monotonic() - started < 5
+    monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError, match="other"):  # anything but a busy store is not retried
+        tracker.log_metrics(run, {"x": 2.0})
+
+
+def test_unwritable_artifacts_fail_the_champion_before_any_training(tmp_path, monkeypatch, prepared_digits):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    for method in ("ga", "grid", "random"):
+        run_search_stage(method, config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    (tmp_path / "mlruns" / "artifacts").write_text("a file where the artifact folder should be")
+    from pipeline.study import champion
+
+    trained = []
+    monkeypatch.setattr(champion, "fit_genome", lambda *a, **k: trained.append(1))
+    with pytest.raises(TrackingError, match=r"mlruns/artifacts: cannot write MLflow artifacts there"):
+        run_champion_stage(config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt")
+    assert trained == []
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_checkpoint_stays_valid(
+    tmp_path, monkeypatch, prepared_digits
+):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    real_fsync, writes = os.fsync, {"n": 0}
+
+    def fsync_until_full(fd):
+        writes["n"] += 1
+        if writes["n"] == 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync_until_full)
+    with pytest.raises(CheckpointError, match=r"ga_search.jsonl: cannot write the checkpoint \(the disk is full\)"):
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert_settled(tracking_uri())
+
+
+def test_stage_scripts_print_one_line_for_a_user_error(tmp_path):
+    """Every user error of a stage is one line on stderr, exit status 2, no traceback."""
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text() + "seed: 1\n")  # duplicate key
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "search.py"), "ga"], cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: params.yaml: duplicate key seed (line {len((REPO_ROOT / 'params.yaml').read_text().splitlines()) + 1})"]
