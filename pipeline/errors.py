@@ -24,4 +24,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or continued; the message names the file."""
 
 
-USER_ERRORS = (ConfigError, DatasetError, TrackingError, SearchFailed, CheckpointError, FileNotFoundError)
+class ExecutionError(RuntimeError):
+    """Evaluations cannot run where ``execution`` says (a Ray cluster unreachable or gone)."""
+
+
+USER_ERRORS = (ConfigError, DatasetError, TrackingError, SearchFailed, CheckpointError, ExecutionError, FileNotFoundError)

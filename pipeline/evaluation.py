@@ -101,6 +101,9 @@ class Evaluator(Protocol):
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
     ) -> Iterator[tuple[int, EvaluationRecord]]: ...
 
+    def close(self) -> None:
+        """Release workers; the evaluator is not used again."""
+
 
 class FunctionEvaluator:
     """An evaluator without training: ``fitness(genome)`` is the validation accuracy (``-inf`` or an
@@ -127,3 +130,6 @@ class FunctionEvaluator:
                 yield position, EvaluationRecord.failed(genome, seed, f"fitness {value}", 0.0)
                 continue
             yield position, EvaluationRecord(genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [])
+
+    def close(self) -> None:
+        pass

@@ -126,17 +126,19 @@ def weight_evaluator(prepared_digits, tmp_path, rule: str, kind: str = "architec
     return make_evaluator(prepared_digits, kind, weights=rule, weight_store=WeightStore(tmp_path / "weights"))
 
 
-def capture_initial_weights(evaluator: SequentialEvaluator) -> dict:
+def capture_initial_weights(evaluator: SequentialEvaluator, monkeypatch) -> dict:
     """Spy on the evaluator: the child's state dict right after its initialisation rule ran."""
-    captured: dict = {}
-    original = evaluator._initialise
+    from pipeline.training import evaluator as evaluator_module
 
-    def spy(network, request):
-        info = original(network, request)
+    captured: dict = {}
+    original = evaluator_module._initialise
+
+    def spy(network, request, rule, parents):
+        info = original(network, request, rule, parents)
         captured[request.name] = {k: v.detach().clone() for k, v in network.state_dict().items()}
         return info
 
-    evaluator._initialise = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(evaluator_module, "_initialise", spy)
     return captured
 
 
@@ -145,9 +147,9 @@ def fresh_state(genome: dict, data, study_seed: int = 0) -> dict:
     return build(genome, data).state_dict()
 
 
-def test_inherited_child_starts_from_its_parents_trained_weights(prepared_digits, tmp_path):
+def test_inherited_child_starts_from_its_parents_trained_weights(prepared_digits, tmp_path, monkeypatch):
     evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit", kind="hyperparameters")
-    captured = capture_initial_weights(evaluator)
+    captured = capture_initial_weights(evaluator, monkeypatch)
     parent = {**GOOD, "epochs": 1}
     child = {**parent, "learning_rate": 0.01}
     (parent_result,) = evaluate(evaluator, [request(parent, "parent")])
@@ -161,9 +163,9 @@ def test_inherited_child_starts_from_its_parents_trained_weights(prepared_digits
     assert not torch.equal(captured["parent"]["features.0.weight"], trained_parent["features.0.weight"])
 
 
-def test_inheritance_takes_only_layers_whose_shapes_match(prepared_digits, tmp_path):
+def test_inheritance_takes_only_layers_whose_shapes_match(prepared_digits, tmp_path, monkeypatch):
     evaluator = weight_evaluator(prepared_digits, tmp_path, "inherit")
-    captured = capture_initial_weights(evaluator)
+    captured = capture_initial_weights(evaluator, monkeypatch)
     parent = arch_genome([conv_gene(4), conv_gene(8)], units=16)
     child = arch_genome([conv_gene(4), conv_gene(6)], units=16, learning_rate=0.02)
     evaluate(evaluator, [request(parent, "parent")])
@@ -175,9 +177,9 @@ def test_inheritance_takes_only_layers_whose_shapes_match(prepared_digits, tmp_p
         assert torch.equal(tensor, expected[key]), key
 
 
-def test_merged_child_starts_from_the_cropped_padded_average(prepared_digits, tmp_path):
+def test_merged_child_starts_from_the_cropped_padded_average(prepared_digits, tmp_path, monkeypatch):
     evaluator = weight_evaluator(prepared_digits, tmp_path, "merge")
-    captured = capture_initial_weights(evaluator)
+    captured = capture_initial_weights(evaluator, monkeypatch)
     parent_a = arch_genome([conv_gene(4)], units=16)
     parent_b = arch_genome([conv_gene(8), conv_gene(4)], units=8, momentum=0.5)
     child = arch_genome([conv_gene(6)], units=12, learning_rate=0.02)

@@ -251,6 +251,26 @@ class MlflowConfig(_Section):
     experiment: Annotated[str, Field(min_length=1)]
 
 
+class RayConfig(_Section):
+    """Where the Ray backend runs and what one evaluation asks of it."""
+
+    address: str | None = None  # None: a local Ray instance; "auto", "host:port" or "ray://host:port": a cluster
+    num_cpus: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0, le=64)] = 0.0  # fractional: several small fits share a GPU
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 2  # of an evaluation whose worker died
+
+
+class ExecutionConfig(_Section):
+    """How evaluations run. Never changes results: the same seed gives the same study whatever runs
+    it, as long as each evaluation gets the same number of threads (``threads_per_evaluation``)."""
+
+    backend: Literal["local", "ray"] = "local"
+    workers: Annotated[int, Field(ge=1, le=1024)] = 1  # local: evaluations at once, in worker processes when > 1
+    # torch threads of one evaluation; None: torch's default in one process, the cores split between workers
+    threads_per_evaluation: Annotated[int, Field(ge=1, le=1024)] | None = None
+    ray: RayConfig = RayConfig()
+
+
 class StudyConfig(_Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataConfig
@@ -261,6 +281,7 @@ class StudyConfig(_Section):
     ga: GAConfig
     champion: ChampionConfig
     mlflow: MlflowConfig
+    execution: ExecutionConfig = ExecutionConfig()
 
     @model_validator(mode="after")
     def _check_cross_section(self) -> StudyConfig:

@@ -23,7 +23,7 @@ from pipeline.study.lock import StageLock
 from pipeline.study.runner import SearchRunner
 from pipeline.tracking.observer import SearchTracking
 from pipeline.tracking.store import Tracker
-from pipeline.training.evaluator import SequentialEvaluator
+from pipeline.training.backends import make_evaluator
 from pipeline.training.weights import WeightStore
 
 SHARED_SECTIONS = ("model", "space", "budget", "train")
@@ -135,10 +135,7 @@ def _run_search_stage(
         if not checkpoint.records and weights_dir.exists():
             shutil.rmtree(weights_dir)  # a fresh start: weights of another run's genomes must not be reused
         weight_store = WeightStore(weights_dir)
-    evaluator = SequentialEvaluator(
-        data, space_kind=config.space.kind, model_config=config.model, train_config=config.train,
-        study_seed=config.seed, weights=weight_rule, weight_store=weight_store,
-    )  # fmt: skip
+    evaluator = make_evaluator(config, data, weight_rule, weight_store)
     strategy = spec.build(config, space)
     if checkpoint.stage_run_id is not None:
         stage_run = checkpoint.stage_run_id
@@ -162,6 +159,8 @@ def _run_search_stage(
         # Ctrl-C or SIGTERM (KeyboardInterrupt/SystemExit) is a kill, anything else a failure.
         tracking.fail_stage(stage_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
+    finally:
+        evaluator.close()
     summary = search_summary(method, budget, records, runner.elapsed()) | strategy.summary()
     history = {"evaluations": [r.to_dict() for r in records], "generations": strategy.history()}
     write_json(results_dir / f"{stage}_history.json", history)

@@ -1,19 +1,27 @@
-"""The sequential evaluator: trains proposals one after another in this process.
+"""Evaluators: proposals in, ``EvaluationRecord``s out (``pipeline.evaluation.Evaluator``).
 
-It only trains: proposals in, ``EvaluationRecord``s out (``pipeline.evaluation.Evaluator``). No
-MLflow, no checkpoint: the runner does both. With ``ga.weights`` it starts a child from its
-parents' trained weights (kept in a ``WeightStore`` by genome hash) and saves its own.
+They only train: no MLflow, no checkpoint (the runner does both). Every backend trains a proposal
+with ``train_proposal`` and the same ``TrainingContext``, so a genome scores the same in this
+process, in a worker process or on a Ray node, as long as it gets as many threads. With
+``ga.weights`` the driver keeps trained weights in a ``WeightStore`` and hands each child its
+parents' weights; workers never need the store.
 """
 
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
-from pipeline.data import PreparedData
+from pipeline.data import PreparedData, TensorSplit
 from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.training.fit import fit_genome, training_device
@@ -23,9 +31,112 @@ from pipeline.training.weights import WeightStore, inherit_weights, merge_weight
 if TYPE_CHECKING:
     from pipeline.config.sections import ModelConfig, TrainConfig
 
+StateDict = Mapping[str, torch.Tensor]
 
-class SequentialEvaluator:
-    """Trains genomes on the prepared ``train`` split and scores them on ``val``, one at a time."""
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """What training any proposal needs besides the data: sent once to each worker."""
+
+    space_kind: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+    study_seed: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    weights: str = "none"  # the rule children start from their parents' weights by
+    threads: int | None = None  # torch threads of one fit; None: leave the process's setting
+
+
+def train_proposal(
+    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict]
+) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
+    """One individual: its record (failed for any exception inside its training: divergence, out of
+    memory, a network its genome cannot build), and its trained weights on the CPU when the weight
+    rule keeps them. A kill (``KeyboardInterrupt``, ``SystemExit``) propagates."""
+    if context.threads is not None and torch.get_num_threads() != context.threads:
+        torch.set_num_threads(context.threads)
+    genome = proposal.genome
+    seed = genome_seed(context.study_seed, genome)
+    build = network_builder(context.space_kind, context.model_config, context.image_shape, context.num_classes)
+    started = time.perf_counter()
+    initial: dict[str, Any] = {"init": "scratch", "transferred_fraction": 0.0}
+    try:
+        outcome = fit_genome(
+            genome,
+            seed=seed,
+            build_network=build,
+            train_split=train,
+            val_split=val,
+            train_config=context.train_config,
+            prepare_network=lambda network: initial.update(_initialise(network, proposal, context.weights, parents)),
+        )
+    except Exception as exc:  # noqa: BLE001 - the individual's failure, not the search's
+        _free_memory()
+        return EvaluationRecord.failed(genome, seed, f"{type(exc).__name__}: {exc}", time.perf_counter() - started, **initial), None
+    history = outcome.module.epoch_metrics
+    last = history[-1]
+    record = EvaluationRecord(
+        genome, genome_hash(genome), seed, "finished", last["val_acc"], last["val_loss"], last["train_loss"],
+        outcome.seconds, history, None, **initial,
+    )  # fmt: skip
+    state = None
+    if context.weights != "none":
+        state = {k: v.detach().cpu().clone() for k, v in outcome.module.network.state_dict().items()}
+    return record, state
+
+
+def _initialise(network: torch.nn.Module, proposal: Proposal, rule: str, parents: Sequence[StateDict]) -> dict[str, Any]:
+    """Start ``network`` from its parents' trained weights by ``rule``; freeze the transferred conv
+    layers. Returns how it was initialised."""
+    if rule == "none" or not parents:
+        return {"init": "scratch", "transferred_fraction": 0.0}
+    own = network.state_dict()
+    if rule == "inherit":
+        state, taken = inherit_weights(own, parents[0])  # the fitter parent
+    else:
+        state, taken = merge_weights(own, list(parents))
+    network.load_state_dict(state)
+    if proposal.freeze_conv:
+        freeze_conv_layers(network, proposal.freeze_conv)
+    return {"init": rule, "transferred_fraction": transferable_fraction(own, taken)}
+
+
+def _free_memory() -> None:
+    """Release what a failed fit held, so an out-of-memory individual does not starve the next."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _DriverSide:
+    """What every evaluator keeps in the driver: the context and the weight store."""
+
+    def __init__(self, context: TrainingContext, weight_store: WeightStore | None) -> None:
+        if context.weights != "none" and weight_store is None:
+            raise ValueError(f"weights={context.weights!r} needs a weight_store to keep trained weights in")
+        self.context = context
+        self.weight_store = weight_store
+
+    def parent_states(self, proposal: Proposal) -> list[dict[str, torch.Tensor]]:
+        """The stored weights of the proposal's parents, fitter first (a failed parent left none)."""
+        if self.context.weights == "none" or self.weight_store is None:
+            return []
+        states = [self.weight_store.load(h) for h in proposal.parents]
+        return [s for s in states if s is not None]
+
+    def close(self) -> None:
+        """Nothing to release in this process."""
+
+    def keep(self, record: EvaluationRecord, state: dict[str, torch.Tensor] | None) -> EvaluationRecord:
+        # Saved before the record is checkpointed: a resumed search finds every finished parent's weights.
+        if state is not None and self.weight_store is not None:
+            self.weight_store.save(record.genome_hash, state)
+        return record
+
+
+class SequentialEvaluator(_DriverSide):
+    """Trains on the prepared ``train`` split and scores on ``val``, one proposal after another, here."""
 
     def __init__(
         self,
@@ -37,14 +148,12 @@ class SequentialEvaluator:
         study_seed: int,
         weights: str = "none",
         weight_store: WeightStore | None = None,
+        threads: int | None = None,
     ) -> None:
-        if weights != "none" and weight_store is None:
-            raise ValueError(f"weights={weights!r} needs a weight_store to keep trained weights in")
-        self.weights = weights
-        self.weight_store = weight_store
-        self.train_config = train_config
-        self.study_seed = study_seed
-        self.build_network = network_builder(space_kind, model_config, data.image_shape, data.num_classes)
+        context = TrainingContext(
+            space_kind, model_config, train_config, study_seed, data.image_shape, data.num_classes, weights, threads
+        )
+        super().__init__(context, weight_store)
         # Held on the training device for the whole search: batches are cut there, nothing is copied per step.
         self.train_split = data.load("train").to(training_device())
         self.val_split = data.load("val").to(training_device())
@@ -58,58 +167,109 @@ class SequentialEvaluator:
             yield position, self.train(proposal)
 
     def train(self, proposal: Proposal) -> EvaluationRecord:
-        """One individual: a finished record, or a failed one for any exception inside its training
-        (divergence, out of memory, a network its genome cannot build). A kill (``KeyboardInterrupt``,
-        ``SystemExit``) is not the individual's failure and propagates."""
-        genome = proposal.genome
-        seed = genome_seed(self.study_seed, genome)
-        started = time.perf_counter()
-        initial: dict[str, Any] = {"init": "scratch", "transferred_fraction": 0.0}
+        record, state = train_proposal(proposal, self.context, self.train_split, self.val_split, self.parent_states(proposal))
+        return self.keep(record, state)
+
+
+# -- worker processes on this machine ------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}  # in a worker process: its context and data, loaded once
+
+
+def _start_worker(prepared: str, context: TrainingContext) -> None:
+    data = PreparedData.open(prepared)
+    device = training_device()
+    _WORKER.update(context=context, train=data.load("train").to(device), val=data.load("val").to(device))
+    if context.threads is not None:
+        torch.set_num_threads(context.threads)
+
+
+def _train_in_worker(proposal: Proposal, parents: list[dict[str, torch.Tensor]]) -> tuple[EvaluationRecord, Any]:
+    return train_proposal(proposal, _WORKER["context"], _WORKER["train"], _WORKER["val"], parents)
+
+
+class WorkerPoolEvaluator(_DriverSide):
+    """Trains up to ``workers`` proposals at once in worker processes of this machine, each loading
+    the data once and training with ``threads`` torch threads (default: the cores split evenly).
+    A worker that dies breaks the pool: it is restarted and the evaluations in flight run again,
+    each at most ``retries`` times more before it is recorded FAILED."""
+
+    retries = 1
+
+    def __init__(
+        self,
+        data: PreparedData,
+        *,
+        workers: int,
+        space_kind: str,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        study_seed: int,
+        weights: str = "none",
+        weight_store: WeightStore | None = None,
+        threads: int | None = None,
+    ) -> None:
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        context = TrainingContext(
+            space_kind, model_config, train_config, study_seed, data.image_shape, data.num_classes, weights, threads
+        )
+        super().__init__(context, weight_store)
+        self.workers = workers
+        self.prepared = str(Path(data.folder).resolve())
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker, initargs=(self.prepared, self.context),
+            )  # fmt: skip
+        return self._pool
+
+    def evaluate(
+        self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
+    ) -> Iterator[tuple[int, EvaluationRecord]]:
+        queue = list(range(len(proposals)))
+        running: dict[Future, int] = {}
+        broken = {position: 0 for position in queue}
         try:
-            outcome = fit_genome(
-                genome,
-                seed=seed,
-                build_network=self.build_network,
-                train_split=self.train_split,
-                val_split=self.val_split,
-                train_config=self.train_config,
-                prepare_network=lambda network: initial.update(self._initialise(network, proposal)),
-            )
-        except Exception as exc:  # noqa: BLE001
-            _free_memory()
-            return EvaluationRecord.failed(
-                genome, seed, f"{type(exc).__name__}: {exc}", time.perf_counter() - started, **initial
-            )
-        history = outcome.module.epoch_metrics
-        last = history[-1]
-        if self.weight_store is not None:
-            # Saved before the record is checkpointed: a resumed search finds every finished parent's weights.
-            self.weight_store.save(genome_hash(genome), outcome.module.network.state_dict())
-        return EvaluationRecord(
-            genome, genome_hash(genome), seed, "finished", last["val_acc"], last["val_loss"], last["train_loss"],
-            outcome.seconds, history, None, **initial,
-        )  # fmt: skip
+            while queue or running:
+                # At most one evaluation per worker in flight: "started" means a worker has it.
+                while queue and len(running) < self.workers:
+                    position = queue.pop(0)
+                    if on_start is not None and broken[position] == 0:
+                        on_start(position)
+                    running[self._submit(proposals[position])] = position
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    position = running.pop(future)
+                    try:
+                        record, state = future.result()
+                    except BrokenProcessPool:
+                        self.close()  # unusable now: the next submit starts a fresh pool
+                        broken[position] += 1
+                        if broken[position] <= self.retries:
+                            queue.insert(0, position)
+                            continue
+                        genome = proposals[position].genome
+                        record, state = EvaluationRecord.failed(
+                            genome, genome_seed(self.context.study_seed, genome),
+                            "worker process died during the evaluation (killed, or out of memory)", 0.0,
+                        ), None  # fmt: skip
+                    yield position, self.keep(record, state)
+        except BaseException:
+            self.close()
+            raise
 
-    def _initialise(self, network: torch.nn.Module, proposal: Proposal) -> dict[str, Any]:
-        """Start ``network`` from its parents' trained weights by the ``weights`` rule; freeze the
-        transferred conv layers. Returns how it was initialised."""
-        parents = [self.weight_store.load(h) for h in proposal.parents] if self.weight_store else []
-        parents = [p for p in parents if p is not None]  # a failed parent left no weights
-        if self.weights == "none" or not parents:
-            return {"init": "scratch", "transferred_fraction": 0.0}
-        own = network.state_dict()
-        if self.weights == "inherit":
-            state, taken = inherit_weights(own, parents[0])  # the fitter parent
-        else:
-            state, taken = merge_weights(own, parents)
-        network.load_state_dict(state)
-        if proposal.freeze_conv:
-            freeze_conv_layers(network, proposal.freeze_conv)
-        return {"init": self.weights, "transferred_fraction": transferable_fraction(own, taken)}
+    def _submit(self, proposal: Proposal) -> Future:
+        parents = self.parent_states(proposal)
+        try:
+            return self._executor().submit(_train_in_worker, proposal, parents)
+        except BrokenProcessPool:  # a worker died since the last result: the futures in flight will say so too
+            self.close()
+            return self._executor().submit(_train_in_worker, proposal, parents)
 
-
-def _free_memory() -> None:
-    """Release what a failed fit held, so an out-of-memory individual does not starve the next."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
