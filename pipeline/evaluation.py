@@ -105,6 +105,16 @@ class Evaluator(Protocol):
         """Release workers; the evaluator is not used again."""
 
 
+def evaluate_in_order(
+    proposals: Sequence[Proposal], on_start: StartCallback | None, evaluate_one: Callable[[Proposal], EvaluationRecord]
+) -> Iterator[tuple[int, EvaluationRecord]]:
+    """One proposal after another, in this process: the sequential evaluators' loop."""
+    for position, proposal in enumerate(proposals):
+        if on_start is not None:
+            on_start(position)
+        yield position, evaluate_one(proposal)
+
+
 class FunctionEvaluator:
     """An evaluator without training: ``fitness(genome)`` is the validation accuracy (``-inf`` or an
     exception: a failed individual). For search-dynamics benchmarks and tests of the loop."""
@@ -116,20 +126,18 @@ class FunctionEvaluator:
     def evaluate(
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
     ) -> Iterator[tuple[int, EvaluationRecord]]:
-        for position, proposal in enumerate(proposals):
-            if on_start is not None:
-                on_start(position)
-            genome = proposal.genome
-            seed = genome_seed(self.study_seed, genome)
-            try:
-                value = float(self.fitness(genome))
-            except Exception as exc:  # noqa: BLE001 - the individual's failure, not the search's
-                yield position, EvaluationRecord.failed(genome, seed, f"{type(exc).__name__}: {exc}", 0.0)
-                continue
-            if not math.isfinite(value):
-                yield position, EvaluationRecord.failed(genome, seed, f"fitness {value}", 0.0)
-                continue
-            yield position, EvaluationRecord(genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [])
+        return evaluate_in_order(proposals, on_start, self.score)
+
+    def score(self, proposal: Proposal) -> EvaluationRecord:
+        genome = proposal.genome
+        seed = genome_seed(self.study_seed, genome)
+        try:
+            value = float(self.fitness(genome))
+        except Exception as exc:  # noqa: BLE001 - the individual's failure, not the search's
+            return EvaluationRecord.failed(genome, seed, f"{type(exc).__name__}: {exc}", 0.0)
+        if not math.isfinite(value):
+            return EvaluationRecord.failed(genome, seed, f"fitness {value}", 0.0)
+        return EvaluationRecord(genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [])
 
     def close(self) -> None:
         pass

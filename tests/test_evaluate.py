@@ -11,7 +11,7 @@ from pipeline.config import ModelConfig, TrainConfig
 from pipeline.evaluation import Proposal
 from pipeline.space import genome_seed
 from pipeline.training import lit_module
-from pipeline.training.evaluator import SequentialEvaluator
+from pipeline.training.evaluator import SequentialEvaluator, TrainingContext
 from pipeline.training.fit import fit_genome
 from pipeline.training.models import network_builder
 
@@ -21,9 +21,10 @@ GOOD = {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.0, "batch_size
 SMALL_MODEL = ModelConfig(conv_channels=[4, 8], hidden_units=16)
 
 
-def make_evaluator(data, kind="hyperparameters", train_config=None, study_seed=0, **weights) -> SequentialEvaluator:
-    return SequentialEvaluator(data, space_kind=kind, model_config=SMALL_MODEL, train_config=train_config or TrainConfig(),
-                               study_seed=study_seed, **weights)  # fmt: skip
+def make_evaluator(data, kind="hyperparameters", train_config=None, study_seed=0, weights="none", weight_store=None):
+    context = TrainingContext(kind, SMALL_MODEL, train_config or TrainConfig(), study_seed, data.image_shape,
+                              data.num_classes, weights)  # fmt: skip
+    return SequentialEvaluator(data, context, weight_store)
 
 
 def request(genome: dict, name: str, weight_parents=(), freeze_conv: int = 0) -> Proposal:
@@ -254,3 +255,12 @@ def test_in_memory_batches_learn_exactly_like_the_dataloader_path(prepared_digit
                                              generator=torch.Generator())  # fmt: skip
     make_trainer(genome["epochs"]).fit(module, dataloader_path(train, genome["batch_size"], seed=5), val_loader)
     assert module.epoch_metrics == ours.module.epoch_metrics
+
+
+def test_a_fit_with_its_own_thread_count_leaves_the_process_as_it_was(prepared_digits):
+    """A later fit in the same process must not depend on an earlier one's threads."""
+    before = torch.get_num_threads()
+    context = TrainingContext("hyperparameters", SMALL_MODEL, TrainConfig(), 0, prepared_digits.image_shape,
+                              prepared_digits.num_classes, threads=1 if before > 1 else 2)  # fmt: skip
+    (record,) = evaluate(SequentialEvaluator(prepared_digits, context), [request({**GOOD, "epochs": 1}, "t")])
+    assert record.status == "finished" and torch.get_num_threads() == before

@@ -97,11 +97,12 @@ def test_two_worker_processes_give_the_sequential_study(method, tmp_path, monkey
 
 
 def kill_one(find_pids, delay: float = 1.5) -> threading.Thread:
-    """In the background: once ``find_pids()`` returns a process, wait ``delay`` s and SIGKILL it."""
+    """In the background: once ``find_pids()`` returns a process, wait ``delay`` s and SIGKILL it.
+    ``thread.done.set()`` stops it looking."""
 
     def killer() -> None:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not thread.done.is_set():
             for pid in find_pids():
                 time.sleep(delay)
                 try:
@@ -114,14 +115,17 @@ def kill_one(find_pids, delay: float = 1.5) -> threading.Thread:
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.killed = None  # type: ignore[attr-defined]
+    thread.done = threading.Event()  # type: ignore[attr-defined]
     thread.start()
     return thread
 
 
 def test_a_killed_worker_process_is_replaced_and_its_evaluation_rerun(tmp_path, monkeypatch, prepared_digits, sequential_results):
     config = config_with({"backend": "local", "workers": 2, "threads_per_evaluation": 1})
-    thread = kill_one(lambda: [p.pid for p in multiprocessing.active_children()], delay=3.0)
+    # Soon after the workers appear: while they start (loading torch and the data) or train, the pool breaks.
+    thread = kill_one(lambda: [p.pid for p in multiprocessing.active_children()], delay=0.5)
     records = search("random", config, tmp_path, prepared_digits, monkeypatch)
+    thread.done.set()
     thread.join()
     assert thread.killed is not None
     assert records == sequential_results["random"][0]
@@ -187,6 +191,7 @@ def ray_task_pids() -> list[int]:
 def test_a_worker_killed_during_an_evaluation_is_retried(ray_cluster, tmp_path, monkeypatch, prepared_digits, sequential_results):
     thread = kill_one(ray_task_pids, delay=0.0)
     records = search("random", config_with(ray_execution(ray_cluster)), tmp_path, prepared_digits, monkeypatch)
+    thread.done.set()
     thread.join()
     assert thread.killed is not None  # a worker died while it ran an evaluation
     assert records == sequential_results["random"][0]

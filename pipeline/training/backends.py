@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.evaluation import Evaluator
-from pipeline.training.evaluator import SequentialEvaluator, WorkerPoolEvaluator
+from pipeline.training.evaluator import SequentialEvaluator, TrainingContext, WorkerPoolEvaluator
 from pipeline.training.ray_backend import RayEvaluator
 from pipeline.training.weights import WeightStore
 
@@ -14,12 +14,9 @@ def make_evaluator(
     config: StudyConfig, data: PreparedData, weight_rule: str = "none", weight_store: WeightStore | None = None
 ) -> Evaluator:
     execution = config.execution
-    shared = dict(
-        space_kind=config.space.kind, model_config=config.model, train_config=config.train, study_seed=config.seed,
-        weights=weight_rule, weight_store=weight_store, threads=execution.threads_per_evaluation,
-    )  # fmt: skip
+    context = TrainingContext.for_study(config, data, weight_rule)
     if execution.backend == "ray":
-        return RayEvaluator(data, ray_config=execution.ray, **shared)
+        return RayEvaluator(data, context, weight_store, ray_config=execution.ray)
     if execution.workers > 1:
-        return WorkerPoolEvaluator(data, workers=execution.workers, **shared)
-    return SequentialEvaluator(data, **shared)
+        return WorkerPoolEvaluator(data, context, weight_store, workers=execution.workers)
+    return SequentialEvaluator(data, context, weight_store)

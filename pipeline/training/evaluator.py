@@ -9,6 +9,7 @@ parents' weights; workers never need the store.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import multiprocessing
 import os
@@ -22,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 
 from pipeline.data import PreparedData, TensorSplit
-from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
+from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback, evaluate_in_order
 from pipeline.space import genome_hash, genome_seed
 from pipeline.training.fit import fit_genome, training_device
 from pipeline.training.models import freeze_conv_layers, network_builder
 from pipeline.training.weights import WeightStore, inherit_weights, merge_weights, transferable_fraction
 
 if TYPE_CHECKING:
-    from pipeline.config.sections import ModelConfig, TrainConfig
+    from pipeline.config.sections import ModelConfig, StudyConfig, TrainConfig
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -47,15 +48,35 @@ class TrainingContext:
     weights: str = "none"  # the rule children start from their parents' weights by
     threads: int | None = None  # torch threads of one fit; None: leave the process's setting
 
+    @classmethod
+    def for_study(cls, config: StudyConfig, data: PreparedData, weights: str = "none") -> TrainingContext:
+        """The context of a study's searches: its space, network, training settings and threads."""
+        return cls(
+            config.space.kind, config.model, config.train, config.seed, data.image_shape, data.num_classes, weights,
+            config.execution.threads_per_evaluation,
+        )  # fmt: skip
+
 
 def train_proposal(
     proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict]
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     """One individual: its record (failed for any exception inside its training: divergence, out of
     memory, a network its genome cannot build), and its trained weights on the CPU when the weight
-    rule keeps them. A kill (``KeyboardInterrupt``, ``SystemExit``) propagates."""
-    if context.threads is not None and torch.get_num_threads() != context.threads:
+    rule keeps them. A kill (``KeyboardInterrupt``, ``SystemExit``) propagates. The process's torch
+    thread count is as it was afterwards: a later fit in this process must not depend on this one."""
+    previous = torch.get_num_threads()
+    if context.threads is not None and previous != context.threads:
         torch.set_num_threads(context.threads)
+    try:
+        return _train(proposal, context, train, val, parents)
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def _train(
+    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict]
+) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     genome = proposal.genome
     seed = genome_seed(context.study_seed, genome)
     build = network_builder(context.space_kind, context.model_config, context.image_shape, context.num_classes)
@@ -138,21 +159,7 @@ class _DriverSide:
 class SequentialEvaluator(_DriverSide):
     """Trains on the prepared ``train`` split and scores on ``val``, one proposal after another, here."""
 
-    def __init__(
-        self,
-        data: PreparedData,
-        *,
-        space_kind: str,
-        model_config: ModelConfig,
-        train_config: TrainConfig,
-        study_seed: int,
-        weights: str = "none",
-        weight_store: WeightStore | None = None,
-        threads: int | None = None,
-    ) -> None:
-        context = TrainingContext(
-            space_kind, model_config, train_config, study_seed, data.image_shape, data.num_classes, weights, threads
-        )
+    def __init__(self, data: PreparedData, context: TrainingContext, weight_store: WeightStore | None = None) -> None:
         super().__init__(context, weight_store)
         # Held on the training device for the whole search: batches are cut there, nothing is copied per step.
         self.train_split = data.load("train").to(training_device())
@@ -161,10 +168,7 @@ class SequentialEvaluator(_DriverSide):
     def evaluate(
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
     ) -> Iterator[tuple[int, EvaluationRecord]]:
-        for position, proposal in enumerate(proposals):
-            if on_start is not None:
-                on_start(position)
-            yield position, self.train(proposal)
+        return evaluate_in_order(proposals, on_start, self.train)
 
     def train(self, proposal: Proposal) -> EvaluationRecord:
         record, state = train_proposal(proposal, self.context, self.train_split, self.val_split, self.parent_states(proposal))
@@ -197,22 +201,10 @@ class WorkerPoolEvaluator(_DriverSide):
     retries = 1
 
     def __init__(
-        self,
-        data: PreparedData,
-        *,
-        workers: int,
-        space_kind: str,
-        model_config: ModelConfig,
-        train_config: TrainConfig,
-        study_seed: int,
-        weights: str = "none",
-        weight_store: WeightStore | None = None,
-        threads: int | None = None,
+        self, data: PreparedData, context: TrainingContext, weight_store: WeightStore | None = None, *, workers: int
     ) -> None:
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        context = TrainingContext(
-            space_kind, model_config, train_config, study_seed, data.image_shape, data.num_classes, weights, threads
-        )
+        if context.threads is None:
+            context = dataclasses.replace(context, threads=max(1, (os.cpu_count() or 1) // workers))
         super().__init__(context, weight_store)
         self.workers = workers
         self.prepared = str(Path(data.folder).resolve())

@@ -10,6 +10,7 @@ imported only when this backend is used.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -22,7 +23,7 @@ from pipeline.training.fit import training_device
 from pipeline.training.weights import WeightStore
 
 if TYPE_CHECKING:
-    from pipeline.config.sections import ModelConfig, RayConfig, TrainConfig
+    from pipeline.config.sections import RayConfig
 
 # Seconds between checks that the cluster is still there while waiting for results.
 POLL_SECONDS = 5.0
@@ -57,24 +58,13 @@ class RayEvaluator(_DriverSide):
     yields each record as it finishes (the runner commits them in proposal order)."""
 
     def __init__(
-        self,
-        data: PreparedData,
-        *,
+        self, data: PreparedData, context: TrainingContext, weight_store: WeightStore | None = None, *,
         ray_config: RayConfig,
-        space_kind: str,
-        model_config: ModelConfig,
-        train_config: TrainConfig,
-        study_seed: int,
-        weights: str = "none",
-        weight_store: WeightStore | None = None,
-        threads: int | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         import ray  # the optional extra: only a study that asks for Ray needs it
 
-        threads = threads or max(1, int(ray_config.num_cpus))
-        context = TrainingContext(
-            space_kind, model_config, train_config, study_seed, data.image_shape, data.num_classes, weights, threads
-        )
+        if context.threads is None:  # as many torch threads as CPUs the task holds
+            context = dataclasses.replace(context, threads=max(1, int(ray_config.num_cpus)))
         super().__init__(context, weight_store)
         self.ray = ray
         self.where = ray_config.address or "a local Ray instance"
