@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
+from pipeline.errors import CheckpointError
 from pipeline.evaluation import EvaluationRecord, Evaluator, Proposal, Scored
 from pipeline.search.protocol import Batch, Strategy
 from pipeline.study.checkpoint import Checkpoint
@@ -22,24 +23,25 @@ from pipeline.tracking.observer import SearchTracking
 TRAIN, CACHED, DROPPED = "train", "cached", "dropped"
 
 
-class ResumeDiverged(RuntimeError):
+class ResumeDiverged(CheckpointError):
     """A resumed search asked for other genomes than the checkpoint recorded: the code or the
     platform is not deterministic, and the checkpoint cannot be continued."""
 
 
-def plan_batch(batch: Batch, known: set[str], budget_left: int) -> list[str]:
+def plan_batch(batch: Batch, known: Collection[str], budget_left: int) -> list[str]:
     """What to do with each proposal: ``train`` a genome not seen yet while the budget (and the
     batch's own ``max_trainings``) lasts; ``cached`` for one evaluated before, or earlier in this
     batch; ``dropped`` past the budget."""
     limit = budget_left if batch.max_trainings is None else min(budget_left, batch.max_trainings)
-    planned, plan = set(known), []
+    planned, plan, trainings = set(known), [], 0
     for proposal in batch.proposals:
         hash_ = proposal.genome_hash
         if hash_ in planned:
             plan.append(CACHED)
-        elif plan.count(TRAIN) < limit:
+        elif trainings < limit:
             plan.append(TRAIN)
             planned.add(hash_)
+            trainings += 1
         else:
             plan.append(DROPPED)
     return plan
@@ -77,14 +79,14 @@ class SearchRunner:
 
     def run(self) -> list[EvaluationRecord]:
         while (batch := self.strategy.ask()) is not None:
-            plan = plan_batch(batch, set(self._known), self.budget - len(self.records))
+            plan = plan_batch(batch, self._known.keys(), self.budget - len(self.records))
             group_run = self._group_run(batch)
             to_train = [p for p, action in zip(batch.proposals, plan) if action == TRAIN]
             try:
                 self._train(to_train, batch, group_run)
             except BaseException:
                 if self.tracking is not None and batch.group is not None and group_run is not None:
-                    self.tracking.kill_individuals([group_run])  # the generation stopped with the stage
+                    self.tracking.kill_runs([group_run])  # the generation stopped with the stage
                 raise
             scored = [
                 None if action == DROPPED else Scored(self._known[p.genome_hash], new=action == TRAIN)
@@ -149,7 +151,7 @@ class SearchRunner:
                 written = self._unfinished.run_id if self._unfinished is not None else None
                 if self._unfinished is not None:
                     self.tracking.finish_individual(self._unfinished)
-                self.tracking.kill_individuals(
+                self.tracking.kill_runs(
                     [r for p, r in run_ids.items() if p >= committed and r is not None and r != written]
                 )
             raise

@@ -118,7 +118,7 @@ class SearchTracking:
         self.tracker.set_tags(run_id, {"init": record.init})
         self.tracker.end_run(run_id, "FINISHED")
 
-    def kill_individuals(self, run_ids: Sequence[str]) -> None:
+    def kill_runs(self, run_ids: Sequence[str]) -> None:
         """Runs a kill (Ctrl-C, SIGTERM) stopped before their record was written (a resume retrains
         them), or the group run they were in."""
         for run_id in run_ids:
