@@ -4,6 +4,12 @@ each into one line naming the key or file at fault (``pipeline.study.cli``), nev
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line (its first, at most 300 characters): what a message quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 class ConfigError(ValueError):
     """A ``params.yaml`` that cannot run; the message names the dotted key at fault."""
 

@@ -126,7 +126,7 @@ class Checkpoint:
 
     @staticmethod
     def _write(path: Path, mode: str, line: dict[str, Any]) -> None:
-        text = json.dumps(line, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"
+        text = json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n"
         try:
             with open(path, mode, encoding="utf-8") as stream:
                 stream.write(text)
@@ -135,10 +135,6 @@ class Checkpoint:
         except OSError as exc:
             why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
             raise CheckpointError(f"{path}: cannot write the checkpoint ({why}); what it holds stays valid") from None
-
-
-def _json_default(value: Any) -> Any:
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import TrackingError
+from pipeline.errors import TrackingError, first_line
 
 PARENT_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
@@ -92,10 +92,6 @@ def _param_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
 
 def _store_is_busy(exc: BaseException) -> bool:
     """SQLite's answer while another process writes (or recovers after a kill): worth a retry."""
@@ -140,7 +136,7 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here means: no usable store
             raise TrackingError(
-                f"MLflow tracking store {self.uri} is not usable ({_first_line(exc)}); "
+                f"MLflow tracking store {self.uri} is not usable ({first_line(exc)}); "
                 "start the server, fix MLFLOW_TRACKING_URI, or unset it to use mlruns/mlflow.db"
             ) from None
         self.experiment = experiment

@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from pipeline.data import PreparedData, TensorSplit
-from pipeline.errors import ExecutionError
+from pipeline.errors import ExecutionError, first_line
 from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
 from pipeline.space import genome_seed
 from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal
@@ -48,10 +48,6 @@ def _probe(address: str | None, timeout: float = 10.0) -> None:
         pass
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
 
 class RayEvaluator(_DriverSide):
     """Submits a batch's proposals as Ray tasks, as many at once as the cluster has room for, and
@@ -76,7 +72,7 @@ class RayEvaluator(_DriverSide):
             cpus = ray.cluster_resources().get("CPU", 1.0)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever Ray raises (it may even exit), no cluster
             raise ExecutionError(
-                f"Ray cluster at {self.where} is not reachable ({_first_line(exc)}); start it (`ray start --head`), "
+                f"Ray cluster at {self.where} is not reachable ({first_line(exc)}); start it (`ray start --head`), "
                 "fix execution.ray.address, or set the same RAY_AUTH_TOKEN as the cluster"
             ) from None
         # As many tasks in flight as the cluster can run at once: "started" means a worker has it.
@@ -130,7 +126,7 @@ class RayEvaluator(_DriverSide):
                 ray.exceptions.ObjectLostError) as exc:  # fmt: skip
             # Ray has retried it max_retries times: the individual fails, the search goes on.
             seed = genome_seed(self.context.study_seed, proposal.genome)
-            return EvaluationRecord.failed(proposal.genome, seed, f"Ray worker failed: {_first_line(exc)}", 0.0)
+            return EvaluationRecord.failed(proposal.genome, seed, f"Ray worker failed: {first_line(exc)}", 0.0)
         except ray.exceptions.RaySystemError as exc:
             raise self._gone(exc) from None
         return self.keep(record, state)
@@ -145,6 +141,6 @@ class RayEvaluator(_DriverSide):
 
     def _gone(self, exc: BaseException) -> ExecutionError:
         return ExecutionError(
-            f"the Ray cluster at {self.where} went away ({_first_line(exc)}); restart it and run "
+            f"the Ray cluster at {self.where} went away ({first_line(exc)}); restart it and run "
             "`dvc repro` again: the search resumes from its checkpoint"
         )
