@@ -12,7 +12,8 @@ def main(config):
         config, prepared_dir=Path("data/prepared"), results_dir=Path("results"), model_path=Path("models/champion.pt")
     )
     best = result["champion"]
-    print(f"champion: {best['method']} best, test accuracy {best['test_acc']:.4f} ({best['model_uri']})")
+    print(f"champion: {best['method']}'s best of seed {best['seed']} (chosen by validation accuracy), "
+          f"test accuracy {best['test_acc']:.4f} ({best['model_uri']})")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def tiny_params() -> dict:
     params["ga"]["elites"] = 1
     params["champion"] = {"epochs": 1, "train_size": 500, "registered_model": "tiny-champion"}
     params["mlflow"] = {"experiment": "tiny"}
+    params["study"] = {"repeats": 1, "seeds": None}  # one repeat: the unit tests' searches stay seconds long
     return params
 
 

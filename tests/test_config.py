@@ -28,7 +28,10 @@ RAW_PARAMS: dict[str, Any] = yaml.safe_load(PARAMS_PATH.read_text())
 
 
 def fresh_params() -> dict[str, Any]:
-    return copy.deepcopy(RAW_PARAMS)
+    """The committed params with the GA's sizes the variants below were written for."""
+    params = copy.deepcopy(RAW_PARAMS)
+    params["ga"]["population_size"], params["budget"]["evaluations"] = 6, 16
+    return params
 
 
 def error_lines(message: str) -> list[str]:
@@ -52,10 +55,13 @@ def test_committed_params_yaml_loads_with_expected_values():
     assert isinstance(config, StudyConfig)
     assert config.seed == 42
     assert config.data.dataset == "fashion_mnist"
-    assert config.data.val_size == 1000
-    assert config.data.train_size == 2000
-    assert config.budget.evaluations == 16
-    assert config.ga.population_size == 6
+    assert config.data.val_size == 500
+    assert config.data.train_size == 1000
+    assert config.budget.evaluations == 12
+    assert config.ga.population_size == 4
+    assert config.study.repeats == 3 and config.repeat_seeds() == [42, 43, 44]
+    assert config.for_repeat(43).seed == 43 and config.for_repeat(43).ga == config.ga
+    assert config.tpe.startup_trials == 5 and config.tpe.batch_size == 1
     assert config.ga.elites == 1
     assert config.ga.selection.name == "truncation"
     assert config.ga.selection.settings == {"fraction": 0.5}
@@ -87,7 +93,7 @@ def test_committed_params_yaml_space_gene_types():
 
 
 def test_parse_config_of_unmodified_dict_equals_load_config():
-    assert parse_config(fresh_params()) == load_config(PARAMS_PATH)
+    assert parse_config(copy.deepcopy(RAW_PARAMS)) == load_config(PARAMS_PATH)
 
 
 def test_config_is_frozen():
@@ -167,6 +173,12 @@ BAD_VARIANTS = [
     ("val-size-zero", _set("data.val_size", 0), "data.val_size", ["greater than 0"]),
     ("test-size-one", _set("data.test_size", 1.0), "data.test_size", ["less than 1"]),
     ("champion-epochs-zero", _set("champion.epochs", 0), "champion.epochs", ["greater than 0"]),
+    ("repeats-zero", _set("study.repeats", 0), "study.repeats", ["greater than or equal to 1"]),
+    ("seeds-not-one-per-repeat", _set("study.seeds", [1, 2]), "study", ["seeds lists 2 seed(s) but repeats is 3"]),
+    ("seeds-repeated", _set("study.seeds", [1, 2, 1]), "study", ["repeat a seed"]),
+    ("seed-in-list-negative", _set("study.seeds", [1, -2, 3]), "study.seeds.1", ["-2"]),
+    ("tpe-startup-zero", _set("tpe.startup_trials", 0), "tpe.startup_trials", ["greater than or equal to 1"]),
+    ("tpe-key-near-miss", _set("tpe.startup_trails", 3), "tpe.startup_trails", ["did you mean 'startup_trials'"]),
     ("lr-gamma-zero", _set("train.lr_gamma", 0.0), "train.lr_gamma", ["greater than 0"]),
     ("conv-channels-one-layer", _set("model.conv_channels", [32]), "model.conv_channels", ["at least 2"]),
     ("mlflow-experiment-empty", _set("mlflow.experiment", ""), "mlflow.experiment", ["at least 1"]),
@@ -492,7 +504,7 @@ def test_load_config_bad_content_names_file_and_key(tmp_path: Path):
 
 def test_load_config_round_trips_a_dumped_copy(tmp_path: Path):
     path = tmp_path / "copy.yaml"
-    path.write_text(yaml.safe_dump(fresh_params()))
+    path.write_text(yaml.safe_dump(copy.deepcopy(RAW_PARAMS)))
     assert load_config(path) == load_config(PARAMS_PATH)
 
 
@@ -509,7 +521,7 @@ def _line_of(text: str, fragment: str) -> int:
 
 DUPLICATE_KEYS = [
     ("top-level", lambda: PARAMS_PATH.read_text() + "seed: 7\n", "seed", "seed: 7"),
-    ("nested", lambda: _params_text_with("  population_size: 6\n", "  population_size: 6\n  population_size: 8\n"),
+    ("nested", lambda: _params_text_with("  population_size: 4\n", "  population_size: 4\n  population_size: 8\n"),
      "ga.population_size", "population_size: 8"),
     ("section", lambda: PARAMS_PATH.read_text() + "budget:\n  evaluations: 30\n", "budget", "budget:"),
     ("flow-mapping", lambda: _params_text_with("{type: int, low: 1, high: 3}", "{type: int, low: 1, high: 3, low: 2}"),
@@ -604,7 +616,7 @@ def test_load_config_deep_nesting_is_an_error_not_a_crash(tmp_path: Path):
 
 def test_load_config_huge_budget_fails_at_load_time(tmp_path: Path):
     path = tmp_path / "params.yaml"
-    path.write_text(_params_text_with("evaluations: 16 ", "evaluations: 1000000000 "))
+    path.write_text(_params_text_with("evaluations: 12 ", "evaluations: 1000000000 "))
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert_names_key(str(info.value), "budget.evaluations")

@@ -1,4 +1,5 @@
-"""End to end: ``dvc repro`` of all six stages on tiny params in a temporary git repo."""
+"""End to end: ``dvc repro`` of every stage on tiny params, three repeats of all four methods, in a
+temporary git repo."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from tests.conftest import REPO_ROOT, tiny_params
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "ga_search", "grid_search", "random_search", "champion", "report"]
+STAGES = ["prepare", "ga_search", "grid_search", "random_search", "tpe_search", "champion", "report"]
+METHODS = ("ga", "grid", "random", "tpe")
+REPEATS = {"repeats": 3, "seeds": [42, 7, 1234]}
 
 
 def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -54,7 +57,7 @@ def make_study_repo(repo: Path, params_changes: dict | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = make_study_repo(tmp_path_factory.mktemp("study"))
+    repo = make_study_repo(tmp_path_factory.mktemp("study"), {"study": REPEATS})
     result = sh("dvc", "repro", cwd=repo)
     (repo / "first_repro.log").write_text(result.stdout + result.stderr)
     return repo
@@ -64,33 +67,52 @@ def ran(log: str) -> list[str]:
     return [s for s in STAGES if f"Running stage '{s}'" in log]
 
 
-def test_all_six_stages_run_and_write_their_outputs(study):
+def test_every_stage_runs_and_writes_its_outputs(study):
     assert ran((study / "first_repro.log").read_text()) == STAGES
     for path in ["data/prepared/dataset.json", "models/champion.pt", "results/report.md", "results/report.html",
-                 "results/plots/best_so_far_vs_evaluations.png", "results/plots/best_so_far_vs_time.png",
-                 "results/plots/ga_fitness_by_generation.png", "dvc.lock"]:  # fmt: skip
+                 "results/plots/best_so_far_vs_evaluations.png", "results/plots/best_so_far_vs_epochs.png",
+                 "results/plots/best_so_far_vs_time.png", "results/plots/ga_fitness_by_generation.png",
+                 "results/curves/best_so_far_by_epochs.csv", "dvc.lock"]:  # fmt: skip
         assert (study / path).is_file(), path
-    champion = json.loads((study / "results" / "champion.json").read_text())
-    assert set(champion["methods"]) == {"ga", "grid", "random"}
-    assert 0.0 <= champion["champion"]["test_acc"] <= 1.0
+    details = json.loads((study / "results" / "champion_details.json").read_text())
+    retrained = {(e["method"], e["seed"]) for e in details["retrained"]}
+    assert retrained == {(m, s) for m in METHODS for s in REPEATS["seeds"]}  # each method's best of each repeat
+    champion = details["champion"]
+    assert champion["val_acc"] == max(e["val_acc"] for e in details["retrained"] if "val_acc" in e)
+    assert 0.0 <= champion["test_acc"] <= 1.0
     report = (study / "results" / "report.md").read_text()
-    for label in ("Genetic algorithm", "Grid search", "Random search"):
+    for label in ("Genetic algorithm", "Grid search", "Random search", "TPE"):
         assert label in report
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=study).stdout)
-    assert metrics  # the stages' results are declared as DVC metrics
+    values = [v for file in metrics["workspace"]["data"].values() for v in file["data"].values()]
+    assert values and all(isinstance(v, (int, float)) for v in values), "metrics files hold numbers only"
 
 
-def test_every_evaluation_is_an_mlflow_run_in_the_repo_store(study):
+def test_every_evaluation_is_an_mlflow_run_under_its_repeat(study):
     client = MlflowClient(f"sqlite:///{study}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    for method in ("ga", "grid", "random"):
-        summary = json.loads((study / "results" / f"{method}_search.json").read_text())
-        individuals = [r for r in runs if r.data.tags.get("method") == method and "genome_hash" in r.data.tags
-                       and r.data.tags.get("mlflow.runName", "").startswith(method)]  # fmt: skip
-        assert len(individuals) == summary["evaluations"]
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    by_id = {r.info.run_id: r for r in runs}
+    for method in METHODS:
+        for repeat, seed in enumerate(REPEATS["seeds"]):
+            summary = json.loads((study / "results" / f"{method}_search" / f"seed-{seed}.json").read_text())
+            stage_run = by_id[summary["stage_run_id"]]
+            assert stage_run.data.tags["repeat"] == str(repeat) and stage_run.data.tags["seed"] == str(seed)
+            individuals = [r for r in runs if "genome_hash" in r.data.tags and r.data.tags.get("method") == method
+                           and _root(r, by_id) == summary["stage_run_id"]]  # fmt: skip
+            assert len(individuals) == summary["evaluations"]
     versions = client.search_model_versions("name='tiny-champion'")
     assert len(versions) == 1
+    report_runs = [r for r in runs if r.data.tags.get("stage") == "report"]
+    assert len(report_runs) == 1
+    logged = {a.path for a in client.list_artifacts(report_runs[0].info.run_id)}
+    assert {"report.md", "report.html"} <= logged
+
+
+def _root(run, by_id) -> str:
+    while "mlflow.parentRunId" in run.data.tags:
+        run = by_id[run.data.tags["mlflow.parentRunId"]]
+    return run.info.run_id
 
 
 def test_editing_ga_params_reruns_only_ga_champion_report(study):
@@ -100,6 +122,21 @@ def test_editing_ga_params_reruns_only_ga_champion_report(study):
     result = sh("dvc", "repro", cwd=study)
     assert ran(result.stdout) == ["ga_search", "champion", "report"]
     assert "Stage 'grid_search' didn't change" in result.stdout
+    # Only the GA's three bests can have changed: the champion stage retrains those, reuses the rest.
+    assert "[champion] 3 retrained, 9 reused" in result.stdout + result.stderr
+
+
+def test_raising_repeats_trains_only_the_new_repeat(study):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["study"] = {"repeats": 4, "seeds": [*REPEATS["seeds"], 5]}
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = sh("dvc", "repro", cwd=study)
+    log = result.stdout + result.stderr
+    for method in METHODS:
+        assert log.count(f"[{method}] repeat") == 4
+        assert f"[{method}] repeat 3 (seed 5): no checkpoint: starting afresh" in log
+        assert f"[{method}] repeat 0 (seed 42): reused" in log
+    assert "[champion] 4 retrained, 12 reused" in log
 
 
 def test_bad_params_fail_before_any_training(study):
@@ -136,7 +173,7 @@ def test_architecture_search_with_merged_weights_runs_end_to_end(tmp_path):
     )  # fmt: skip
     result = sh("dvc", "repro", cwd=repo)
     assert ran(result.stdout) == STAGES
-    ga = json.loads((repo / "results" / "ga_search_history.json").read_text())
+    ga = json.loads((repo / "results" / "ga_search" / "seed-42_history.json").read_text())
     records = ga["evaluations"]
     assert len(records) == 8
     assert all(isinstance(r["genome"]["conv"], list) and r["genome"]["conv"] for r in records)
@@ -153,11 +190,11 @@ def test_architecture_search_with_merged_weights_runs_end_to_end(tmp_path):
             assert prefix == best0["genome"]["conv"]
             assert len(record["genome"]["conv"]) == len(best0["genome"]["conv"]) + 1
             assert record["init"] == "merge"  # the grown genomes start from the best's weights
-    assert (repo / "checkpoints" / "ga_weights").is_dir()
-    for method in ("grid", "random"):
-        history = json.loads((repo / "results" / f"{method}_search_history.json").read_text())
+    assert (repo / "checkpoints" / "ga_search" / "seed-42-weights").is_dir()
+    for method in ("grid", "random", "tpe"):
+        history = json.loads((repo / "results" / f"{method}_search" / "seed-42_history.json").read_text())
         assert history["evaluations"] and all("conv" in r["genome"] for r in history["evaluations"])
-    champion = json.loads((repo / "results" / "champion.json").read_text())
+    champion = json.loads((repo / "results" / "champion_details.json").read_text())
     assert "conv" in champion["champion"]["genome"]
-    summary = json.loads((repo / "results" / "ga_search.json").read_text())
+    summary = json.loads((repo / "results" / "ga_search" / "seed-42.json").read_text())
     assert summary["operators"]["weights"] == "merge" and summary["operators"]["mutation"] == "adaptive"

@@ -50,7 +50,7 @@ def config_with(execution: dict, **changes):
 def search(method: str, config, root: Path, prepared, monkeypatch) -> list[dict]:
     monkeypatch.setenv("DVC_ROOT", str(root))
     run_search_stage(method, config, prepared.folder, root / "results", root / "ckpt")
-    history = json.loads((root / "results" / f"{method}_search_history.json").read_text())
+    history = json.loads((root / "results" / f"{method}_search/seed-42_history.json").read_text())
     return [{k: r[k] for k in COMPARED} for r in history["evaluations"]]
 
 

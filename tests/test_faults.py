@@ -179,11 +179,11 @@ def test_an_unreadable_checkpoint_is_one_line_and_the_search_goes_on(
     CountingTrainer(monkeypatch, stop_at=4)
     with pytest.raises(KeyboardInterrupt):
         run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "ga_search.jsonl").write_bytes(content)
+    (tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl").write_bytes(content)
     CountingTrainer(monkeypatch)
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     out = capsys.readouterr().out
-    assert f"checkpoint {tmp_path / 'ckpt' / 'ga_search.jsonl'} unreadable" in out and "starting afresh" in out
+    assert f"checkpoint {tmp_path / 'ckpt' / 'ga_search' / 'seed-42.jsonl'} unreadable" in out and "starting afresh" in out
     assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
     assert_settled(tracking_uri())
 
@@ -195,7 +195,7 @@ def test_a_truncated_checkpoint_keeps_its_valid_part_and_no_genome_finishes_twic
     CountingTrainer(monkeypatch, stop_at=6)
     with pytest.raises(KeyboardInterrupt):
         run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    path = tmp_path / "ckpt" / "ga_search.jsonl"
+    path = tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl"
     lines = path.read_bytes().split(b"\n")
     evaluations = [i for i, line in enumerate(lines) if b'"kind":"evaluation"' in line]
     # cut inside the 4th record: the 4th and 5th records are lost, their runs FINISHED in MLflow
@@ -256,7 +256,7 @@ def test_the_same_stage_started_twice_stops_the_second_with_one_line(tmp_path, m
     with StageLock(tmp_path / "ckpt" / "ga_search.lock", "ga_search"):
         with pytest.raises(CheckpointError, match=rf"ga_search.lock: ga_search is already running in process {os.getpid()}"):
             run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    assert not (tmp_path / "ckpt" / "ga_search.jsonl").exists()  # nothing started
+    assert not (tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl").exists()  # nothing started
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")  # free again
 
 
@@ -337,7 +337,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_checkpoint_stays_va
         return real_fsync(fd)
 
     monkeypatch.setattr(checkpoint_module.os, "fsync", fsync_until_full)
-    with pytest.raises(CheckpointError, match=r"ga_search.jsonl: cannot write the checkpoint \(the disk is full\)"):
+    with pytest.raises(CheckpointError, match=r"seed-42.jsonl: cannot write the checkpoint \(the disk is full\)"):
         run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")

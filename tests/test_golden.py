@@ -44,7 +44,7 @@ def run_method(tmp_path: Path, profile: str, method: str, monkeypatch) -> list[d
     if not (prepared / "dataset.json").is_file():
         prepare_dataset(config.data, config.seed, out_dir=prepared, download_dir=prepared / "raw")
     run_search_stage(method, config, prepared, root / "results", root / "ckpt")
-    history = json.loads((root / "results" / f"{method}_search_history.json").read_text())
+    history = json.loads((root / "results" / f"{method}_search/seed-42_history.json").read_text())
     return [{k: r[k] for k in COMPARED} for r in history["evaluations"]]
 
 

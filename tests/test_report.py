@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from scipy.stats import skew
+from scipy.stats import bootstrap, skew, wilcoxon
 
-from pipeline.study.report import PLOT_FILES, build_report, evaluation_time_groups
+from pipeline.study.report import build_report, evaluation_time_groups
 
 
 def record(index: int, seconds: float, acc: float | None, epochs: int, init: str | None = None,
@@ -55,41 +57,6 @@ def histories_of(ga=GA_RECORDS, grid=GRID_RECORDS, random=RANDOM_RECORDS) -> dic
         "grid": {"evaluations": copy.deepcopy(grid)},
         "random": {"evaluations": copy.deepcopy(random)},
     }  # fmt: skip
-
-
-def summary_of(method: str, records: list[dict], **extra) -> dict:
-    finished = [r["val_acc"] for r in records if r["status"] == "finished"]
-    return {
-        "method": method,
-        "budget": 6,
-        "evaluations": len(records),
-        "failed": len(records) - len(finished),
-        "total_train_seconds": sum(r["train_seconds"] for r in records),
-        "best_val_acc": max(finished),
-        "evaluations_to_best": 1,
-        "time_to_best_seconds": 10.0,
-        **extra,
-    }
-
-
-def write_results(results: Path, histories: dict, ga_extra: dict | None = None) -> Path:
-    results.mkdir(parents=True, exist_ok=True)
-    ga_extra = {"generations": 2, "stop_reason": "budget of 6 evaluations spent", **(ga_extra or {})}
-    for method, history in histories.items():
-        extra = ga_extra if method == "ga" else {}
-        (results / f"{method}_search.json").write_text(json.dumps(summary_of(method, history["evaluations"], **extra)))
-        (results / f"{method}_search_history.json").write_text(json.dumps(history))
-    genome = {"learning_rate": 0.1, "batch_size": 32}
-    methods = {m: {"genome": genome, "test_acc": acc} for m, acc in (("ga", 0.81), ("grid", 0.7), ("random", 0.5))}
-    champion = {
-        "champion": {"method": "ga", "genome": genome, "test_acc": 0.81},
-        "methods": methods,
-        "epochs": 3,
-        "train_size": 400,
-        "test_size": 100,
-    }
-    (results / "champion.json").write_text(json.dumps(champion))
-    return results
 
 
 def strict_json(text: str):
@@ -168,54 +135,153 @@ def test_records_without_init_are_scratch():
     assert scratch["evaluations"] == 3 and scratch["mean time (s)"] == pytest.approx(20.0)
 
 
-def test_build_report_writes_time_section_plots_and_valid_json(tmp_path):
+SEEDS = list(range(1, 11))
+# Final best validation accuracy per seed: the GA above random in every seed (so significant even
+# after Holm's correction over six pairs), grid level with random.
+FINAL = {"ga": [0.80, 0.82, 0.79, 0.85, 0.81, 0.83, 0.80, 0.84, 0.82, 0.81],
+         "grid": [0.70, 0.75, 0.72, 0.69, 0.74, 0.73, 0.71, 0.72, 0.70, 0.74],
+         "random": [0.71, 0.74, 0.73, 0.70, 0.72, 0.75, 0.70, 0.73, 0.71, 0.72],
+         "tpe": [0.78, 0.74, 0.80, 0.77, 0.76, 0.79, 0.75, 0.78, 0.77, 0.76]}  # fmt: skip
+TEST = {m: [v - 0.01 for v in values] for m, values in FINAL.items()}
+
+
+def repeat_records(final: float, seed: int) -> list[dict]:
+    """Four evaluations reaching ``final`` at the third; one failure; 1-2 epochs each."""
+    return [record(0, 2.0 + seed, final - 0.1, 1), record(1, 3.0, None, 0), record(2, 4.0, final, 2),
+            record(3, 1.0, final - 0.05, 1)]  # fmt: skip
+
+
+def write_study(results: Path, ga_extra: dict | None = None, ga_records: list[dict] | None = None) -> None:
+    """Per-repeat summaries and histories of four methods over SEEDS, and the champion's details."""
+    retrained = []
+    for method, finals in FINAL.items():
+        (results / f"{method}_search").mkdir(parents=True, exist_ok=True)
+        for repeat, (seed, final) in enumerate(zip(SEEDS, finals)):
+            records = ga_records if (method == "ga" and ga_records) else repeat_records(final, seed)
+            finished = [r for r in records if r["status"] == "finished"]
+            best = max(finished, key=lambda r: r["val_acc"])
+            summary = {
+                "method": method, "budget": len(records), "evaluations": len(records),
+                "failed": len(records) - len(finished), "epochs_trained": sum(len(r["epochs"]) for r in records),
+                "total_train_seconds": sum(r["train_seconds"] for r in records), "wall_seconds": 50.0,
+                "best_val_acc": best["val_acc"], "best_genome": {"learning_rate": 0.1, "batch_size": 32},
+                "best_run_id": f"{method}{seed}best", "evaluations_to_best": best["index"] + 1,
+                "train_seconds_to_best": sum(r["train_seconds"] for r in records[: best["index"] + 1]),
+                "wall_seconds_to_best": best["elapsed_seconds"], "repeat": repeat, "seed": seed,
+                "stage_run_id": f"{method}{seed}stage", **(ga_extra if method == "ga" and ga_extra else {}),
+            }  # fmt: skip
+            if method == "ga":
+                generations = sorted({r["generation"] for r in records if r.get("generation") is not None})
+                history = {"evaluations": records, "generations": [
+                    {"generation": g, "fitness": [r["val_acc"] for r in records if r.get("generation") == g]}
+                    for g in generations]}  # fmt: skip
+            else:
+                history = {"evaluations": records, "generations": []}
+            (results / f"{method}_search" / f"seed-{seed}.json").write_text(json.dumps(summary))
+            (results / f"{method}_search" / f"seed-{seed}_history.json").write_text(json.dumps(history))
+            retrained.append({"method": method, "repeat": repeat, "seed": seed, "genome": summary["best_genome"],
+                              "val_acc": final, "test_acc": TEST[method][repeat], "run_id": f"{method}{seed}champ"})  # fmt: skip
+    champion = max(retrained, key=lambda e: e["val_acc"])
+    (results / "champion_details.json").write_text(json.dumps({
+        "champion": {**champion, "registered_model": "m", "registered_version": "1"}, "retrained": retrained,
+        "epochs": 1, "train_size": 400, "test_size": 100}))  # fmt: skip
+
+
+class Seeds:
+    """The part of the study config the report reads."""
+
+    def repeat_seeds(self) -> list[int]:
+        return list(SEEDS)
+
+
+METHODS = ["ga", "grid", "random", "tpe"]
+
+
+def report_of(tmp_path: Path, **kwargs) -> tuple[Path, str]:
+    results = tmp_path / "results"
+    write_study(results, **kwargs)
+    build_report(results, Seeds(), METHODS, params_text="seed: 1\n", commit="abc123",
+                 data_summary={"files": {"train.pt": "f00d"}}, ui_runs_url="http://ui/#/experiments/1/runs")  # fmt: skip
+    return results, (results / "report.md").read_text()
+
+
+def holm(p_values: list[float]) -> list[float]:
+    order = np.argsort(p_values)
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return list(adjusted)
+
+
+def test_the_answer_comes_first_and_its_statistics_match_scipy(tmp_path):
+    results, markdown = report_of(tmp_path)
+    first = markdown.split("\n\n")[1]  # after the title
+    assert first.startswith("**Genetic algorithm** reached the best mean final validation accuracy")
+    assert f"{np.mean(FINAL['ga']):.4f}" in first and "10 repeat(s)" in first
+    pairs = [(a, b) for i, a in enumerate(METHODS) for b in METHODS[i + 1:]]
+    raw = [wilcoxon(FINAL[a], FINAL[b]).pvalue for a, b in pairs]
+    adjusted = dict(zip(pairs, holm(raw)))
+    ga_vs_random = next(line for line in markdown.splitlines() if "Genetic algorithm beat Random search" in line)
+    assert "in 10 of 10 seeds" in ga_vs_random
+    assert f"p = {adjusted[('ga', 'random')]:.2g}" in ga_vs_random
+    a12 = np.mean([(x > y) + 0.5 * (x == y) for x in FINAL["ga"] for y in FINAL["random"]])
+    assert f"A12 = {a12:.2f}" in ga_vs_random
+    grid_random = [line for line in markdown.splitlines() if "Grid search" in line and "Random search" in line
+                   and "no evidence of a difference" in line]  # fmt: skip
+    assert grid_random, "grid and random are level: the report must say there is no evidence of a difference"
+    # Bootstrap CI of the GA's mean, as scipy computes it.
+    ci = bootstrap((np.array(FINAL["ga"]),), np.mean, confidence_level=0.95, n_resamples=9999, method="percentile",
+                   rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    assert f"95% CI {ci.low:.4f}-{ci.high:.4f}" in first
+    metrics = strict_json((results / "report.json").read_text())
+    assert metrics["ga_best_val_acc_mean"] == pytest.approx(np.mean(FINAL["ga"]))
+    assert metrics["tpe_test_acc_mean"] == pytest.approx(np.mean(TEST["tpe"]))
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_champion_is_chosen_by_validation_and_every_number_links_to_its_run(tmp_path):
+    _, markdown = report_of(tmp_path)
+    assert "chosen by validation accuracy after retraining (never by test accuracy)" in markdown
+    assert "Genetic algorithm's best of seed 4" in markdown and "retrained for 1 epoch on" in markdown
+    assert "[ga4stag](http://ui/#/experiments/1/runs/ga4stage)" in markdown
+    assert "[tpe6cham](http://ui/#/experiments/1/runs/tpe6champ)" in markdown
+    assert "Git commit: abc123" in markdown and "train.pt: sha256 f00d" in markdown and "seed: 1" in markdown
+
+
+def test_equal_budget_rows_and_curve_data(tmp_path):
+    results, markdown = report_of(tmp_path)
+    # Every repeat spends 4 evaluations and 4 epochs: at equal budgets each method's mean final best.
+    budget_lines = [line for line in markdown.splitlines() if line.startswith(("| 4 evaluations", "| 4 training epochs",
+                                                                                "| 40 s of wall time"))]  # fmt: skip
+    assert len(budget_lines) == 3
+    for line in budget_lines:
+        assert f"{np.mean(FINAL['tpe']):.4f}" in line and f"{np.mean(FINAL['grid']):.4f}" in line
+    curve = pd.read_csv(results / "curves" / "best_so_far_by_evaluations.csv")
+    assert list(curve.columns) == ["evaluations", *METHODS]
+    assert list(curve["evaluations"]) == [1, 2, 3, 4]
+    assert curve["ga"][0] == pytest.approx(np.median(FINAL["ga"]) - 0.1)  # first evaluation: final - 0.1
+    assert curve["ga"][3] == pytest.approx(np.median(FINAL["ga"]))
+
+
+def test_the_html_page_is_self_contained(tmp_path):
+    results, _ = report_of(tmp_path)
+    page = (results / "report.html").read_text()
+    sources = re.findall(r"""src=["']([^"']+)""", page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    for name in ("best_so_far_vs_evaluations.png", "best_so_far_vs_epochs.png", "best_so_far_vs_time.png"):
+        assert (results / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '<a href="http://ui/#/experiments/1/runs/ga4stage">' in page
+
+
+def test_time_section_and_ga_notes(tmp_path):
     ga_extra = {"operators": {"selection": "tournament", "weights": "merge"},
                 "phase_reasons": ["phase 0: its share spent", "stagnation"], "rejected": 2}  # fmt: skip
-    results = write_results(tmp_path / "results", histories_of(), ga_extra)
-    build_report(results, "tiny study")
-
-    for name in PLOT_FILES.values():
-        png = results / "plots" / name
-        assert png.is_file() and png.stat().st_size > 0, name
-    assert PLOT_FILES["evaluation_time"] == "evaluation_time_histogram.png"
-    assert (results / "plots" / "evaluation_time_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    markdown = (results / "report.md").read_text()
-    assert "## Fitness-evaluation time" in markdown
-    assert "by the merge rule" in markdown
+    _, markdown = report_of(tmp_path, ga_extra=ga_extra, ga_records=GA_RECORDS)
+    assert "## Fitness-evaluation time" in markdown and "by the merge rule" in markdown
     assert "| Genetic algorithm: merge" in markdown
-    assert "mean time (s)" in markdown and "skewness" in markdown and "mean epochs trained" in markdown
-    grid_line = next(line for line in markdown.splitlines() if line.startswith("| Grid search") and "9.5" in line)
-    assert "6.5" in grid_line
-    assert "![Fitness-evaluation time distribution](plots/evaluation_time_histogram.png)" in markdown
-    assert "GA phases: phase 0: its share spent; stagnation." in markdown and "2 candidate(s) rejected" in markdown
-
-    page = (results / "report.html").read_text()
-    assert "<h2>Fitness-evaluation time</h2>" in page and "Genetic algorithm: merge" in page
-    assert "evaluation_time_histogram.png" in page
-
-    metrics = strict_json((results / "report.json").read_text())
-    assert metrics["grid_mean_train_seconds"] == pytest.approx(9.5)
-    assert metrics["ga_mean_train_seconds"] == pytest.approx(13.0)
-    assert metrics["ga_train_seconds_skewness"] == pytest.approx(skew([10, 20, 30, 2, 4, 12], bias=False))
-    assert metrics["random_mean_train_seconds"] == pytest.approx(6.0)
-    assert metrics["random_train_seconds_skewness"] is None  # NaN written as null
-
-
-def test_report_without_operators_says_no_weight_rule(tmp_path):
-    scratch_only = [{k: v for k, v in r.items() if k != "init"} for r in GA_RECORDS]
-    results = write_results(tmp_path / "results", histories_of(ga=scratch_only))
-    build_report(results)
-    markdown = (results / "report.md").read_text()
-    assert "The GA trained every child from scratch" in markdown
-    assert "Genetic algorithm: scratch" not in markdown
-    assert "rejected" not in markdown
-    strict_json((results / "report.json").read_text())
-
-
-def test_one_phase_and_no_rejections_add_no_notes(tmp_path):
-    ga_extra = {"operators": {"weights": "none"}, "phase_reasons": ["budget spent"], "rejected": 0}
-    results = write_results(tmp_path / "results", histories_of(), ga_extra)
-    build_report(results, "tiny study")
-    markdown = (results / "report.md").read_text()
-    assert "GA phases" not in markdown and "rejected" not in markdown
+    assert "GA phases: phase 0: its share spent; stagnation" in markdown
+    assert "20 candidate(s) rejected" in markdown  # 2 per repeat, 10 repeats
+    plain, plain_md = report_of(tmp_path / "plain")
+    assert "The GA trained every child from scratch" in plain_md and "GA phases" not in plain_md
+    assert "rejected" not in plain_md

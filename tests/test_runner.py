@@ -85,10 +85,10 @@ def test_a_registered_toy_strategy_runs_with_checkpoint_resume_and_tracking(
     assert "toy" in method_names()
     config = toy_config()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
-    reference = run_search_stage("toy", config, prepared_digits.folder, tmp_path / "reference" / "r", tmp_path / "reference" / "c")
+    reference = run_search_stage("toy", config, prepared_digits.folder, tmp_path / "reference" / "r", tmp_path / "reference" / "c")[0]
     # 2 + 2 (+1 cached) + the budget's last training of the third batch: 5 trainings, one cache hit
     assert reference["evaluations"] == 5 and reference["batches_told"] == 3
-    history = json.loads((tmp_path / "reference" / "r" / "toy_search_history.json").read_text())
+    history = json.loads((tmp_path / "reference" / "r" / "toy_search" / "seed-42_history.json").read_text())
     assert history["generations"] == [{"batch": 0, "new": [True, True]}, {"batch": 1, "new": [True, True, False]},
                                       {"batch": 2, "new": [True]}]  # fmt: skip
 
@@ -98,7 +98,7 @@ def test_a_registered_toy_strategy_runs_with_checkpoint_resume_and_tracking(
     with pytest.raises(KeyboardInterrupt):
         run_search_stage("toy", config, prepared_digits.folder, results, checkpoints)
     counter = CountingTrainer(monkeypatch)
-    resumed = run_search_stage("toy", config, prepared_digits.folder, results, checkpoints)
+    (resumed,) = run_search_stage("toy", config, prepared_digits.folder, results, checkpoints)
     assert counter.calls == 5 - 3  # the three checkpointed evaluations are not trained again
     keep = ("evaluations", "failed", "best_val_acc", "best_genome", "evaluations_to_best", "batches_told")
     assert {k: resumed[k] for k in keep} == {k: reference[k] for k in keep}
@@ -225,13 +225,36 @@ def test_other_fingerprint_or_a_completed_search_starts_afresh(tmp_path):
     assert checkpoint.records == [] and "other params, data or code" in message
 
 
-def test_forcing_a_finished_search_stage_trains_it_again(tmp_path, monkeypatch, tiny_config, prepared_digits, capsys):
+def test_a_finished_repeat_is_reused_until_its_results_are_deleted(tmp_path, monkeypatch, tiny_config, prepared_digits, capsys):
     from tests.test_reliability import CountingTrainer
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    first = run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "r", tmp_path / "c")
+    (first,) = run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "r", tmp_path / "c")
     counter = CountingTrainer(monkeypatch)
-    again = run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "r", tmp_path / "c")
+    (again,) = run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "r", tmp_path / "c")
+    assert "repeat 0 (seed 42): reused" in capsys.readouterr().out
+    assert counter.calls == 0 and again == first  # same params, data and code: nothing trains, same runs
+    (tmp_path / "c" / "random_search" / "seed-42.done.json").unlink()
+    (fresh,) = run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "r", tmp_path / "c")
     assert "completed search (the stage was forced): training afresh" in capsys.readouterr().out
     assert counter.calls == tiny_config.budget.evaluations
-    assert again["best_val_acc"] == first["best_val_acc"] and again["best_run_id"] != first["best_run_id"]
+    assert fresh["best_val_acc"] == first["best_val_acc"] and fresh["best_run_id"] != first["best_run_id"]
+
+
+def test_a_changed_repeat_retrains_while_an_unchanged_one_is_reused(tmp_path, monkeypatch, tiny_params_dict, prepared_digits, capsys):
+    from tests.test_reliability import CountingTrainer
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    tiny_params_dict["study"] = {"repeats": 2, "seeds": [3, 4]}
+    first = run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, tmp_path / "r", tmp_path / "c")
+    assert [s["seed"] for s in first] == [3, 4] and first[0]["best_genome"] != first[1]["best_genome"]
+    counter = CountingTrainer(monkeypatch)
+    tiny_params_dict["study"] = {"repeats": 2, "seeds": [4, 5]}
+    second = run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, tmp_path / "r", tmp_path / "c")
+    out = capsys.readouterr().out
+    assert "repeat 0 (seed 4): reused" in out and "repeat 1 (seed 5): no checkpoint" in out
+    assert counter.calls == tiny_params_dict["budget"]["evaluations"]  # only seed 5 trained
+    assert second[0] == first[1] | {"repeat": 0}  # seed 4's results, now repeat 0
+    metrics = json.loads((tmp_path / "r" / "random_search.json").read_text())
+    assert metrics["repeats"] == 2 and all(isinstance(v, (int, float)) for v in metrics.values())
+    assert metrics["best_val_acc_mean"] == pytest.approx((second[0]["best_val_acc"] + second[1]["best_val_acc"]) / 2)

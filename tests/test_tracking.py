@@ -30,10 +30,11 @@ def test_store_is_sqlite_under_project_root(mlflow_store):
 
 
 def test_ga_runs_nest_stage_generation_individual(mlflow_store, tiny_config, prepared_digits, tmp_path):
-    summary = run_search_stage("ga", tiny_config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
+    (summary,) = run_search_stage("ga", tiny_config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     runs = runs_by_id("tiny")
     stages = [r for r in runs.values() if PARENT_TAG not in r.data.tags]
-    assert [r.info.run_name for r in stages] == ["ga_search"]
+    assert [r.info.run_name for r in stages] == ["ga_search seed 42"]
+    assert stages[0].data.tags["repeat"] == "0" and stages[0].data.tags["seed"] == "42"
     stage = stages[0]
     generations = {i: r for i, r in runs.items() if r.data.tags.get(PARENT_TAG) == stage.info.run_id}
     individuals = [r for r in runs.values() if r.data.tags.get(PARENT_TAG) in generations]
@@ -53,14 +54,14 @@ def test_ga_runs_nest_stage_generation_individual(mlflow_store, tiny_config, pre
             assert len(parents) == 2 and all(p in runs for p in parents)
     assert stage.info.status == "FINISHED"
     assert stage.data.tags["best_run_id"] == summary["best_run_id"]
-    history = json.loads((tmp_path / "results" / "ga_search_history.json").read_text())
+    history = json.loads((tmp_path / "results" / "ga_search/seed-42_history.json").read_text())
     assert {r["run_id"] for r in history["evaluations"]} == {r.info.run_id for r in individuals}
 
 
 def test_per_epoch_metrics_are_logged_as_steps(mlflow_store, tiny_config, prepared_digits, tmp_path):
     run_search_stage("random", tiny_config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     client = MlflowClient(tracking_uri())
-    history = json.loads((tmp_path / "results" / "random_search_history.json").read_text())
+    history = json.loads((tmp_path / "results" / "random_search/seed-42_history.json").read_text())
     record = max(history["evaluations"], key=lambda r: r["genome"]["epochs"])
     steps = client.get_metric_history(record["run_id"], "val_acc")
     assert [m.step for m in steps] == list(range(record["genome"]["epochs"]))
@@ -72,7 +73,7 @@ def test_grid_individuals_nest_under_stage_and_failures_are_recorded(
 ):
     tiny_params_dict["space"]["genes"]["learning_rate"] = {"type": "choice", "values": [0.05, 1.0e6]}
     config = parse_config(tiny_params_dict)
-    summary = run_search_stage("grid", config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
+    (summary,) = run_search_stage("grid", config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
     runs = runs_by_id("tiny")
     stage = next(r for r in runs.values() if PARENT_TAG not in r.data.tags)
     children = [r for r in runs.values() if r.data.tags.get(PARENT_TAG) == stage.info.run_id]

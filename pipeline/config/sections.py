@@ -25,6 +25,7 @@ MAX_LAYERS = 32  # conv or fc layers in a genome, and conv layers appended per p
 MAX_PHASES = 100  # growth phases; each needs a whole population's evaluations anyway
 MAX_POPULATION = 10_000  # ga.population_size and ga.survival.immigrants
 MAX_GENERATIONS = MAX_EVALUATIONS  # every generation trains at least one child
+MAX_REPEATS = 1000  # repeats of the whole study (study.repeats): each is a full search per method
 
 
 class _Section(BaseModel):
@@ -241,6 +242,30 @@ class GAConfig(_Section):
         return self
 
 
+class RepeatsConfig(_Section):
+    """How often every method searches, each time with its own seed (``study`` in params.yaml)."""
+
+    repeats: Annotated[int, Field(ge=1, le=MAX_REPEATS)] = 1
+    # One seed per repeat; None: ``seed``, ``seed + 1``, ... (repeat 0 is the single-run study).
+    seeds: list[Annotated[int, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _check_seeds(self) -> RepeatsConfig:
+        if self.seeds is not None:
+            if len(self.seeds) != self.repeats:
+                raise ValueError(f"seeds lists {len(self.seeds)} seed(s) but repeats is {self.repeats}: give one per repeat")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds {self.seeds} repeat a seed: every repeat needs its own")
+        return self
+
+
+class TPEConfig(_Section):
+    """Optuna's TPE sampler (the Bayesian-optimisation baseline)."""
+
+    startup_trials: Annotated[int, Field(ge=1, le=MAX_EVALUATIONS)] = 5  # random trials before TPE models the results
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 1  # trials asked at once (constant liar when > 1)
+
+
 class ChampionConfig(_Section):
     epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None  # None: every training image not in validation
@@ -279,9 +304,21 @@ class StudyConfig(_Section):
     budget: BudgetConfig
     train: TrainConfig = TrainConfig()
     ga: GAConfig
+    tpe: TPEConfig = TPEConfig()
     champion: ChampionConfig
     mlflow: MlflowConfig
+    study: RepeatsConfig = RepeatsConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    def repeat_seeds(self) -> list[int]:
+        """The seed of each repeat, in order."""
+        if self.study.seeds is not None:
+            return list(self.study.seeds)
+        return [self.seed + k for k in range(self.study.repeats)]
+
+    def for_repeat(self, repeat_seed: int) -> StudyConfig:
+        """This config with ``seed`` set to one repeat's seed (the search's and the trainings' seed)."""
+        return self.model_copy(update={"seed": repeat_seed})
 
     @model_validator(mode="after")
     def _check_cross_section(self) -> StudyConfig:

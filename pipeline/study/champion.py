@@ -1,11 +1,13 @@
-"""The champion: each method's best configuration retrained at full fidelity, scored on the
-held-out test set; the overall best is logged to MLflow as a model and registered."""
+"""The champion: each method's best configuration of each repeat retrained at full fidelity and
+scored on the held-out test set; the best by validation accuracy is logged to MLflow as a model and
+registered."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +21,9 @@ from pipeline.errors import SearchFailed
 from pipeline.jsonio import write_json
 from pipeline.search.registry import method_names
 from pipeline.space import genome_hash, genome_seed
+from pipeline.study.checkpoint import fingerprint
 from pipeline.study.lock import StageLock
+from pipeline.study.layout import repeat_files
 from pipeline.tracking.observer import mlflow_params
 from pipeline.tracking.store import Tracker
 from pipeline.training.fit import fit_genome, training_device
@@ -27,26 +31,33 @@ from pipeline.training.lit_module import DivergedError
 from pipeline.training.models import NetworkBuilder, network_builder
 
 
-def load_search_summaries(results_dir: Path) -> dict[str, dict[str, Any]]:
-    summaries = {}
+def load_repeat_summaries(results_dir: Path, config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
+    """Every registered method's per-repeat summaries, in repeat order."""
+    summaries: dict[str, list[dict[str, Any]]] = {}
     for method in method_names():
-        path = results_dir / f"{method}_search.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run the {method}_search stage first")
-        summaries[method] = json.loads(path.read_text())
+        summaries[method] = []
+        for seed in config.repeat_seeds():
+            path, _ = repeat_files(results_dir, method, seed)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; run the {method}_search stage first")
+            summaries[method].append(json.loads(path.read_text()))
     return summaries
 
 
-def rank_methods(summaries: dict[str, dict[str, Any]]) -> list[str]:
-    """Methods with a finished best, by best validation accuracy (ties keep the registry's order)."""
-    usable = [m for m in summaries if summaries[m].get("best_val_acc") is not None]
-    return sorted(usable, key=lambda m: -summaries[m]["best_val_acc"])
+def retrain_fingerprint(config: StudyConfig, data_summary: dict, genome: dict, seed: int) -> str:
+    """What a full-fidelity retraining depends on; the same one is never trained twice."""
+    return fingerprint({
+        "genome": genome, "seed": seed, "data": data_summary, "model": config.model.model_dump(),
+        "space_kind": config.space.kind, "train": config.train.model_dump(),
+        "champion": {"epochs": config.champion.epochs, "train_size": config.champion.train_size},
+        "platform": {"torch": torch.__version__, "machine": platform.machine()},
+    })  # fmt: skip
 
 
 def _retrain(
-    genome: dict, config: StudyConfig, build: NetworkBuilder, splits: dict[str, TensorSplit], tracker: Tracker, run_id: str
-) -> dict[str, Any]:
-    seed = genome_seed(config.seed, genome)
+    genome: dict, seed: int, config: StudyConfig, build: NetworkBuilder, splits: dict[str, TensorSplit],
+    tracker: Tracker, run_id: str,
+) -> tuple[dict[str, Any], torch.nn.Module]:
     outcome = fit_genome(
         genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
         train_config=config.train, epochs=config.champion.epochs,
@@ -63,23 +74,62 @@ def _retrain(
         "test_loss": float(test_metrics["test_loss"]),
         "train_seconds": outcome.seconds,
     }
-    tracker.log_metrics(run_id, result)
-    return result | {"module": outcome.module}
+    # Validation was logged per epoch above; logging it again here would add a second point.
+    tracker.log_metrics(run_id, {k: result[k] for k in ("test_acc", "test_loss", "train_seconds")})
+    return result, outcome.module.network
+
+
+class RetrainCache:
+    """Finished retrainings by fingerprint: ``<key>.json`` (results, run id) and ``<key>.pt``
+    (weights), so that the champion stage retrains only what changed."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, tracker: Tracker) -> dict[str, Any] | None:
+        path = self.folder / f"{key}.json"
+        if not path.is_file() or not (self.folder / f"{key}.pt").is_file():
+            return None
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(stored, dict) or not tracker.run_exists(stored.get("run_id", "")):
+            return None  # its run is gone from the store: retrain, so every number links to a run
+        return stored
+
+    def put(self, key: str, result: dict[str, Any], network: torch.nn.Module) -> None:
+        torch.save(network.state_dict(), self.folder / f"{key}.pt")
+        write_json(self.folder / f"{key}.json", result)  # last: a kill before it leaves no entry
+
+    def weights(self, key: str) -> dict[str, torch.Tensor]:
+        return torch.load(self.folder / f"{key}.pt", map_location="cpu", weights_only=True)
+
+
+def choose_champion(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The retrained configuration with the best validation accuracy (never the test accuracy);
+    ties keep the first (registry order, then repeat order)."""
+    finished = [e for e in entries if "test_acc" in e]
+    return max(finished, key=lambda e: e["val_acc"]) if finished else None
 
 
 def run_champion_stage(
     config: StudyConfig, prepared_dir: Path, results_dir: Path, model_path: Path, lock_dir: Path = Path("checkpoints")
 ) -> dict[str, Any]:
-    """Retrain each method's best, test it, log and register the overall best; holds
-    ``lock_dir/champion.lock`` throughout, so a second run of the stage stops at once."""
+    """Retrain each method's best of each repeat, test it, log and register the overall best (by
+    validation accuracy); holds ``lock_dir/champion.lock`` throughout, so a second run of the stage
+    stops at once. Retrainings finished before with the same inputs are reused from
+    ``lock_dir/champion/``."""
     with StageLock(lock_dir / "champion.lock", "champion"):
-        return _run_champion_stage(config, prepared_dir, results_dir, model_path)
+        return _run_champion_stage(config, prepared_dir, results_dir, model_path, RetrainCache(lock_dir / "champion"))
 
 
-def _run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Path, model_path: Path) -> dict[str, Any]:
-    summaries = load_search_summaries(results_dir)
-    ranking = rank_methods(summaries)
-    if not ranking:
+def _run_champion_stage(
+    config: StudyConfig, prepared_dir: Path, results_dir: Path, model_path: Path, cache: RetrainCache
+) -> dict[str, Any]:
+    summaries = load_repeat_summaries(results_dir, config)
+    if not any("best_genome" in s for repeats in summaries.values() for s in repeats):
         raise SearchFailed("every search failed: there is no configuration to retrain")
     tracker = Tracker(config.mlflow.experiment)
     tracker.check_artifacts_writable()  # before any training: the model is saved there at the end
@@ -95,58 +145,95 @@ def _run_champion_stage(config: StudyConfig, prepared_dir: Path, results_dir: Pa
     build = network_builder(config.space.kind, config.model, data.image_shape, data.num_classes)
     stage_run = tracker.start_run(
         "champion",
-        params={"epochs": config.champion.epochs, "train_size": len(splits["train"]), "test_size": len(splits["test"])},
+        params={"epochs": config.champion.epochs, "train_size": len(splits["train"]), "test_size": len(splits["test"]),
+                "repeats": len(config.repeat_seeds())},
         tags={"stage": "champion"},
-    )
-    retrained: dict[str, dict[str, Any]] = {}  # genome hash -> result, so a shared best trains once
-    per_method: dict[str, dict[str, Any]] = {}
+    )  # fmt: skip
+    entries: list[dict[str, Any]] = []
+    trained = reused = 0
     try:
-        for method in ranking:
-            genome = summaries[method]["best_genome"]
-            hash_ = genome_hash(genome)
-            if hash_ not in retrained:
-                run_id = tracker.start_run(
-                    f"champion-{method}", parent_id=stage_run, params={**mlflow_params(genome), "epochs": config.champion.epochs},
-                    tags={"method": method, "genome_hash": hash_, "search_run_id": summaries[method]["best_run_id"]},
-                )  # fmt: skip
-                try:
-                    retrained[hash_] = _retrain(genome, config, build, splits, tracker, run_id) | {"run_id": run_id}
-                    tracker.end_run(run_id)
-                except (DivergedError, RuntimeError, ValueError) as exc:
-                    retrained[hash_] = {"failure": f"{type(exc).__name__}: {exc}", "run_id": run_id}
-                    tracker.set_tags(run_id, {"failure_reason": retrained[hash_]["failure"]})
-                    tracker.end_run(run_id, "FAILED")
-                except BaseException:
-                    tracker.end_run(run_id, "KILLED")  # Ctrl-C or SIGTERM: stopped, not failed
-                    raise
-            result = {k: v for k, v in retrained[hash_].items() if k != "module"}
-            per_method[method] = {"genome": genome, "genome_hash": hash_,
-                                  "search_val_acc": summaries[method]["best_val_acc"], **result}  # fmt: skip
-        finished = [m for m in ranking if "test_acc" in per_method[m]]
-        if not finished:
+        for method, repeats in summaries.items():
+            for summary in repeats:
+                if "best_genome" not in summary:
+                    continue  # every individual of this repeat failed: nothing to retrain
+                genome, seed = summary["best_genome"], genome_seed(summary["seed"], summary["best_genome"])
+                key = retrain_fingerprint(config, data.summary, genome, seed)
+                result = cache.get(key, tracker)
+                if result is None:
+                    result = _retrain_logged(method, summary, genome, seed, key, config, build, splits, tracker,
+                                             stage_run, cache)  # fmt: skip
+                    trained += 1
+                else:
+                    reused += 1
+                entries.append({"method": method, "repeat": summary["repeat"], "seed": summary["seed"],
+                                "genome": genome, "genome_hash": genome_hash(genome), "key": key,
+                                "search_val_acc": summary["best_val_acc"], **result})  # fmt: skip
+        print(f"[champion] {trained} retrained, {reused} reused (same genome, seed, data and settings as before)",
+              flush=True)  # fmt: skip
+        champion = choose_champion(entries)
+        if champion is None:
             raise SearchFailed("every best configuration failed when retrained at full fidelity; see MLflow")
-        best_method = finished[0]
-        champion = {"method": best_method, **per_method[best_method]}
-        module = retrained[champion["genome_hash"]]["module"]
-        champion |= _log_model(module, splits["test"], config, tracker, champion["run_id"])
+        network = build(champion["genome"])
+        network.load_state_dict(cache.weights(champion["key"]))
+        champion = champion | _log_model(network, splits["test"], config, tracker, champion["run_id"])
     except BaseException as exc:
         tracker.end_run(stage_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.network.state_dict(), "genome": champion["genome"],
+    torch.save({"state_dict": network.state_dict(), "genome": champion["genome"],
                 "model": config.model.model_dump(), "dataset": data.summary}, model_path)  # fmt: skip
     tracker.log_metrics(stage_run, {"test_acc": champion["test_acc"], "test_loss": champion["test_loss"]})
-    tracker.set_tags(stage_run, {"champion_method": best_method, "champion_run_id": champion["run_id"]})
+    tracker.set_tags(stage_run, {"champion_method": champion["method"], "champion_run_id": champion["run_id"]})
     tracker.end_run(stage_run)
-    payload = {
+    details = {
         "champion": champion,
-        "methods": per_method,
+        "retrained": entries,
+        "chosen_by": "validation accuracy of the retrained configuration",
         "epochs": config.champion.epochs,
         "train_size": len(splits["train"]),
         "test_size": len(splits["test"]),
+        "stage_run_id": stage_run,
     }
-    write_json(results_dir / "champion.json", payload)
-    return payload
+    write_json(results_dir / "champion_details.json", details)
+    write_json(results_dir / "champion.json", champion_metrics(champion, entries))
+    return details
+
+
+def champion_metrics(champion: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numbers only (``dvc metrics``): the champion's, and each method's mean test accuracy."""
+    metrics: dict[str, Any] = {"test_acc": champion["test_acc"], "val_acc": champion["val_acc"]}
+    for method in dict.fromkeys(e["method"] for e in entries):
+        scores = [e["test_acc"] for e in entries if e["method"] == method and "test_acc" in e]
+        if scores:
+            metrics[f"{method}_test_acc_mean"] = sum(scores) / len(scores)
+    return metrics
+
+
+def _retrain_logged(
+    method: str, summary: dict[str, Any], genome: dict, seed: int, key: str, config: StudyConfig,
+    build: NetworkBuilder, splits: dict[str, TensorSplit], tracker: Tracker, stage_run: str, cache: RetrainCache,
+) -> dict[str, Any]:
+    """One retraining in its own MLflow run under the stage's; a failure is recorded, not raised."""
+    run_id = tracker.start_run(
+        f"champion-{method}-seed{summary['seed']}", parent_id=stage_run,
+        params={**mlflow_params(genome), "epochs": config.champion.epochs, "seed": seed},
+        tags={"method": method, "repeat": summary["repeat"], "genome_hash": genome_hash(genome),
+              "search_run_id": summary["best_run_id"]},
+    )  # fmt: skip
+    try:
+        result, network = _retrain(genome, seed, config, build, splits, tracker, run_id)
+    except (DivergedError, RuntimeError, ValueError) as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+        tracker.set_tags(run_id, {"failure_reason": failure})
+        tracker.end_run(run_id, "FAILED")
+        return {"failure": failure, "run_id": run_id}
+    except BaseException:
+        tracker.end_run(run_id, "KILLED")  # Ctrl-C or SIGTERM: stopped, not failed
+        raise
+    tracker.end_run(run_id)
+    result["run_id"] = run_id
+    cache.put(key, result, network)
+    return result
 
 
 @contextlib.contextmanager
@@ -161,8 +248,8 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None unsets the variable again
 
 
-def _log_model(module: torch.nn.Module, test: TensorSplit, config: StudyConfig, tracker: Tracker, run_id: str) -> dict:
-    network = module.network.cpu().eval()
+def _log_model(network: torch.nn.Module, test: TensorSplit, config: StudyConfig, tracker: Tracker, run_id: str) -> dict:
+    network = network.cpu().eval()
     with _fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             network,

@@ -1,9 +1,11 @@
-"""The comparison report: a table per method and plots, in Markdown and HTML."""
+"""The study's report: which method, by how much, and how sure, over every repeat; then tables,
+anytime curves with bands, the GA's generations, evaluation times, and what reproduces it. Written
+as Markdown (beside its plots) and as one self-contained HTML page; the curves also as DVC plot data."""
 
 from __future__ import annotations
 
-import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,94 +19,186 @@ import pandas as pd  # noqa: E402
 from scipy.stats import skew  # noqa: E402
 
 from pipeline.jsonio import write_json  # noqa: E402
-from pipeline.search.registry import get_method, method_names  # noqa: E402
+from pipeline.search.registry import get_method  # noqa: E402
+from pipeline.study.layout import repeat_files  # noqa: E402
+from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
+from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
+from pipeline.study.statistics import pairwise_comparisons, summarise  # noqa: E402
 
 
 def method_label(method: str) -> str:
     """The report's name of a method (``Genetic algorithm``), from the registry."""
     return get_method(method).label
 
+
 PLOT_FILES = {
     "evaluations": "best_so_far_vs_evaluations.png",
+    "epochs": "best_so_far_vs_epochs.png",
     "time": "best_so_far_vs_time.png",
     "generations": "ga_fitness_by_generation.png",
     "evaluation_time": "evaluation_time_histogram.png",
 }
+# The three equal budgets: axis label, DVC plot data file, and how an amount of it reads.
+AXES = {
+    "evaluations": ("evaluations", "best_so_far_by_evaluations.csv", "{:.0f} evaluations"),
+    "epochs": ("training epochs (all individuals summed)", "best_so_far_by_epochs.csv", "{:.0f} training epochs"),
+    "time": ("wall time of the search (s)", "best_so_far_by_time.csv", "{:.0f} s of wall time"),
+}
+CURVE_POINTS = 100  # grid points of the epochs and time axes
 INIT_KINDS = ("scratch", "inherit", "merge")  # where an individual's initial weights came from
 WEIGHT_RULE_SENTENCES = {
-    "none": "The GA trained every child from scratch (no weight inheritance), like grid and random search.",
+    "none": "The GA trained every child from scratch (no weight inheritance), like the other methods.",
     "inherit": "The GA started children from their parents' weights by the inherit rule; "
-    "grid and random search train every individual from scratch.",
+    "the other methods train every individual from scratch.",
     "merge": "The GA started children from their parents' weights by the merge rule; "
-    "grid and random search train every individual from scratch.",
+    "the other methods train every individual from scratch.",
 }
 
 
-def load_results(results_dir: Path) -> tuple[dict, dict, dict]:
-    """Every registered method's summary and history (in registry order), and the champion's results."""
-    summaries, histories = {}, {}
-    for method in method_names():
-        summaries[method] = json.loads((results_dir / f"{method}_search.json").read_text())
-        histories[method] = json.loads((results_dir / f"{method}_search_history.json").read_text())
-    champion = json.loads((results_dir / "champion.json").read_text())
-    return summaries, histories, champion
+@dataclass(frozen=True)
+class Repeat:
+    """One search of one method: its summary and its history (every evaluation, the GA's generations)."""
+
+    summary: dict[str, Any]
+    history: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return self.summary["seed"]
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.history["evaluations"]
 
 
-def comparison_table(summaries: dict, champion: dict) -> pd.DataFrame:
-    rows = []
-    for method, summary in summaries.items():
-        retrained = champion["methods"].get(method, {})
-        rows.append({
-            "method": method_label(method),
-            "best val acc": summary.get("best_val_acc"),
-            "test acc (retrained best)": retrained.get("test_acc"),
-            "evaluations": summary["evaluations"],
-            "failed": summary["failed"],
-            "total training time (s)": summary["total_train_seconds"],
-            "time to final best (s)": summary.get("time_to_best_seconds"),
-            "evaluations to final best": summary.get("evaluations_to_best"),
-        })  # fmt: skip
-    return pd.DataFrame(rows)
+def load_results(results_dir: Path, methods: list[str], seeds: list[int]) -> tuple[dict[str, list[Repeat]], dict]:
+    """Each method's repeats (in seed order) and the champion stage's details."""
+    runs: dict[str, list[Repeat]] = {}
+    for method in methods:
+        runs[method] = []
+        for seed in seeds:
+            summary_file, history_file = repeat_files(results_dir, method, seed)
+            runs[method].append(Repeat(json.loads(summary_file.read_text()), json.loads(history_file.read_text())))
+    champion = json.loads((results_dir / "champion_details.json").read_text())
+    return runs, champion
 
 
-def best_so_far(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(evaluation number, elapsed seconds, best validation accuracy so far); failures score NaN."""
+# --- anytime curves -------------------------------------------------------------------------
+
+
+def best_so_far(records: list[dict]) -> np.ndarray:
+    """Best validation accuracy after each evaluation; NaN until the first finished one."""
     scores = np.array([r["val_acc"] if r["status"] == "finished" else np.nan for r in records], dtype=float)
-    running = np.fmax.accumulate(scores) if scores.size else scores
-    elapsed = np.array([r["elapsed_seconds"] for r in records], dtype=float)
-    return np.arange(1, len(records) + 1), elapsed, running
+    return np.fmax.accumulate(scores) if scores.size else scores
 
 
-def plot_best_so_far(histories: dict, out: Path, by: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, history in histories.items():
-        numbers, elapsed, running = best_so_far(history["evaluations"])
-        x = numbers if by == "evaluations" else elapsed
-        ax.step(x, running, where="post", marker="o", markersize=3, label=method_label(method))
-    ax.set_xlabel("evaluations" if by == "evaluations" else "wall time (s)")
+def budget_spent(records: list[dict], axis: str) -> np.ndarray:
+    """How much of a budget was spent when each evaluation finished: its number, the epochs
+    trained so far, or the wall time on the search's clock."""
+    if axis == "evaluations":
+        return np.arange(1, len(records) + 1, dtype=float)
+    if axis == "epochs":
+        return np.cumsum([len(r.get("epochs") or []) for r in records], dtype=float)
+    return np.array([r["elapsed_seconds"] for r in records], dtype=float)
+
+
+def curve_at(spent: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The best-so-far step curve read at each grid point (NaN before the first evaluation)."""
+    positions = np.searchsorted(spent, grid, side="right") - 1
+    values = np.full(grid.shape, np.nan)
+    inside = positions >= 0
+    values[inside] = best[positions[inside]]
+    return values
+
+
+def curve_grid(runs: dict[str, list[Repeat]], axis: str) -> np.ndarray:
+    totals = [budget_spent(r.records, axis)[-1] for repeats in runs.values() for r in repeats if r.records]
+    top = max(totals, default=1.0)
+    if axis == "evaluations":
+        return np.arange(1, int(top) + 1, dtype=float)
+    return np.linspace(0.0, top, CURVE_POINTS)
+
+
+def band(runs: dict[str, list[Repeat]], axis: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The grid and, per method, the repeats' curves on it (one row per repeat)."""
+    grid = curve_grid(runs, axis)
+    curves = {
+        method: np.array([curve_at(budget_spent(r.records, axis), best_so_far(r.records), grid) for r in repeats])
+        for method, repeats in runs.items()
+    }
+    return grid, curves
+
+
+def _nan_stat(function: Any, curves: np.ndarray) -> np.ndarray:
+    out = np.full(curves.shape[1], np.nan)
+    some = ~np.all(np.isnan(curves), axis=0)
+    out[some] = function(curves[:, some], axis=0)
+    return out
+
+
+def plot_curves(grid: np.ndarray, curves: dict[str, np.ndarray], axis: str, out: Path) -> None:
+    """Median best-so-far over repeats, with the range over repeats as a band."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for method, values in curves.items():
+        median = _nan_stat(np.median, values)
+        (line,) = ax.step(grid, median, where="post", label=f"{method_label(method)} (median of {len(values)})")
+        ax.fill_between(grid, _nan_stat(np.min, values), _nan_stat(np.max, values), step="post",
+                        alpha=0.15, color=line.get_color())  # fmt: skip
+    ax.set_xlabel(AXES[axis][0])
     ax.set_ylabel("best validation accuracy so far")
-    ax.set_title(f"Best-so-far validation accuracy against {'evaluations' if by == 'evaluations' else 'wall time'}")
+    ax.set_title(f"Best so far against {AXES[axis][0]}; band: range over repeats")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
-def plot_ga_generations(history: dict, out: Path) -> None:
-    generations = history["generations"]
-    data = [[f for f in g["fitness"] if f is not None] for g in generations]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if data:
-        ax.boxplot(data, positions=[g["generation"] for g in generations], widths=0.6)
-        for g, values in zip(generations, data):
-            ax.scatter(np.full(len(values), g["generation"]), values, s=10, alpha=0.6, color="tab:blue")
+def write_curve_data(grid: np.ndarray, curves: dict[str, np.ndarray], axis: str, out: Path) -> None:
+    """The median curves as a wide CSV (x, one column per method): DVC plot data, so that
+    ``dvc plots diff`` overlays experiments."""
+    frame = pd.DataFrame({axis: grid, **{m: _nan_stat(np.median, v) for m, v in curves.items()}})
+    frame.to_csv(out, index=False, float_format="%.6g")
+
+
+def equal_budget_rows(runs: dict[str, list[Repeat]]) -> pd.DataFrame:
+    """Each method's mean best-so-far when every repeat of every method has spent the same
+    budget: the smallest total any of them spent, in evaluations, epochs and wall time."""
+    rows = []
+    for axis in AXES:
+        totals = [budget_spent(r.records, axis)[-1] for repeats in runs.values() for r in repeats if r.records]
+        common = min(totals) if totals else 0.0
+        row: dict[str, Any] = {"equal budget": AXES[axis][2].format(common)}
+        for method, repeats in runs.items():
+            values = [curve_at(budget_spent(r.records, axis), best_so_far(r.records), np.array([common]))[0]
+                      for r in repeats]  # fmt: skip
+            finite = [v for v in values if np.isfinite(v)]
+            row[method_label(method)] = f"{np.mean(finite):.4f}" if finite else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- GA generations and evaluation times ------------------------------------------------------
+
+
+def plot_ga_generations(repeats: list[Repeat], out: Path) -> None:
+    """Every repeat's population fitness per generation, pooled."""
+    by_generation: dict[int, list[float]] = {}
+    for repeat in repeats:
+        for g in repeat.history.get("generations") or []:
+            by_generation.setdefault(g["generation"], []).extend(f for f in g["fitness"] if f is not None)
+    generations = sorted(by_generation)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    if generations:
+        ax.boxplot([by_generation[g] for g in generations], positions=generations, widths=0.6)
+        for g in generations:
+            ax.scatter(np.full(len(by_generation[g]), g), by_generation[g], s=8, alpha=0.5, color="tab:blue")
     ax.set_xlabel("generation")
     ax.set_ylabel("validation accuracy (population)")
-    ax.set_title("GA fitness distribution per generation")
+    ax.set_title(f"GA fitness per generation, {len(repeats)} repeat(s) pooled")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
@@ -141,6 +235,11 @@ def _time_groups(histories: dict) -> list[tuple[str, list[dict]]]:
     return groups
 
 
+def pooled_histories(runs: dict[str, list[Repeat]]) -> dict[str, dict[str, list[dict]]]:
+    """Each method's evaluations over all its repeats, as one history."""
+    return {m: {"evaluations": [rec for r in repeats for rec in r.records]} for m, repeats in runs.items()}
+
+
 def evaluation_time_groups(histories: dict) -> pd.DataFrame:
     """Fitness-evaluation time (mean, median, skewness) and accuracy per method and, when the GA
     started children from more than one kind of initial weights, per GA init kind (study 004)."""
@@ -154,7 +253,7 @@ def plot_evaluation_times(histories: dict, out: Path) -> None:
               for label, records in _time_groups(histories)]  # fmt: skip
     everything = np.concatenate([t for _, t in groups]) if groups else np.array([])
     bins = np.histogram_bin_edges(everything, bins=min(20, max(5, everything.size // 3))) if everything.size else 10
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, times) in enumerate(groups):
         if not times.size:
@@ -175,121 +274,219 @@ def plot_evaluation_times(histories: dict, out: Path) -> None:
     if any(t.size for _, t in groups):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
 def weight_rule_sentence(ga_summary: dict) -> str:
     rule = (ga_summary.get("operators") or {}).get("weights") or "none"
     return WEIGHT_RULE_SENTENCES.get(
-        rule, f"The GA used the weight rule {rule!r}; grid and random search train every individual from scratch."
+        rule, f"The GA used the weight rule {rule!r}; the other methods train every individual from scratch."
     )
 
 
-def _finite_or_none(value: Any) -> Any:
-    """NaN and infinities become null: report.json must stay valid JSON."""
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    return value
+# --- statistics in words ---------------------------------------------------------------------
 
 
-def _format_cell(column: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+def final_scores(runs: dict[str, list[Repeat]]) -> dict[str, dict[int, float]]:
+    """Each method's final best validation accuracy per seed (NaN: every individual failed)."""
+    return {m: {r.seed: r.summary.get("best_val_acc", np.nan) for r in repeats} for m, repeats in runs.items()}
+
+
+def retrained_test_scores(champion: dict, methods: list[str]) -> dict[str, dict[int, float]]:
+    """Each method's retrained best's test accuracy per seed (NaN: the retraining failed)."""
+    scores: dict[str, dict[int, float]] = {m: {} for m in methods}
+    for entry in champion["retrained"]:
+        scores.setdefault(entry["method"], {})[entry["seed"]] = entry.get("test_acc", np.nan)
+    return scores
+
+
+def _ci_text(stats: dict[str, Any]) -> str:
+    if stats["n"] < 2 or not np.isfinite(stats["ci_low"]):
+        return f"{stats['mean']:.4f}"
+    return f"{stats['mean']:.4f} (95% CI {stats['ci_low']:.4f}-{stats['ci_high']:.4f})"
+
+
+def answer(val_stats: dict[str, dict], comparisons: list[dict], repeats: int) -> str:
+    """The report's first sentence: the method with the best mean final validation accuracy, and
+    what the paired tests say of it against each other method."""
+    ranked = sorted((m for m in val_stats if val_stats[m]["n"]), key=lambda m: -val_stats[m]["mean"])
+    if not ranked:
+        return "Every search failed: no method found a configuration."
+    leader = ranked[0]
+    text = (f"**{method_label(leader)}** reached the best mean final validation accuracy, "
+            f"{_ci_text(val_stats[leader])} over {repeats} repeat(s).")  # fmt: skip
+    about_leader = [c for c in comparisons if leader in (c["method_a"], c["method_b"])]
+    if about_leader:
+        text += " " + " ".join(c["sentence"] for c in about_leader)
+    return text
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "-"
-    if "acc" in column:
-        return f"{value:.4f}"
-    if "(s)" in column:
-        return f"{value:.1f}"
-    if column in ("skewness", "mean epochs trained"):
-        return f"{value:.2f}"
-    return str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _shown(table: pd.DataFrame) -> pd.DataFrame:
-    return table.astype(object).apply(lambda col: col.map(lambda v: _format_cell(col.name, v)))
+def method_table(runs: dict[str, list[Repeat]], val_stats: dict, test_stats: dict) -> pd.DataFrame:
+    rows = []
+    for method, repeats in runs.items():
+        summaries = [r.summary for r in repeats]
+        rows.append({
+            "method": method_label(method),
+            "repeats": len(repeats),
+            "final best val acc, mean (95% CI)": _ci_text(val_stats[method]) if val_stats[method]["n"] else "-",
+            "sd": _fmt(val_stats[method]["std"]),
+            "test acc of retrained best, mean (95% CI)": _ci_text(test_stats[method]) if test_stats[method]["n"] else "-",
+            "evaluations per repeat": _fmt(float(np.mean([s["evaluations"] for s in summaries])), 1),
+            "failed": str(sum(s["failed"] for s in summaries)),
+            "epochs trained per repeat": _fmt(float(np.mean([s["epochs_trained"] for s in summaries])), 1),
+            "training time per repeat (s)": _fmt(float(np.mean([s["total_train_seconds"] for s in summaries])), 1),
+            "training time to final best (s)": _fmt(float(np.nanmean(
+                [s.get("train_seconds_to_best", np.nan) for s in summaries])), 1),
+            "evaluations to final best": _fmt(float(np.nanmean(
+                [s.get("evaluations_to_best", np.nan) for s in summaries])), 1),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
-def method_notes(summaries: dict) -> list[str]:
-    """One line on the budget, then what each method said of its own run (grid size, GA stop)."""
-    budget = next(iter(summaries.values()))["budget"]
-    notes = [f"Budget: {budget} evaluations per method."]
-    if "grid_points" in summaries.get("grid", {}):
-        notes[0] += f" Grid search used {summaries['grid']['evaluations']} (the largest even grid that fits)."
-    ga = summaries.get("ga")
-    if ga is not None:
-        notes.append(f"GA: {ga.get('generations')} generations; {ga.get('stop_reason', '')}.")
-        if len(ga.get("phase_reasons") or []) > 1:  # one phase: its reason is the stop reason above
-            notes.append("GA phases: " + "; ".join(str(r).rstrip(".") for r in ga["phase_reasons"]) + ".")
-        if ga.get("rejected"):
-            notes.append(f"GA: {ga['rejected']} candidate(s) rejected before training.")
+def run_link(run_id: str | None, ui: str | None) -> str:
+    if not run_id:
+        return "-"
+    return f"[{run_id[:8]}]({ui}/{run_id})" if ui else run_id
+
+
+def repeat_table(runs: dict[str, list[Repeat]], champion: dict, ui: str | None) -> pd.DataFrame:
+    """Every repeat's result, each number linked to the MLflow run it comes from."""
+    retrained = {(e["method"], e["seed"]): e for e in champion["retrained"]}
+    rows = []
+    for method, repeats in runs.items():
+        for r in repeats:
+            entry = retrained.get((method, r.seed), {})
+            rows.append({
+                "method": method_label(method), "seed": str(r.seed),
+                "best val acc": _fmt(r.summary.get("best_val_acc")),
+                "test acc (retrained)": _fmt(entry.get("test_acc")),
+                "search run": run_link(r.summary.get("stage_run_id"), ui),
+                "best individual's run": run_link(r.summary.get("best_run_id"), ui),
+                "retraining run": run_link(entry.get("run_id"), ui),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def method_notes(runs: dict[str, list[Repeat]]) -> list[str]:
+    """The budget, then what each method said of its own runs (grid size, GA stops)."""
+    first = {m: repeats[0].summary for m, repeats in runs.items() if repeats}
+    budget = next(iter(first.values()))["budget"]
+    notes = [f"Budget: {budget} evaluations per method and repeat."]
+    if "grid" in first and "grid_points" in first["grid"]:
+        notes[0] += f" Grid search used {first['grid']['evaluations']} (the largest even grid that fits)."
+    if "ga" in runs:
+        reasons = sorted({r.summary.get("stop_reason", "") for r in runs["ga"]})
+        generations = [r.summary.get("generations") for r in runs["ga"]]
+        notes.append(f"GA: {', '.join(str(g) for g in generations)} generations; " + "; ".join(reasons) + ".")
+        phases = [r.summary.get("phase_reasons") or [] for r in runs["ga"]]
+        if any(len(p) > 1 for p in phases):  # one phase: its reason is the stop reason above
+            notes.append("GA phases: " + " | ".join("; ".join(str(x).rstrip(".") for x in p) for p in phases) + ".")
+        rejected = sum(r.summary.get("rejected") or 0 for r in runs["ga"])
+        if rejected:
+            notes.append(f"GA: {rejected} candidate(s) rejected before training, over all repeats.")
     return notes
 
 
-def build_report(results_dir: Path, study_name: str = "evohpo study") -> dict[str, Any]:
-    summaries, histories, champion = load_results(results_dir)
-    plots_dir = results_dir / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    plot_best_so_far(histories, plots_dir / PLOT_FILES["evaluations"], "evaluations")
-    plot_best_so_far(histories, plots_dir / PLOT_FILES["time"], "time")
-    if "ga" in histories:
-        plot_ga_generations(histories["ga"], plots_dir / PLOT_FILES["generations"])
-    plot_evaluation_times(histories, plots_dir / PLOT_FILES["evaluation_time"])
+def build_report(
+    results_dir: Path, config: Any, methods: list[str], params_text: str = "", commit: str | None = None,
+    data_summary: dict | None = None, ui_runs_url: str | None = None, study_name: str = "evohpo study",
+) -> dict[str, Any]:
+    """Write ``report.md``, ``report.html``, the plots and the curves' DVC plot data under
+    ``results_dir``; returns the report's metrics (also written to ``report.json``)."""
+    seeds = config.repeat_seeds()
+    runs, champion = load_results(results_dir, methods, seeds)
+    plots = results_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    curves_dir = results_dir / "curves"
+    curves_dir.mkdir(parents=True, exist_ok=True)
+    for axis in AXES:
+        grid, curves = band(runs, axis)
+        plot_curves(grid, curves, axis, plots / PLOT_FILES[axis])
+        write_curve_data(grid, curves, axis, curves_dir / AXES[axis][1])
+    if "ga" in runs:
+        plot_ga_generations(runs["ga"], plots / PLOT_FILES["generations"])
+    pooled = pooled_histories(runs)
+    plot_evaluation_times(pooled, plots / PLOT_FILES["evaluation_time"])
 
-    table = comparison_table(summaries, champion)
-    shown = _shown(table)
-    times = evaluation_time_groups(histories)
-    times_shown = _shown(times)
-    weight_sentence = weight_rule_sentence(summaries["ga"]) if "ga" in summaries else ""
+    val = final_scores(runs)
+    test = retrained_test_scores(champion, methods)
+    val_stats = {m: summarise(list(v.values())) for m, v in val.items()}
+    test_stats = {m: summarise(list(test[m].values())) for m in methods}
+    labels = {m: method_label(m) for m in methods}
+    val_comparisons = pairwise_comparisons(val, labels=labels)
+    test_comparisons = pairwise_comparisons({m: test[m] for m in methods}, labels=labels)
     best = champion["champion"]
-    genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items())
-    headline = (
-        f"Champion: **{method_label(best['method'])}**'s best ({genes}), retrained for {champion['epochs']} "
-        f"epochs on {champion['train_size']} images: test accuracy **{best['test_acc']:.4f}** "
-        f"on {champion['test_size']} held-out images."
+    genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items()
+                      if not isinstance(v, list))  # fmt: skip
+    epochs = champion["epochs"]
+    champion_text = (
+        f"Champion, chosen by validation accuracy after retraining (never by test accuracy): "
+        f"{method_label(best['method'])}'s best of seed {best['seed']} ({genes}), retrained for {epochs} "
+        f"epoch{'s' if epochs != 1 else ''} on {champion['train_size']} images: validation accuracy "
+        f"{best['val_acc']:.4f}, test accuracy **{best['test_acc']:.4f}** on {champion['test_size']} held-out images "
+        f"({run_link(best.get('run_id'), ui_runs_url)}; registered as {best.get('registered_model')} "
+        f"version {best.get('registered_version')})."
     )
-    notes = method_notes(summaries)
-    images = [(PLOT_FILES[k], title) for k, title in (
-        ("evaluations", "Best-so-far validation accuracy against evaluations"),
-        ("time", "Best-so-far validation accuracy against wall time"),
-        ("generations", "GA fitness distribution per generation"),
-        ("evaluation_time", "Fitness-evaluation time distribution"),
-    ) if k != "generations" or "ga" in histories]  # fmt: skip
-    title = " vs ".join(method_label(m) for m in summaries)
-    markdown = "\n".join([
-        f"# {study_name}: {title}", "", headline, "", shown.to_markdown(index=False, disable_numparse=True), "",
-        *[f"- {n}" for n in notes], "",
-        "## Fitness-evaluation time", "", weight_sentence, "",
-        times_shown.to_markdown(index=False, disable_numparse=True), "",
-        *[f"![{title}](plots/{name})\n" for name, title in images],
-    ])  # fmt: skip
-    (results_dir / "report.md").write_text(markdown)
-    html_page = "\n".join([
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(study_name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>",
-        "</head><body>",
-        f"<h1>{html.escape(study_name)}: {html.escape(title)}</h1>",
-        f"<p>{html.escape(headline).replace('**', '')}</p>",
-        shown.to_html(index=False, border=0),
-        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
-        "<h2>Fitness-evaluation time</h2>",
-        f"<p>{html.escape(weight_sentence)}</p>",
-        times_shown.to_html(index=False, border=0),
-        *[f"<h2>{html.escape(t)}</h2><img src='plots/{n}' alt='{html.escape(t)}'>" for n, t in images],
-        "</body></html>",
-    ])  # fmt: skip
-    (results_dir / "report.html").write_text(html_page)
+    title = " vs ".join(labels.values())
+    blocks: list[Block] = [
+        Heading(f"{study_name}: {title}", 1),
+        Paragraph(answer(val_stats, val_comparisons, len(seeds))),
+        Paragraph(champion_text),
+        Heading("Methods over repeats"),
+        Table(method_table(runs, val_stats, test_stats)),
+        Bullets(tuple(method_notes(runs) + [
+            "Training time counts the seconds spent training (failures included); wall time also counts "
+            "tracking and checkpointing. Both times to the final best are training seconds.",
+        ])),  # fmt: skip
+        Heading("Pairwise comparisons"),
+        Paragraph("Final best validation accuracy of each search (paired by seed: Wilcoxon signed-rank; "
+                  "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12):"),
+        Bullets(tuple(c["sentence"] for c in val_comparisons) or ("Fewer than two methods.",)),
+        Paragraph("Test accuracy of each search's best, retrained at full fidelity:"),
+        Bullets(tuple(c["sentence"] for c in test_comparisons) or ("Fewer than two methods.",)),
+        Heading("Equal budgets"),
+        Paragraph("Mean best-so-far validation accuracy when every repeat of every method had spent the same "
+                  "budget (the smallest total any of them spent), in evaluations, training epochs and wall time:"),
+        Table(equal_budget_rows(runs)),
+        *[Image(plots / PLOT_FILES[axis], f"Best so far against {AXES[axis][0]}") for axis in AXES],
+    ]  # fmt: skip
+    if "ga" in runs:
+        blocks += [Heading("GA generations"), Image(plots / PLOT_FILES["generations"], "GA fitness per generation")]
+    times = evaluation_time_groups(pooled)
+    shown_times = times.astype(object).apply(lambda col: col.map(lambda v: _fmt(v, 2) if isinstance(v, float) else str(v)))
+    blocks += [
+        Heading("Fitness-evaluation time"),
+        Paragraph(weight_rule_sentence(runs["ga"][0].summary) if "ga" in runs else ""),
+        Table(shown_times),
+        Image(plots / PLOT_FILES["evaluation_time"], "Fitness-evaluation time distribution"),
+        Heading("Every repeat"),
+        Paragraph(f"Run ids link to the MLflow UI ({ui_runs_url or 'make ui'})."),
+        Table(repeat_table(runs, champion, ui_runs_url)),
+        Heading("Reproduce"),
+        Bullets(tuple([
+            f"Git commit: {commit or 'unknown (not a git checkout)'}",
+            *[f"Data file {name}: sha256 {digest}" for name, digest in (data_summary or {}).get("files", {}).items()],
+            "Rebuild: `make study` (or `dvc repro`) with these params:",
+        ])),
+        Code(params_text),
+    ]  # fmt: skip
+    (results_dir / "report.md").write_text(to_markdown(blocks, results_dir))
+    (results_dir / "report.html").write_text(to_html(blocks, f"{study_name}: {title}"))
     metrics = {
-        "champion_method": best["method"],
         "champion_test_acc": best["test_acc"],
-        **{f"{m}_best_val_acc": summaries[m].get("best_val_acc") for m in summaries},
-        **{f"{m}_test_acc": champion["methods"].get(m, {}).get("test_acc") for m in summaries},
+        **{f"{m}_best_val_acc_mean": val_stats[m]["mean"] for m in methods},
+        **{f"{m}_test_acc_mean": test_stats[m]["mean"] for m in methods},
     }
-    per_method = times.set_index("group")
-    for m in summaries:
-        metrics[f"{m}_mean_train_seconds"] = per_method.loc[method_label(m), "mean time (s)"]
-        metrics[f"{m}_train_seconds_skewness"] = per_method.loc[method_label(m), "skewness"]
-    metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
+    metrics = {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()}
     write_json(results_dir / "report.json", metrics)
     return metrics

@@ -1,13 +1,17 @@
-"""A search stage end to end: one registered method on the shared evaluator and budget, every
-evaluation logged to MLflow, the checkpoint and the stage's results files."""
+"""A search stage end to end: one registered method on the shared evaluator and budget, once per
+repeat (``study.repeats``), every evaluation logged to MLflow, the checkpoints and the stage's
+results files."""
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -19,6 +23,7 @@ from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
 from pipeline.study.checkpoint import Checkpoint, fingerprint
+from pipeline.study.layout import repeat_files
 from pipeline.study.lock import StageLock
 from pipeline.study.runner import SearchRunner
 from pipeline.tracking.observer import SearchTracking
@@ -42,13 +47,16 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
 
 
 def search_summary(method: str, budget: int, records: list[EvaluationRecord], wall_seconds: float) -> dict[str, Any]:
-    """The stage's results: counts, times and its best (the earliest evaluation to reach the best score)."""
+    """One repeat's results: counts, times and its best (the earliest evaluation to reach the best
+    score). Times to the best are given both ways: training seconds (comparable with
+    ``total_train_seconds``) and wall seconds on the search's clock (comparable with ``wall_seconds``)."""
     finished = [r for r in records if r.finished]
     summary: dict[str, Any] = {
         "method": method,
         "budget": budget,
         "evaluations": len(records),
         "failed": sum(not r.finished for r in records),
+        "epochs_trained": sum(len(r.epochs) for r in records),
         "total_train_seconds": sum(r.train_seconds for r in records),
         "wall_seconds": wall_seconds,
     }
@@ -61,10 +69,32 @@ def search_summary(method: str, budget: int, records: list[EvaluationRecord], wa
             best_genome_hash=best.genome_hash,
             best_run_id=best.run_id,
             evaluations_to_best=best.index + 1,
-            time_to_best_seconds=best.elapsed_seconds,
+            wall_seconds_to_best=best.elapsed_seconds,
             train_seconds_to_best=sum(r.train_seconds for r in records[: best.index + 1]),
         )
     return summary
+
+
+def aggregate_summary(method: str, repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's metrics file: numbers a user compares across experiments (``dvc metrics diff``),
+    over the repeats; genomes, run ids and reasons stay in the per-repeat files."""
+    scores = np.array([r["best_val_acc"] for r in repeats if r.get("best_val_acc") is not None], dtype=float)
+    metrics: dict[str, Any] = {
+        "repeats": len(repeats),
+        "repeats_failed": len(repeats) - int(scores.size),
+        "evaluations": sum(r["evaluations"] for r in repeats),
+        "failed_evaluations": sum(r["failed"] for r in repeats),
+        "epochs_trained": sum(r["epochs_trained"] for r in repeats),
+        "train_seconds": round(sum(r["total_train_seconds"] for r in repeats), 1),
+    }
+    if scores.size:
+        metrics |= {
+            "best_val_acc_mean": float(scores.mean()),
+            "best_val_acc_std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
+            "best_val_acc_min": float(scores.min()),
+            "best_val_acc_max": float(scores.max()),
+        }
+    return metrics
 
 
 def _short(value: Any) -> str:
@@ -97,41 +127,121 @@ class _Progress:
 
 def run_search_stage(
     method: str, config: StudyConfig, prepared_dir: Path, results_dir: Path, checkpoint_dir: Path = Path("checkpoints")
-) -> dict[str, Any]:
-    """Run one search method end to end; writes ``<method>_search.json`` (summary metrics) and
-    ``<method>_search_history.json`` (every evaluation) under ``results_dir``. Resumes from
-    ``checkpoint_dir/<method>_search.jsonl`` when a killed run with the same fingerprint left one.
-    Holds ``<method>_search.lock`` throughout: a second run of the same stage stops at once."""
+) -> list[dict[str, Any]]:
+    """Run one search method once per repeat (``study.repeats``, each with its own seed); returns
+    the repeats' summaries in order. Writes ``<method>_search.json`` (metrics over the repeats) and,
+    per repeat, ``<method>_search/seed-<seed>.json`` (its summary) and ``..._history.json`` (every
+    evaluation) under ``results_dir``.
+
+    Each repeat keeps ``checkpoint_dir/<method>_search/seed-<seed>.jsonl``: a killed repeat resumes
+    from it, and a repeat that finished with the same params, data and code is reused without
+    training (so raising ``study.repeats`` trains only the new repeats). Holds
+    ``<method>_search.lock`` throughout: a second run of the same stage stops at once."""
     with StageLock(checkpoint_dir / f"{method}_search.lock", f"{method}_search"):
-        return _run_search_stage(method, config, prepared_dir, results_dir, checkpoint_dir)
+        return _run_repeats(method, config, prepared_dir, results_dir, checkpoint_dir)
 
 
-def _run_search_stage(
+@dataclass
+class _Repeat:
+    index: int
+    seed: int
+    config: StudyConfig
+    fingerprint: str
+    done_file: Path
+    reused: dict[str, Any] | None = None  # the finished results of an earlier run with this fingerprint
+    checkpoint: Checkpoint | None = None
+
+
+def _run_repeats(
     method: str, config: StudyConfig, prepared_dir: Path, results_dir: Path, checkpoint_dir: Path
-) -> dict[str, Any]:
-    spec = get_method(method)
+) -> list[dict[str, Any]]:
     stage = f"{method}_search"
-    budget = config.budget.evaluations
     tracker = Tracker(config.mlflow.experiment)
-    tracking = SearchTracking(tracker, config.seed)
     data = PreparedData.open(prepared_dir)
     space = make_space(config.space, data.image_shape)
-    checkpoint, message = Checkpoint.open(
-        checkpoint_dir / f"{stage}.jsonl", stage_fingerprint(method, config, data.summary, tracker)
-    )
+    folder = checkpoint_dir / stage
+    repeats = []
+    for index, seed in enumerate(config.repeat_seeds()):
+        repeat_config = config.for_repeat(seed)
+        repeat = _Repeat(index, seed, repeat_config, stage_fingerprint(method, repeat_config, data.summary, tracker),
+                         folder / f"seed-{seed}.done.json")  # fmt: skip
+        repeat.reused = _finished_repeat(repeat, tracker)
+        if repeat.reused is None:
+            repeat.checkpoint = _open_checkpoint(method, repeat, folder, tracker)
+        repeats.append(repeat)
+    # Under the lock no other process owns this stage's runs: those left RUNNING were a killed run's.
+    resumed = {r.checkpoint.stage_run_id for r in repeats if r.checkpoint is not None} - {None}
+    stale = tracker.close_stale_stage_runs(stage, keep=resumed)
+    if stale:
+        print(f"[{method}] marked {stale} run(s) left RUNNING by an earlier, killed run as KILLED", flush=True)
+    (results_dir / stage).mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for repeat in repeats:
+        if repeat.reused is not None:
+            print(f"[{method}] repeat {repeat.index} (seed {repeat.seed}): reused, finished earlier with the same "
+                  "params, data and code", flush=True)  # fmt: skip
+            # The seed names a repeat; its position may have moved (study.seeds edited).
+            summary, history = repeat.reused["summary"] | {"repeat": repeat.index}, repeat.reused["history"]
+            if repeat.reused["summary"].get("repeat") != repeat.index:
+                tracker.set_tags(repeat.reused["stage_run_id"], {"repeat": repeat.index})
+        else:
+            summary, history = _search_once(method, repeat, space, data, tracker, folder)
+        summary_file, history_file = repeat_files(results_dir, method, repeat.seed)
+        write_json(history_file, history)
+        write_json(summary_file, summary)
+        summaries.append(summary)
+    write_json(results_dir / f"{stage}.json", aggregate_summary(method, summaries))
+    failed = [s for s in summaries if "best_val_acc" not in s]
+    if len(failed) == len(summaries):
+        raise SearchFailed(
+            f"{method} search: all {' + '.join(str(s['evaluations']) for s in summaries)} individuals failed "
+            f"({len(summaries)} repeat(s); see failure_reason in MLflow); "
+            "no champion can be chosen. Narrow the search space (e.g. space.genes.learning_rate.high)"
+        )
+    return summaries
+
+
+def _finished_repeat(repeat: _Repeat, tracker: Tracker) -> dict[str, Any] | None:
+    """The results an earlier run of this repeat left, when its params, data and code were the same
+    and its MLflow runs are still in the store; else None (the repeat trains)."""
+    if not repeat.done_file.is_file():
+        return None
+    try:
+        done = json.loads(repeat.done_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(done, dict) or done.get("fingerprint") != repeat.fingerprint:
+        return None
+    if not {"summary", "history", "stage_run_id"} <= done.keys() or not tracker.run_exists(done["stage_run_id"]):
+        return None
+    return done
+
+
+def _open_checkpoint(method: str, repeat: _Repeat, folder: Path, tracker: Tracker) -> Checkpoint:
+    checkpoint, message = Checkpoint.open(folder / f"seed-{repeat.seed}.jsonl", repeat.fingerprint)
     if checkpoint.stage_run_id is not None and not tracker.run_exists(checkpoint.stage_run_id):
         checkpoint.restart()
         message = (f"checkpoint {checkpoint.path} names runs the MLflow store {tracker.uri} does not hold "
                    "(deleted or replaced): starting afresh")  # fmt: skip
-    print(f"[{method}] {message}", flush=True)
-    # Under the lock no other process owns this stage's runs: those left RUNNING were a killed run's.
-    stale = tracker.close_stale_stage_runs(stage, keep={checkpoint.stage_run_id} - {None})
-    if stale:
-        print(f"[{method}] marked {stale} run(s) left RUNNING by an earlier, killed run as KILLED", flush=True)
+    print(f"[{method}] repeat {repeat.index} (seed {repeat.seed}): {message}", flush=True)
+    return checkpoint
+
+
+def _search_once(
+    method: str, repeat: _Repeat, space: Any, data: PreparedData, tracker: Tracker, folder: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One repeat's search: train (or replay from its checkpoint), log, and return its summary and
+    history. A repeat in which every individual failed is recorded, not raised: the others go on."""
+    spec = get_method(method)
+    stage = f"{method}_search"
+    config, checkpoint = repeat.config, repeat.checkpoint
+    assert checkpoint is not None
+    budget = config.budget.evaluations
+    tracking = SearchTracking(tracker, config.seed)
     weight_rule = spec.weight_rule(config)
     weight_store = None
     if weight_rule != "none":
-        weights_dir = checkpoint_dir / f"{method}_weights"
+        weights_dir = folder / f"seed-{repeat.seed}-weights"
         if not checkpoint.records and weights_dir.exists():
             shutil.rmtree(weights_dir)  # a fresh start: weights of another run's genomes must not be reused
         weight_store = WeightStore(weights_dir)
@@ -144,16 +254,17 @@ def _run_search_stage(
             print(f"[{method}] {settled}", flush=True)
     else:
         stage_run = tracking.start_stage(
-            stage,
-            params={"budget": budget, "seed": config.seed, "dataset": data.summary["dataset"],
+            f"{stage} seed {repeat.seed}",
+            params={"budget": budget, "seed": config.seed, "repeat": repeat.index, "dataset": data.summary["dataset"],
                     "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"],
                     **strategy.stage_params()},
-            tags={"method": method, "stage": stage},
+            tags={"method": method, "stage": stage, "repeat": repeat.index, "seed": config.seed},
         )  # fmt: skip
         checkpoint.set_stage_run(stage_run)
+    label = f"{method} r{repeat.index}"
     try:
-        with tqdm(total=budget, desc=f"{method} search", unit="eval", disable=None) as bar:
-            runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, _Progress(bar, method, budget))
+        with tqdm(total=budget, desc=f"{label} search", unit="eval", disable=None) as bar:
+            runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, _Progress(bar, label, budget))
             records = runner.run()
     except BaseException as exc:
         # Ctrl-C or SIGTERM (KeyboardInterrupt/SystemExit) is a kill, anything else a failure.
@@ -162,15 +273,15 @@ def _run_search_stage(
     finally:
         evaluator.close()
     summary = search_summary(method, budget, records, runner.elapsed()) | strategy.summary()
+    summary |= {"repeat": repeat.index, "seed": config.seed, "stage_run_id": stage_run}
     history = {"evaluations": [r.to_dict() for r in records], "generations": strategy.history()}
-    write_json(results_dir / f"{stage}_history.json", history)
-    write_json(results_dir / f"{stage}.json", summary)
-    if "best_val_acc" not in summary:
+    if "best_val_acc" in summary:
+        tracking.finish_stage(stage_run, summary)
+    else:
+        print(f"[{method}] repeat {repeat.index} (seed {repeat.seed}): every individual failed", flush=True)
         tracking.fail_stage(stage_run, "FAILED", "every individual failed")
-        raise SearchFailed(
-            f"{method} search: all {summary['evaluations']} individuals failed (see failure_reason in MLflow); "
-            "no champion can be chosen. Narrow the search space (e.g. space.genes.learning_rate.high)"
-        )
-    tracking.finish_stage(stage_run, summary)
+    # The results first, then the mark: a kill between them resumes by replay, training nothing.
+    write_json(repeat.done_file, {"fingerprint": repeat.fingerprint, "stage_run_id": stage_run,
+                                  "summary": summary, "history": history})  # fmt: skip
     checkpoint.mark_complete()
-    return summary
+    return summary, history

@@ -125,7 +125,8 @@ class SearchTracking:
             self.tracker.end_run(run_id, "KILLED")
 
     def finish_stage(self, stage_run: str, summary: Mapping[str, Any]) -> None:
-        keys = ("best_val_acc", "best_val_loss", "evaluations", "failed", "total_train_seconds", "time_to_best_seconds")
+        keys = ("best_val_acc", "best_val_loss", "evaluations", "failed", "epochs_trained", "total_train_seconds",
+                "train_seconds_to_best", "wall_seconds_to_best")
         self.tracker.log_metrics(stage_run, {k: summary[k] for k in keys})
         self.tracker.set_tags(stage_run, {"best_run_id": summary["best_run_id"], "best_genome_hash": summary["best_genome_hash"]})
         self.tracker.end_run(stage_run)

@@ -218,6 +218,9 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._call(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        self._call(self.client.log_artifact, run_id, str(path))
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(self.client.set_terminated, run_id, status=status)
 
