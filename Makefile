@@ -32,6 +32,7 @@ study: install dataset
 	@echo "Report: results/report.md (and .html). Runs: make ui"
 
 test: install
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/python -m pytest -q
 
 ui: install

@@ -57,7 +57,7 @@ def test_committed_params_yaml_loads_with_expected_values():
     assert config.data.dataset == "fashion_mnist"
     assert config.data.val_size == 500
     assert config.data.train_size == 1000
-    assert config.budget.evaluations == 12
+    assert config.budget.evaluations == 10
     assert config.ga.population_size == 4
     assert config.study.repeats == 3 and config.repeat_seeds() == [42, 43, 44]
     assert config.for_repeat(43).seed == 43 and config.for_repeat(43).ga == config.ga
@@ -616,7 +616,7 @@ def test_load_config_deep_nesting_is_an_error_not_a_crash(tmp_path: Path):
 
 def test_load_config_huge_budget_fails_at_load_time(tmp_path: Path):
     path = tmp_path / "params.yaml"
-    path.write_text(_params_text_with("evaluations: 12 ", "evaluations: 1000000000 "))
+    path.write_text(_params_text_with("evaluations: 10 ", "evaluations: 1000000000 "))
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert_names_key(str(info.value), "budget.evaluations")

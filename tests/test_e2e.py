@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.browser import render_page, require_chromium
 from tests.conftest import REPO_ROOT, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -113,6 +114,20 @@ def _root(run, by_id) -> str:
     while "mlflow.parentRunId" in run.data.tags:
         run = by_id[run.data.tags["mlflow.parentRunId"]]
     return run.info.run_id
+
+
+def test_the_report_opens_in_headless_chromium_with_its_images_and_answer(study, tmp_path):
+    require_chromium()
+    page = render_page(study / "results" / "report.html", tmp_path / "report.png")
+    assert page.screenshot.is_file()
+    assert page.external_refs == []  # no sibling files, no network: plots are in the page itself
+    assert len(page.data_images) >= 5 and all(i.format == "PNG" and i.size[0] > 300 for i in page.data_images)
+    answer_at = page.text.find("reached the best mean final validation accuracy")
+    assert 0 <= answer_at < page.text.find("Methods over repeats")  # the answer first
+    for words in ("over 3 repeat(s)", "Holm-corrected", "A12", "chosen by validation accuracy after retraining",
+                  "Equal budgets", "TPE (Bayesian optimisation)", "Git commit"):  # fmt: skip
+        assert words in page.text, words
+    assert page.anchor_refs and all(a.startswith("http://127.0.0.1:5000/#/experiments/") for a in page.anchor_refs)
 
 
 def test_editing_ga_params_reruns_only_ga_champion_report(study):

@@ -244,7 +244,7 @@ def test_champion_is_chosen_by_validation_and_every_number_links_to_its_run(tmp_
     _, markdown = report_of(tmp_path)
     assert "chosen by validation accuracy after retraining (never by test accuracy)" in markdown
     assert "Genetic algorithm's best of seed 4" in markdown and "retrained for 1 epoch on" in markdown
-    assert "[ga4stag](http://ui/#/experiments/1/runs/ga4stage)" in markdown
+    assert "[ga4stage](http://ui/#/experiments/1/runs/ga4stage)" in markdown
     assert "[tpe6cham](http://ui/#/experiments/1/runs/tpe6champ)" in markdown
     assert "Git commit: abc123" in markdown and "train.pt: sha256 f00d" in markdown and "seed: 1" in markdown
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pipeline.search.ga import GeneticSearch
 from pipeline.search.grid import GridSearch
 from pipeline.search.random import RandomSearch
+from pipeline.search.tpe import TPESearch
 
 if TYPE_CHECKING:
     from pipeline.config.sections import StudyConfig
@@ -67,3 +68,9 @@ def _build_ga(config: StudyConfig, space: Space) -> Any:
 register(Method("ga", "Genetic algorithm", _build_ga, ("ga",), weight_rule=lambda config: config.ga.weights))
 register(Method("grid", "Grid search", lambda config, space: GridSearch(space, config.budget.evaluations)))
 register(Method("random", "Random search", lambda config, space: RandomSearch(space, config.budget.evaluations, config.seed)))
+register(Method(
+    "tpe", "TPE (Bayesian optimisation)",
+    lambda config, space: TPESearch(space, config.budget.evaluations, config.seed, config.tpe.startup_trials,
+                                    config.tpe.batch_size),
+    ("tpe",),
+))  # fmt: skip

@@ -23,7 +23,7 @@ from pipeline.search.registry import get_method  # noqa: E402
 from pipeline.study.layout import repeat_files  # noqa: E402
 from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
 from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
-from pipeline.study.statistics import pairwise_comparisons, summarise  # noqa: E402
+from pipeline.study.statistics import ALPHA, pairwise_comparisons, smallest_wilcoxon_p, summarise  # noqa: E402
 
 
 def method_label(method: str) -> str:
@@ -146,7 +146,7 @@ def plot_curves(grid: np.ndarray, curves: dict[str, np.ndarray], axis: str, out:
                         alpha=0.15, color=line.get_color())  # fmt: skip
     ax.set_xlabel(AXES[axis][0])
     ax.set_ylabel("best validation accuracy so far")
-    ax.set_title(f"Best so far against {AXES[axis][0]}; band: range over repeats")
+    ax.set_title(f"Best so far against {AXES[axis][0].split(' (')[0]} (band: range over repeats)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -322,6 +322,17 @@ def answer(val_stats: dict[str, dict], comparisons: list[dict], repeats: int) ->
     return text
 
 
+def power_note(repeats: int, methods: int) -> str:
+    """Said when the repeats are too few for any pair to reach significance after correction."""
+    pairs = methods * (methods - 1) // 2
+    best = min(1.0, smallest_wilcoxon_p(repeats) * pairs)
+    if best < ALPHA:
+        return ""
+    return (f" With {repeats} repeats the smallest possible p is {smallest_wilcoxon_p(repeats):.2g} before and "
+            f"{best:.2g} after correcting for {pairs} pairs: no difference can be significant at {ALPHA}, "
+            "so read the effect sizes and intervals, and raise study.repeats (10 or more) for a verdict.")
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -450,7 +461,8 @@ def build_report(
         ])),  # fmt: skip
         Heading("Pairwise comparisons"),
         Paragraph("Final best validation accuracy of each search (paired by seed: Wilcoxon signed-rank; "
-                  "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12):"),
+                  "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12, the "
+                  f"probability that a run of the first method beats one of the second).{power_note(len(seeds), len(methods))}"),
         Bullets(tuple(c["sentence"] for c in val_comparisons) or ("Fewer than two methods.",)),
         Paragraph("Test accuracy of each search's best, retrained at full fidelity:"),
         Bullets(tuple(c["sentence"] for c in test_comparisons) or ("Fewer than two methods.",)),
@@ -463,7 +475,8 @@ def build_report(
     if "ga" in runs:
         blocks += [Heading("GA generations"), Image(plots / PLOT_FILES["generations"], "GA fitness per generation")]
     times = evaluation_time_groups(pooled)
-    shown_times = times.astype(object).apply(lambda col: col.map(lambda v: _fmt(v, 2) if isinstance(v, float) else str(v)))
+    shown_times = times.astype(object).apply(
+        lambda col: col.map(lambda v: _fmt(v, 4 if "acc" in col.name else 2) if isinstance(v, float) else str(v)))
     blocks += [
         Heading("Fitness-evaluation time"),
         Paragraph(weight_rule_sentence(runs["ga"][0].summary) if "ga" in runs else ""),
