@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import parse_config
 from pipeline.errors import CheckpointError, TrackingError
 from pipeline.study import checkpoint as checkpoint_module
+from pipeline.search.registry import method_names
 from pipeline.study.champion import run_champion_stage
 from pipeline.study.lock import StageLock
 from pipeline.study.search_stage import run_search_stage
@@ -152,7 +153,7 @@ def _champion_until_killed(root: str, prepared: str, how: str) -> None:
 @pytest.mark.parametrize("how", ["kill", "term"])
 def test_a_killed_champion_leaves_nothing_running(tmp_path, monkeypatch, prepared_digits, how):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    for method in ("ga", "grid", "random"):
+    for method in method_names():  # the champion reads every registered method's results
         run_search_stage(method, config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     child = multiprocessing.get_context("spawn").Process(
         target=_champion_until_killed, args=(str(tmp_path), str(prepared_digits.folder), how)
@@ -312,7 +313,7 @@ def test_a_locked_store_is_retried_then_named_in_one_line(mlflow_store, monkeypa
 
 def test_unwritable_artifacts_fail_the_champion_before_any_training(tmp_path, monkeypatch, prepared_digits):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    for method in ("ga", "grid", "random"):
+    for method in method_names():  # the champion reads every registered method's results
         run_search_stage(method, config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     (tmp_path / "mlruns" / "artifacts").write_text("a file where the artifact folder should be")
     from pipeline.study import champion
