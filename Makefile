@@ -1,6 +1,7 @@
 # Two commands do all setup on a fresh machine (Python 3.11, git, package registries):
 #   make study   install, then run the whole study (dvc repro) on params.yaml
 #   make test    install, then run the whole test suite
+#   make studies install, then rebuild the committed larger studies (studies/*/)
 #   make ui      open the MLflow UI on the study's runs
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: study test ui install dataset clean-study
+.PHONY: study studies test ui install dataset clean-study
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ray.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,12 @@ study: install dataset
 	test -d .dvc || $(BIN)/dvc init --quiet
 	$(BIN)/dvc repro
 	@echo "Report: results/report.md (and .html). Runs: make ui"
+
+# The committed larger studies (studies/*/), each rebuilt by its own dvc.yaml (tens of minutes each on 2 cores).
+studies: install dataset
+	test -d .git || git init --quiet
+	test -d .dvc || $(BIN)/dvc init --quiet
+	for study in studies/*/dvc.yaml; do $(BIN)/dvc repro $$study || exit 1; done
 
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"

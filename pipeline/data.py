@@ -2,7 +2,9 @@
 
 Prepared splits are stored as ``uint8`` images ``[N, H, W]`` and ``int64`` labels; they are
 normalised once when loaded, and batches are formed by indexing those tensors (no per-sample
-Python work, no PIL).
+Python work, no PIL). A regression table (scikit-learn's diabetes data) is stored as ``float32``
+features ``[N, 1, F]`` (a one-row "image") and ``float32`` targets; features and targets are
+standardised on loading with the search-time training split's statistics.
 """
 
 from __future__ import annotations
@@ -160,8 +162,9 @@ class RawDataset:
     train_labels: np.ndarray  # int64 [N]
     test_images: np.ndarray
     test_labels: np.ndarray
-    classes: list[str]
+    classes: list[str]  # empty for a regression task
     sources: dict[str, str]  # file name -> sha256
+    task: str = "classification"  # or "regression": numeric targets
 
 
 def _sha256(path: Path) -> str:
@@ -241,8 +244,31 @@ def load_digits_dataset(test_size: float, seed: int) -> RawDataset:
     )
 
 
-def split_indices(labels: np.ndarray, train_size: int | None, val_size: int, seed: int) -> dict[str, np.ndarray]:
-    """Stratified, seeded split of the official training set.
+def load_diabetes_dataset(test_size: float, seed: int) -> RawDataset:
+    """scikit-learn's bundled diabetes data (442 patients, 10 features, disease progression after a
+    year as the target), split into train and a held-out test set (seeded)."""
+    from sklearn.datasets import load_diabetes
+
+    diabetes = load_diabetes()
+    features = diabetes.data.astype(np.float32)[:, None, :]  # [N, 1, F]: a one-row image
+    targets = diabetes.target.astype(np.float32)
+    train_idx, test_idx = train_test_split(np.arange(len(targets)), test_size=test_size, random_state=seed)
+    return RawDataset(
+        name="diabetes",
+        train_images=features[train_idx],
+        train_labels=targets[train_idx],
+        test_images=features[test_idx],
+        test_labels=targets[test_idx],
+        classes=[],
+        sources={"sklearn.datasets.load_diabetes": hashlib.sha256(features.tobytes() + targets.tobytes()).hexdigest()},
+        task="regression",
+    )
+
+
+def split_indices(
+    labels: np.ndarray, train_size: int | None, val_size: int, seed: int, stratify: bool = True
+) -> dict[str, np.ndarray]:
+    """Seeded split of the official training set, stratified by class (not for numeric targets).
 
     ``val``: ``val_size`` images (fitness). ``full_train``: every other image (the champion's
     data). ``train``: a stratified subset of ``full_train`` of ``train_size`` images (search-time
@@ -251,7 +277,8 @@ def split_indices(labels: np.ndarray, train_size: int | None, val_size: int, see
     if val_size >= len(labels):
         raise DatasetError(f"data.val_size={val_size} leaves no training images (the set has {len(labels)})")
     everything = np.arange(len(labels))
-    full_train, val = train_test_split(everything, test_size=val_size, stratify=labels, random_state=seed)
+    strata = labels if stratify else None
+    full_train, val = train_test_split(everything, test_size=val_size, stratify=strata, random_state=seed)
     if train_size is None or train_size >= len(full_train):
         if train_size is not None and train_size > len(full_train):
             raise DatasetError(
@@ -259,20 +286,24 @@ def split_indices(labels: np.ndarray, train_size: int | None, val_size: int, see
             )
         train = full_train
     else:
-        train, _ = train_test_split(full_train, train_size=train_size, stratify=labels[full_train], random_state=seed)
+        train, _ = train_test_split(full_train, train_size=train_size,
+                                    stratify=labels[full_train] if stratify else None, random_state=seed)  # fmt: skip
     return {"train": np.sort(train), "val": np.sort(val), "full_train": np.sort(full_train)}
 
 
 def load_raw(config: DataConfig, seed: int, download_dir: Path) -> RawDataset:
     if config.dataset == "digits":
         return load_digits_dataset(config.test_size, seed)
+    if config.dataset == "diabetes":
+        return load_diabetes_dataset(config.test_size, seed)
     return load_fashion_mnist(config.root, download_dir)
 
 
 def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: Path) -> dict:
     """Write ``{train,val,full_train,test}.pt`` and ``dataset.json`` to ``out_dir``; return the JSON."""
     raw = load_raw(config, seed, download_dir)
-    indices = split_indices(raw.train_labels, config.train_size, config.val_size, seed)
+    indices = split_indices(raw.train_labels, config.train_size, config.val_size, seed,
+                            stratify=raw.task == "classification")  # fmt: skip
     splits = {name: (raw.train_images[idx], raw.train_labels[idx]) for name, idx in indices.items()}
     splits["test"] = (raw.test_images, raw.test_labels)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,8 +312,39 @@ def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: 
         path = out_dir / f"{name}.pt"
         torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, path)
         checksums[path.name] = _sha256(path)
+    if raw.task == "regression":
+        summary = {"dataset": raw.name, "seed": seed, **_regression_statistics(*splits["train"])}
+    else:
+        summary = _image_statistics(raw, splits, seed)
+    summary |= {
+        "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()},
+        "sources": raw.sources,
+        "files": checksums,  # checked on every load: a corrupt split fails loudly, not silently
+    }
+    (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _regression_statistics(features: np.ndarray, targets: np.ndarray) -> dict:
+    """Standardisation of features and targets, from the search-time training split only."""
+    flat = features.reshape(len(features), -1).astype(np.float64)
+    feature_std = flat.std(axis=0)
+    return {
+        "task": "regression",
+        "image_shape": [1, *features.shape[1:]],
+        "classes": [],
+        "mean": 0.0,  # the images' statistics, unused: features are standardised one by one
+        "std": 1.0,
+        "feature_mean": flat.mean(axis=0).tolist(),
+        "feature_std": np.where(feature_std > 0, feature_std, 1.0).tolist(),  # a constant feature stays 0
+        "target_mean": float(targets.mean()),
+        "target_std": float(targets.std()) if targets.std() > 0 else 1.0,
+    }
+
+
+def _image_statistics(raw: RawDataset, splits: dict, seed: int) -> dict:
     train_pixels = splits["train"][0].astype(np.float64) / 255.0
-    summary = {
+    return {
         "dataset": raw.name,
         "seed": seed,
         "image_shape": [1, *raw.train_images.shape[1:]],
@@ -290,15 +352,10 @@ def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: 
         # Normalisation statistics from the search-time training split only (no leak from val/test).
         "mean": float(train_pixels.mean()),
         "std": float(train_pixels.std()),
-        "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()},
         "class_counts": {
             name: np.bincount(labels, minlength=len(raw.classes)).tolist() for name, (_, labels) in splits.items()
         },
-        "sources": raw.sources,
-        "files": checksums,  # checked on every load: a corrupt split fails loudly, not silently
     }
-    (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,8 +364,8 @@ def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: 
 
 @dataclass(frozen=True)
 class TensorSplit:
-    images: torch.Tensor  # float32 [N, 1, H, W], normalised
-    labels: torch.Tensor  # int64 [N]
+    images: torch.Tensor  # float32 [N, 1, H, W], normalised (regression: [N, 1, 1, F] features)
+    labels: torch.Tensor  # int64 [N] (regression: float32 standardised targets)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -337,8 +394,20 @@ def summary_problem(summary: object) -> str | None:
     shape = summary["image_shape"]
     if len(shape) != 3 or not all(type(n) is int and n > 0 for n in shape):
         return "image_shape must be three positive integers"
-    if not summary["classes"]:
+    if not summary["classes"] and summary.get("task") != "regression":
         return "classes is empty"
+    if summary.get("task") == "regression":
+        width = shape[2]
+        for key in ("feature_mean", "feature_std"):
+            values = summary.get(key)
+            if not (isinstance(values, list) and len(values) == width and all(isinstance(v, float) for v in values)):
+                return f"{key} must be {width} numbers"
+        if not all(v > 0 for v in summary["feature_std"]):
+            return "feature_std must be > 0"
+        if not all(isinstance(summary.get(key), float) for key in ("target_mean", "target_std")):
+            return "target_mean and target_std must be numbers"
+        if not summary["target_std"] > 0:
+            return "target_std must be > 0"
     if not (math.isfinite(summary["mean"]) and math.isfinite(summary["std"]) and summary["std"] > 0):
         return "mean and std must be finite, std > 0"  # the images are divided by std
     absent = [split for split in SPLITS if type(summary["sizes"].get(split)) is not int]
@@ -394,12 +463,16 @@ class PreparedData:
         except Exception as exc:  # noqa: BLE001 - torch raises many kinds on a bad file
             raise DatasetError(f"{path}: cannot load ({type(exc).__name__}); run `dvc repro -f prepare`") from None
         images, labels = stored["images"], stored["labels"]
+        regression = self.summary.get("task") == "regression"
         if limit is not None and limit < len(labels):
-            keep, _ = train_test_split(
-                np.arange(len(labels)), train_size=limit, stratify=labels.numpy(), random_state=seed
-            )
+            keep, _ = train_test_split(np.arange(len(labels)), train_size=limit,
+                                       stratify=None if regression else labels.numpy(), random_state=seed)  # fmt: skip
             keep = torch.from_numpy(np.sort(keep))
             images, labels = images[keep], labels[keep]
+        if regression:
+            features = (images.float() - torch.tensor(self.summary["feature_mean"])) / torch.tensor(self.summary["feature_std"])
+            targets = (labels.float() - self.summary["target_mean"]) / self.summary["target_std"]
+            return TensorSplit(features.float().unsqueeze(1), targets)
         normalised = (images.float().div_(255.0).sub_(self.summary["mean"])).div_(self.summary["std"])
         return TensorSplit(normalised.unsqueeze(1), labels)
 

@@ -44,7 +44,7 @@ class EvaluationRecord:
     genome_hash: str
     seed: int
     status: str  # "finished" or "failed"
-    val_acc: float | None
+    val_score: float | None  # the task's validation metric: accuracy, or MAE (``maximize`` False)
     val_loss: float | None
     train_loss: float | None
     train_seconds: float
@@ -56,15 +56,19 @@ class EvaluationRecord:
     generation: int | None = None
     run_id: str | None = None
     elapsed_seconds: float | None = None
+    maximize: bool = True  # the metric's direction: the fitness is ``val_score`` or its negation
 
     @property
     def finished(self) -> bool:
-        return self.status == "finished" and self.val_acc is not None
+        return self.status == "finished" and self.val_score is not None
 
     @property
     def fitness(self) -> float:
-        """Validation accuracy; a failed individual ranks below every finished one."""
-        return self.val_acc if self.finished else -math.inf
+        """The validation score, higher is better (an error is negated); a failed individual ranks
+        below every finished one."""
+        if not self.finished:
+            return -math.inf
+        return self.val_score if self.maximize else -self.val_score
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +77,9 @@ class EvaluationRecord:
     def from_dict(cls, stored: Mapping[str, Any]) -> EvaluationRecord:
         """The record of a checkpoint or history line; raises ``KeyError``/``TypeError`` when malformed."""
         known = {f.name for f in fields(cls)}
+        if "val_acc" in stored and "val_score" not in stored:
+            # Written before the regression task: the score was the accuracy.
+            stored = {**stored, "val_score": stored["val_acc"]}
         return cls(**{k: v for k, v in stored.items() if k in known})
 
     @classmethod
@@ -116,12 +123,14 @@ def evaluate_in_order(
 
 
 class FunctionEvaluator:
-    """An evaluator without training: ``fitness(genome)`` is the validation accuracy (``-inf`` or an
-    exception: a failed individual). For search-dynamics benchmarks and tests of the loop."""
+    """An evaluator without training: ``fitness(genome)`` is the validation score (``-inf`` or an
+    exception: a failed individual; ``maximize=False``: an error, lower is better). For
+    search-dynamics benchmarks and tests of the loop."""
 
-    def __init__(self, fitness: Callable[[Genome], float], study_seed: int = 0) -> None:
+    def __init__(self, fitness: Callable[[Genome], float], study_seed: int = 0, maximize: bool = True) -> None:
         self.fitness = fitness
         self.study_seed = study_seed
+        self.maximize = maximize
 
     def evaluate(
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
@@ -137,7 +146,8 @@ class FunctionEvaluator:
             return EvaluationRecord.failed(genome, seed, f"{type(exc).__name__}: {exc}", 0.0)
         if not math.isfinite(value):
             return EvaluationRecord.failed(genome, seed, f"fitness {value}", 0.0)
-        return EvaluationRecord(genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [])
+        return EvaluationRecord(genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [],
+                                maximize=self.maximize)
 
     def close(self) -> None:
         pass

@@ -11,9 +11,9 @@ def main(config):
     result = run_champion_stage(
         config, prepared_dir=Path("data/prepared"), results_dir=Path("results"), model_path=Path("models/champion.pt")
     )
-    best = result["champion"]
-    print(f"champion: {best['method']}'s best of seed {best['seed']} (chosen by validation accuracy), "
-          f"test accuracy {best['test_acc']:.4f} ({best['model_uri']})")
+    best, metric = result["champion"], result["metric"]
+    print(f"champion: {best['method']}'s best of seed {best['seed']} (chosen by {result['chosen_by']}), "
+          f"test {metric['label']} {best[metric['test']]:.4f} ({best['model_uri']})")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,35 @@ def test_the_coverage_check_sees_a_missing_dep():
     assert covered("pipeline/search/ga.py", ["pipeline/search"])
     assert not covered("pipeline/search/ga.py", ["pipeline/sear"])
     assert not covered("pipeline/study/report.py", ["pipeline/study/cli.py"])
+
+
+def test_the_committed_studies_run_the_projects_stages():
+    """Each ``studies/<name>/dvc.yaml`` is the project's, rewritten by ``studies/sync_dvc.py``: a
+    stage added or a dep changed in ``dvc.yaml`` must reach the studies too."""
+    done = subprocess.run([sys.executable, "studies/sync_dvc.py", "--check"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for folder in sorted((REPO_ROOT / "studies").glob("*/params.yaml")):
+        study = yaml.safe_load((folder.parent / "dvc.yaml").read_text())["stages"]
+        assert study.keys() == STAGES.keys()
+        for name, stage in study.items():
+            # Code is the repository's own; data, results and checkpoints stay in the study's folder.
+            assert all(d.startswith("../../") == d.startswith(("../../pipeline", "../../stages")) for d in stage["deps"])
+            assert stage["cmd"] == STAGES[name]["cmd"].replace("stages/", "../../stages/")
+
+
+def test_the_studies_check_sees_a_stale_study(tmp_path):
+    sync = _load_sync()
+    project = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    edited = {**project, "stages": {**project["stages"], "extra": {"cmd": "python stages/extra.py", "deps": []}}}
+    assert sync.rendered(edited) != sync.rendered(project)
+    assert "python ../../stages/extra.py" in sync.rendered(edited)
+
+
+def _load_sync():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_dvc", REPO_ROOT / "studies" / "sync_dvc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

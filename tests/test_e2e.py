@@ -201,7 +201,7 @@ def test_architecture_search_with_merged_weights_runs_end_to_end(tmp_path):
     first_phase1 = next(i for i, g in enumerate(ga["generations"]) if g["phase"] == 1)
     phase1_hashes = set(ga["generations"][first_phase1]["genome_hashes"])
     phase0 = [r for r in records if r["genome_hash"] not in phase1_hashes][: len(records) // 2]
-    best0 = max((r for r in phase0 if r["status"] == "finished"), key=lambda r: r["val_acc"])
+    best0 = max((r for r in phase0 if r["status"] == "finished"), key=lambda r: r["val_score"])
     for record in records:
         if record["genome_hash"] in phase1_hashes:
             prefix = record["genome"]["conv"][: len(best0["genome"]["conv"])]

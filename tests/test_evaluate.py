@@ -10,7 +10,6 @@ import torch
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.evaluation import Proposal
 from pipeline.space import genome_seed
-from pipeline.training import lit_module
 from pipeline.training.evaluator import SequentialEvaluator, TrainingContext
 from pipeline.training.fit import fit_genome
 from pipeline.training.models import network_builder
@@ -52,8 +51,8 @@ def test_training_learns_and_reports_per_epoch(evaluator):
     (result,) = evaluate(evaluator, [request(GOOD, "good")])
     assert result.status == "finished"
     assert len(result.epochs) == GOOD["epochs"]
-    assert result.val_acc == result.epochs[-1]["val_acc"]
-    assert result.val_acc > 0.3  # 10 classes: chance is 0.1
+    assert result.val_score == result.epochs[-1]["val_acc"]
+    assert result.val_score > 0.3  # 10 classes: chance is 0.1
     assert result.epochs[1]["train_loss"] < result.epochs[0]["train_loss"]
     # StepLR(step_size=1, gamma=0.7): the second epoch trains at 0.7x the rate.
     assert result.epochs[1]["lr"] == pytest.approx(GOOD["learning_rate"] * 0.7)
@@ -62,7 +61,7 @@ def test_training_learns_and_reports_per_epoch(evaluator):
 
 def test_same_genome_same_seed_same_fitness_on_cpu(evaluator, prepared_digits):
     first, second = evaluate(evaluator, [request(GOOD, "a"), request(GOOD, "b")])
-    assert first.val_acc == second.val_acc
+    assert first.val_score == second.val_score
     assert first.epochs == second.epochs
     other_seed = make_evaluator(prepared_digits, study_seed=1)
     (third,) = evaluate(other_seed, [request(GOOD, "c")])
@@ -80,7 +79,7 @@ def test_diverging_individual_is_failed_and_next_one_still_trains(evaluator):
 
 
 def test_injected_nan_loss_is_caught(evaluator, monkeypatch):
-    real_cross_entropy = lit_module.F.cross_entropy
+    real_cross_entropy = torch.nn.functional.cross_entropy
     calls = {"count": 0}
 
     def nan_after_four_batches(logits, labels):
@@ -88,11 +87,11 @@ def test_injected_nan_loss_is_caught(evaluator, monkeypatch):
         loss = real_cross_entropy(logits, labels)
         return loss * float("nan") if calls["count"] > 4 else loss
 
-    monkeypatch.setattr(lit_module.F, "cross_entropy", nan_after_four_batches)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", nan_after_four_batches)
     (result,) = evaluate(evaluator, [request(GOOD, "nan")])
     assert result.status == "failed"
     assert "nan" in result.failure
-    assert result.val_acc is None
+    assert result.val_score is None
 
 
 def test_champion_fit_overrides_epochs(prepared_digits):

@@ -35,7 +35,7 @@ from tests.conftest import tiny_params  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-COMPARED = ("genome", "genome_hash", "status", "val_acc", "val_loss", "train_loss", "epochs", "init", "index")
+COMPARED = ("genome", "genome_hash", "status", "val_score", "val_loss", "train_loss", "epochs", "init", "index")
 
 
 def config_with(execution: dict, **changes):

@@ -56,7 +56,7 @@ def comparable(results_dir: Path, method: str) -> tuple[dict, list]:
     summary = json.loads((results_dir / f"{method}_search/seed-42.json").read_text())
     history = json.loads((results_dir / f"{method}_search/seed-42_history.json").read_text())
     keep = ("evaluations", "failed", "best_val_acc", "best_genome", "evaluations_to_best")
-    return {k: summary[k] for k in keep}, [(r["genome_hash"], r["val_acc"]) for r in history["evaluations"]]
+    return {k: summary[k] for k in keep}, [(r["genome_hash"], r["val_score"]) for r in history["evaluations"]]
 
 
 class CountingTrainer:

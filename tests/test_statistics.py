@@ -372,5 +372,15 @@ def test_the_headline_names_the_best_mean_and_what_the_tests_say_of_it():
     assert "no evidence that it differs from" in text
 
 
+def test_the_headline_when_lower_is_better_names_the_lowest_mean():
+    error = {"ga": {s: 40.0 + s for s in SEEDS}, "grid": {s: 50.0 + s for s in SEEDS}}
+    summaries = {m: summarise(list(v.values())) for m, v in error.items()}
+    pairs = pairwise_comparisons(error, labels=LABELS, higher_is_better=False)
+    text = headline(summaries, pairs, LABELS, metric="validation MAE", higher_is_better=False)
+    assert text.startswith(f"Genetic algorithm reached the best mean validation MAE ({summaries['ga']['mean']:.3f}")
+    assert f"it beat Grid search ({format_p(pairs[0]['p_adjusted'])})" in text
+    assert headline(summaries, pairs, LABELS, metric="validation MAE").startswith("Grid search reached")
+
+
 def test_the_headline_when_everything_failed():
     assert headline({"ga": summarise([math.nan])}, []) == "Every method failed: no results to compare."

@@ -153,3 +153,26 @@ def test_an_existing_experiment_is_tagged_for_the_model_training_view(mlflow_sto
     assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
     Tracker("older")
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_store_killed_while_being_created_is_built_again(mlflow_store, monkeypatch):
+    """A kill during MLflow's migrations leaves no half-built ``mlflow.db`` behind (the next run
+    would fail on it): the schema is built in a private file that appears whole."""
+    from mlflow.store.tracking import sqlalchemy_store
+
+    real_init = sqlalchemy_store.SqlAlchemyStore.__init__
+
+    def killed_midway(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)  # the tables exist in the private file ...
+        raise KeyboardInterrupt  # ... and the process dies before the store appears
+
+    monkeypatch.setattr(sqlalchemy_store.SqlAlchemyStore, "__init__", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        Tracker("killed")
+    folder = mlflow_store / "mlruns"
+    assert not (folder / "mlflow.db").exists() and list(folder.glob("*.tmp")) == []
+    monkeypatch.setattr(sqlalchemy_store.SqlAlchemyStore, "__init__", real_init)
+    tracker = Tracker("again")
+    run = tracker.start_run("works")
+    tracker.end_run(run)
+    assert tracker.client.get_run(run).info.status == "FINISHED"

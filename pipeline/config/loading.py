@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.config.sections import (
     MAX_BATCH,
     MAX_EPOCHS,
+    SENSITIVITY_SETTINGS,
     ChoiceGene,
     FloatGene,
     IntGene,
@@ -27,10 +28,12 @@ from pipeline.config.sections import (
 from pipeline.errors import ConfigError
 from pipeline.operators import bind_operator, split_settings
 from pipeline.space import ArchitectureSpace, InfeasibleGenome
+from pipeline.task import REGRESSION_DATASETS
 
 
 # The images of each dataset (channels, height, width): architecture genomes are checked against them.
-DATASET_IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
+# Input shapes by dataset, to check architecture genomes before any data is read (diabetes: 10 features, one row).
+DATASET_IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8), "diabetes": (1, 1, 10)}
 
 
 # No error message may be huge, whatever the file holds: each value echoed is cut to _MAX_SHOWN characters,
@@ -121,9 +124,31 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     if errors:
         raise _invalid(source, errors)
     _check_operators(config, source)
+    errors = task_errors(config)
+    if errors:
+        raise _invalid(source, errors)
     if config.space.kind == "architecture":
         _check_architecture(config, source)
+    errors = sensitivity_errors(config)
+    if errors:
+        raise _invalid(source, errors)
     return config
+
+
+def task_errors(config: StudyConfig) -> list[str]:
+    """Settings that do not fit the dataset's task (classification or regression), by key."""
+    target = config.ga.termination.target_fitness
+    if config.data.dataset not in REGRESSION_DATASETS:
+        if target is not None and target > 1:
+            return [f"ga.termination.target_fitness: {target} is an accuracy here (data.dataset="
+                    f"{config.data.dataset}): at most 1"]  # fmt: skip
+        return []
+    conv = config.space.layers.conv_layers.max
+    if config.space.kind == "architecture" and conv > 0:
+        # A table's features are one row: a convolution has nothing to slide over.
+        return [f"space.architecture.conv_layers.max: must be 0 for data.dataset={config.data.dataset} (a table; "
+                f"the network is a multilayer perceptron of fc layers), got {conv}"]  # fmt: skip
+    return []
 
 
 def _check_architecture(config: StudyConfig, source: str) -> None:
@@ -299,3 +324,49 @@ def load_config(path: str | Path = "params.yaml") -> StudyConfig:
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_config(raw, source=str(path))
+
+
+# --- the ga_sensitivity stage's variants: the study with one GA setting changed -----------------
+
+
+def variant_params(config: StudyConfig, setting: str, value: float) -> dict[str, Any]:
+    """The study's params with one GA setting changed, ``study.repeats`` from ``sensitivity`` and the
+    runs logged to the ``<experiment>-sensitivity`` experiment (the method comparison stays apart)."""
+    raw = config.model_dump()
+    ga, train, budget = raw["ga"], raw["train"], raw["budget"]
+    if setting == "population_size":
+        ga["population_size"] = value
+    elif setting == "generations":
+        ga["termination"]["generations"] = value
+        budget["evaluations"] = ga["population_size"] * value  # enough for every generation
+    elif setting == "mutation_rate":
+        ga["mutation"]["rate"] = value
+    elif setting == "noise_level":
+        train["noise_level"] = value
+    else:
+        raise KeyError(f"sensitivity: unknown setting {setting!r}; one of {SENSITIVITY_SETTINGS}")
+    raw["study"] = {"repeats": config.sensitivity.repeats, "seeds": None}
+    raw["mlflow"]["experiment"] = f"{config.mlflow.experiment}-sensitivity"
+    raw["sensitivity"] = {"enabled": False}  # a variant does not vary itself
+    return raw
+
+
+def sensitivity_errors(config: StudyConfig) -> list[str]:
+    """Values that would make an invalid study, by key (checked when params.yaml is loaded)."""
+    if not config.sensitivity.enabled:
+        return []
+    errors = []
+    for setting in SENSITIVITY_SETTINGS:
+        for value in getattr(config.sensitivity, setting):
+            if setting == "noise_level" and "noise_level" in config.space.genes:
+                errors.append("sensitivity.noise_level: the space has a noise_level gene, which overrides "
+                              "train.noise_level; remove the gene or the values")  # fmt: skip
+                break
+            try:
+                parse_config(variant_params(config, setting, value), source="params")
+            except ConfigError as exc:  # its lines after the first name the faulty key
+                reason = " ".join(line.strip() for line in str(exc).splitlines()[1:]) or str(exc)
+                errors.append(f"sensitivity.{setting}: {value} makes an invalid study: {reason}")
+    return errors
+
+

@@ -33,11 +33,13 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist"
+    # fashion_mnist, digits: classification (fitness: validation accuracy); diabetes: regression
+    # (scikit-learn's bundled table; fitness: validation mean absolute error, lower is better).
+    dataset: Literal["fashion_mnist", "digits", "diabetes"] = "fashion_mnist"
     root: str | None = None
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None
     val_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] = 10_000
-    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits only: it has no official test set
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits and diabetes: no official test set
 
 
 class FloatGene(_Section):
@@ -203,7 +205,8 @@ class TerminationConfig(_Section):
     # Generations in all, the initial one included.
     generations: Annotated[int, Field(ge=1, le=MAX_GENERATIONS)] | None = None
     wall_clock_seconds: Annotated[float, Field(gt=0)] | None = None
-    target_fitness: Annotated[float, Field(gt=0, le=1)] | None = None  # stop once reached
+    # Stop once reached, in the task's metric: an accuracy to reach, or an error (MAE) to get down to.
+    target_fitness: Annotated[float, Field(gt=0)] | None = None
     stagnation: Annotated[int, Field(ge=1, le=MAX_GENERATIONS)] | None = None  # generations without a better best
 
 
@@ -259,6 +262,33 @@ class RepeatsConfig(_Section):
         return self
 
 
+class SensitivityConfig(_Section):
+    """The GA's own settings varied one at a time around ``ga`` (the ``ga_sensitivity`` stage), as the
+    studies ran them; each value is searched ``repeats`` times (seeds ``seed``, ``seed + 1``, ...)."""
+
+    enabled: bool = False
+    repeats: Annotated[int, Field(ge=1, le=MAX_REPEATS)] = 3
+    # At the study's budget (budget.evaluations): fewer generations for a larger population.
+    population_size: list[Annotated[int, Field(ge=2, le=MAX_POPULATION)]] = []
+    # Generations in all (ga.termination.generations); the budget grows to population x generations.
+    generations: list[Annotated[int, Field(ge=1, le=MAX_GENERATIONS)]] = []
+    mutation_rate: list[Annotated[float, Field(ge=0, le=1)]] = []  # ga.mutation.rate
+    noise_level: list[Annotated[float, Field(ge=0, le=10)]] = []  # train.noise_level: Gaussian input noise
+
+    @model_validator(mode="after")
+    def _check_values(self) -> SensitivityConfig:
+        for name in SENSITIVITY_SETTINGS:
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {values}")
+        if self.enabled and not any(getattr(self, name) for name in SENSITIVITY_SETTINGS):
+            raise ValueError(f"enabled, but no values to try: list some under {', '.join(SENSITIVITY_SETTINGS)}")
+        return self
+
+
+SENSITIVITY_SETTINGS = ("population_size", "generations", "mutation_rate", "noise_level")
+
+
 class TPEConfig(_Section):
     """Optuna's TPE sampler (the Bayesian-optimisation baseline)."""
 
@@ -309,6 +339,7 @@ class StudyConfig(_Section):
     mlflow: MlflowConfig
     study: RepeatsConfig = RepeatsConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    sensitivity: SensitivityConfig = SensitivityConfig()
 
     def repeat_seeds(self) -> list[int]:
         """The seed of each repeat, in order."""

@@ -192,9 +192,11 @@ class GeneticSearch:
         seed: int,
         phases: PhasesConfig | None = None,
         clock: Callable[[], float] | None = None,
+        maximize: bool = True,
     ) -> None:
         self.space = space
         self.config = config
+        self.maximize = maximize  # the direction of termination.target_fitness (accuracy, or an error)
         self.budget = budget
         self.rng = np.random.default_rng(seed)
         self.phases = _phases_or_single(phases, space)
@@ -340,8 +342,10 @@ class GeneticSearch:
         if outcome.trained >= self.budget:
             return f"budget of {self.budget} evaluations spent"
         termination = self.config.termination
-        if termination.target_fitness is not None and outcome.best >= termination.target_fitness:
-            return f"target fitness {termination.target_fitness} reached (best {outcome.best:.4f})"
+        target = termination.target_fitness
+        if target is not None and outcome.best >= (target if self.maximize else -target):
+            score = outcome.best if self.maximize else -outcome.best
+            return f"target fitness {target} reached (best {score:.4f})"
         if termination.wall_clock_seconds is not None and self.clock() >= termination.wall_clock_seconds:
             return f"wall-clock budget of {termination.wall_clock_seconds:g} s spent"
         return None

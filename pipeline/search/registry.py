@@ -13,6 +13,7 @@ from pipeline.search.ga import GeneticSearch
 from pipeline.search.grid import GridSearch
 from pipeline.search.random import RandomSearch
 from pipeline.search.tpe import TPESearch
+from pipeline.task import task_of_dataset
 
 if TYPE_CHECKING:
     from pipeline.config.sections import StudyConfig
@@ -61,7 +62,8 @@ def method_names() -> list[str]:
 
 def _build_ga(config: StudyConfig, space: Space) -> Any:
     return GeneticSearch(
-        space, config.ga, budget=config.budget.evaluations, seed=config.seed, phases=config.space.layers.phases
+        space, config.ga, budget=config.budget.evaluations, seed=config.seed, phases=config.space.layers.phases,
+        maximize=task_of_dataset(config.data.dataset).maximize,
     )
 
 

@@ -1,13 +1,12 @@
 """The champion: each method's best configuration of each repeat retrained at full fidelity and
-scored on the held-out test set; the best by validation accuracy is logged to MLflow as a model and
-registered."""
+scored on the held-out test set; the best by the task's validation metric (accuracy, or MAE) is
+logged to MLflow as a model and registered."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,13 +20,14 @@ from pipeline.errors import SearchFailed
 from pipeline.jsonio import write_json
 from pipeline.search.registry import method_names
 from pipeline.space import genome_hash, genome_seed
-from pipeline.study.checkpoint import fingerprint
+from pipeline.study.checkpoint import fingerprint, platform_signature
 from pipeline.study.lock import StageLock
 from pipeline.study.layout import repeat_files
 from pipeline.tracking.observer import mlflow_params
 from pipeline.tracking.store import Tracker
 from pipeline.training.fit import fit_genome, training_device
 from pipeline.training.lit_module import DivergedError
+from pipeline.task import Task, task_of
 from pipeline.training.models import NetworkBuilder, network_builder
 
 
@@ -50,17 +50,17 @@ def retrain_fingerprint(config: StudyConfig, data_summary: dict, genome: dict, s
         "genome": genome, "seed": seed, "data": data_summary, "model": config.model.model_dump(),
         "space_kind": config.space.kind, "train": config.train.model_dump(),
         "champion": {"epochs": config.champion.epochs, "train_size": config.champion.train_size},
-        "platform": {"torch": torch.__version__, "machine": platform.machine()},
+        "platform": platform_signature(),
     })  # fmt: skip
 
 
 def _retrain(
     genome: dict, seed: int, config: StudyConfig, build: NetworkBuilder, splits: dict[str, TensorSplit],
-    tracker: Tracker, run_id: str,
+    tracker: Tracker, run_id: str, task: Task,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     outcome = fit_genome(
         genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
-        train_config=config.train, epochs=config.champion.epochs,
+        train_config=config.train, epochs=config.champion.epochs, task=task,
     )  # fmt: skip
     test_batches = TensorBatches(splits["test"], config.train.eval_batch_size, shuffle=False)
     (test_metrics,) = outcome.trainer.test(outcome.module, dataloaders=test_batches, verbose=False)
@@ -68,14 +68,14 @@ def _retrain(
         tracker.log_metrics(run_id, metrics, step=epoch)
     last = outcome.module.epoch_metrics[-1]
     result = {
-        "val_acc": last["val_acc"],
+        task.val_key: last[task.val_key],
         "val_loss": last["val_loss"],
-        "test_acc": float(test_metrics["test_acc"]),
+        task.test_key: float(test_metrics[task.test_key]),
         "test_loss": float(test_metrics["test_loss"]),
         "train_seconds": outcome.seconds,
     }
     # Validation was logged per epoch above; logging it again here would add a second point.
-    tracker.log_metrics(run_id, {k: result[k] for k in ("test_acc", "test_loss", "train_seconds")})
+    tracker.log_metrics(run_id, {k: result[k] for k in (task.test_key, "test_loss", "train_seconds")})
     return result, outcome.module.network
 
 
@@ -107,18 +107,18 @@ class RetrainCache:
         return torch.load(self.folder / f"{key}.pt", map_location="cpu", weights_only=True)
 
 
-def choose_champion(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The retrained configuration with the best validation accuracy (never the test accuracy);
-    ties keep the first (registry order, then repeat order)."""
-    finished = [e for e in entries if "test_acc" in e]
-    return max(finished, key=lambda e: e["val_acc"]) if finished else None
+def choose_champion(entries: list[dict[str, Any]], task: Task) -> dict[str, Any] | None:
+    """The retrained configuration with the best validation score (never the test score); ties keep
+    the first (registry order, then repeat order)."""
+    finished = [e for e in entries if task.test_key in e]
+    return max(finished, key=lambda e: task.fitness(e[task.val_key])) if finished else None
 
 
 def run_champion_stage(
     config: StudyConfig, prepared_dir: Path, results_dir: Path, model_path: Path, lock_dir: Path = Path("checkpoints")
 ) -> dict[str, Any]:
     """Retrain each method's best of each repeat, test it, log and register the overall best (by
-    validation accuracy); holds ``lock_dir/champion.lock`` throughout, so a second run of the stage
+    validation score); holds ``lock_dir/champion.lock`` throughout, so a second run of the stage
     stops at once. Retrainings finished before with the same inputs are reused from
     ``lock_dir/champion/``."""
     with StageLock(lock_dir / "champion.lock", "champion"):
@@ -142,7 +142,8 @@ def _run_champion_stage(
         "val": data.load("val").to(training_device()),
         "test": data.load("test").to(training_device()),
     }
-    build = network_builder(config.space.kind, config.model, data.image_shape, data.num_classes)
+    task = task_of(data.summary)
+    build = network_builder(config.space.kind, config.model, data.image_shape, task.outputs(data.num_classes))
     stage_run = tracker.start_run(
         "champion",
         params={"epochs": config.champion.epochs, "train_size": len(splits["train"]), "test_size": len(splits["test"]),
@@ -151,7 +152,7 @@ def _run_champion_stage(
     )  # fmt: skip
     entries: list[dict[str, Any]] = []
     trained = reused = 0
-    try:
+    with tracker.ends_on_error(stage_run):
         for method, repeats in summaries.items():
             for summary in repeats:
                 if "best_genome" not in summary:
@@ -161,57 +162,57 @@ def _run_champion_stage(
                 result = cache.get(key, tracker)
                 if result is None:
                     result = _retrain_logged(method, summary, genome, seed, key, config, build, splits, tracker,
-                                             stage_run, cache)  # fmt: skip
+                                             stage_run, cache, task)  # fmt: skip
                     trained += 1
                 else:
                     reused += 1
                 entries.append({"method": method, "repeat": summary["repeat"], "seed": summary["seed"],
                                 "genome": genome, "genome_hash": genome_hash(genome), "key": key,
-                                "search_val_acc": summary["best_val_acc"], **result})  # fmt: skip
+                                f"search_{task.val_key}": summary[f"best_{task.val_key}"], **result})  # fmt: skip
         print(f"[champion] {trained} retrained, {reused} reused (same genome, seed, data and settings as before)",
               flush=True)  # fmt: skip
-        champion = choose_champion(entries)
+        champion = choose_champion(entries, task)
         if champion is None:
             raise SearchFailed("every best configuration failed when retrained at full fidelity; see MLflow")
         network = build(champion["genome"])
         network.load_state_dict(cache.weights(champion["key"]))
         champion = champion | _log_model(network, splits["test"], config, tracker, champion["run_id"])
-    except BaseException as exc:
-        tracker.end_run(stage_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
     model_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": network.state_dict(), "genome": champion["genome"],
                 "model": config.model.model_dump(), "dataset": data.summary}, model_path)  # fmt: skip
-    tracker.log_metrics(stage_run, {"test_acc": champion["test_acc"], "test_loss": champion["test_loss"]})
+    tracker.log_metrics(stage_run, {task.test_key: champion[task.test_key], "test_loss": champion["test_loss"]})
     tracker.set_tags(stage_run, {"champion_method": champion["method"], "champion_run_id": champion["run_id"]})
     tracker.end_run(stage_run)
     details = {
         "champion": champion,
         "retrained": entries,
-        "chosen_by": "validation accuracy of the retrained configuration",
+        "chosen_by": f"validation {task.label} of the retrained configuration ({task.direction})",
+        "metric": {"test": task.test_key, "val": task.val_key, "label": task.label, "maximize": task.maximize},
         "epochs": config.champion.epochs,
         "train_size": len(splits["train"]),
         "test_size": len(splits["test"]),
         "stage_run_id": stage_run,
     }
     write_json(results_dir / "champion_details.json", details)
-    write_json(results_dir / "champion.json", champion_metrics(champion, entries))
+    write_json(results_dir / "champion.json", champion_metrics(champion, entries, task))
     return details
 
 
-def champion_metrics(champion: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Numbers only (``dvc metrics``): the champion's, and each method's mean test accuracy."""
-    metrics: dict[str, Any] = {"test_acc": champion["test_acc"], "val_acc": champion["val_acc"]}
+def champion_metrics(champion: dict[str, Any], entries: list[dict[str, Any]], task: Task) -> dict[str, Any]:
+    """Numbers only (``dvc metrics``): the champion's, and each method's mean test score."""
+    test, val = task.test_key, task.val_key
+    metrics: dict[str, Any] = {test: champion[test], val: champion[val]}
     for method in dict.fromkeys(e["method"] for e in entries):
-        scores = [e["test_acc"] for e in entries if e["method"] == method and "test_acc" in e]
+        scores = [e[test] for e in entries if e["method"] == method and test in e]
         if scores:
-            metrics[f"{method}_test_acc_mean"] = sum(scores) / len(scores)
+            metrics[f"{method}_{test}_mean"] = sum(scores) / len(scores)
     return metrics
 
 
 def _retrain_logged(
     method: str, summary: dict[str, Any], genome: dict, seed: int, key: str, config: StudyConfig,
     build: NetworkBuilder, splits: dict[str, TensorSplit], tracker: Tracker, stage_run: str, cache: RetrainCache,
+    task: Task,
 ) -> dict[str, Any]:
     """One retraining in its own MLflow run under the stage's; a failure is recorded, not raised."""
     run_id = tracker.start_run(
@@ -220,16 +221,14 @@ def _retrain_logged(
         tags={"method": method, "repeat": summary["repeat"], "genome_hash": genome_hash(genome),
               "search_run_id": summary["best_run_id"]},
     )  # fmt: skip
-    try:
-        result, network = _retrain(genome, seed, config, build, splits, tracker, run_id)
-    except (DivergedError, RuntimeError, ValueError) as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-        tracker.set_tags(run_id, {"failure_reason": failure})
-        tracker.end_run(run_id, "FAILED")
-        return {"failure": failure, "run_id": run_id}
-    except BaseException:
-        tracker.end_run(run_id, "KILLED")  # Ctrl-C or SIGTERM: stopped, not failed
-        raise
+    with tracker.ends_on_error(run_id):  # Ctrl-C or SIGTERM: KILLED
+        try:
+            result, network = _retrain(genome, seed, config, build, splits, tracker, run_id, task)
+        except (DivergedError, RuntimeError, ValueError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            tracker.set_tags(run_id, {"failure_reason": failure})
+            tracker.end_run(run_id, "FAILED")
+            return {"failure": failure, "run_id": run_id}
     tracker.end_run(run_id)
     result["run_id"] = run_id
     cache.put(key, result, network)

@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,13 @@ def code_version() -> str:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def platform_signature() -> dict[str, str]:
+    """What results are bit-identical within: one machine type and one torch (not across them)."""
+    import torch  # here: the checkpoint log itself needs no training stack
+
+    return {"torch": torch.__version__, "machine": platform.machine()}
 
 
 def fingerprint(payload: dict[str, Any]) -> str:

@@ -1,6 +1,9 @@
 """The study's report: which method, by how much, and how sure, over every repeat; then tables,
 anytime curves with bands, the GA's generations, evaluation times, and what reproduces it. Written
-as Markdown (beside its plots) and as one self-contained HTML page; the curves also as DVC plot data."""
+as Markdown (beside its plots) and as one self-contained HTML page; the curves also as DVC plot data.
+
+Every number and word about the validation and test metric comes from the dataset's task
+(:mod:`pipeline.task`): accuracy, higher is better, or MAE, lower is better; one code path for both."""
 
 from __future__ import annotations
 
@@ -23,12 +26,23 @@ from pipeline.search.registry import get_method  # noqa: E402
 from pipeline.study.layout import repeat_files  # noqa: E402
 from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
 from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
+from pipeline.study.sensitivity_table import load_sensitivity, sensitivity_frame  # noqa: E402
 from pipeline.study.statistics import ALPHA, pairwise_comparisons, smallest_wilcoxon_p, summarise  # noqa: E402
+from pipeline.task import CLASSIFICATION, Task, task_of  # noqa: E402
 
 
 def method_label(method: str) -> str:
     """The report's name of a method (``Genetic algorithm``), from the registry."""
     return get_method(method).label
+
+
+def metric_short(task: Task) -> str:
+    """The metric's name in a table header: an acronym as written (``MAE``), else its short name (``acc``)."""
+    return task.label if task.label.isupper() else task.metric
+
+
+# What the held-out examples are, in the champion's sentence.
+EXAMPLE_WORDS = {"classification": "images", "regression": "examples"}
 
 
 PLOT_FILES = {
@@ -86,10 +100,25 @@ def load_results(results_dir: Path, methods: list[str], seeds: list[int]) -> tup
 # --- anytime curves -------------------------------------------------------------------------
 
 
-def best_so_far(records: list[dict]) -> np.ndarray:
-    """Best validation accuracy after each evaluation; NaN until the first finished one."""
-    scores = np.array([r["val_acc"] if r["status"] == "finished" else np.nan for r in records], dtype=float)
-    return np.fmax.accumulate(scores) if scores.size else scores
+def record_score(record: dict) -> float | None:
+    """A finished evaluation's validation score (``val_score``; ``val_acc`` in histories written before
+    the regression task); None for a failed one."""
+    if record["status"] != "finished":
+        return None
+    return record.get("val_score", record.get("val_acc"))
+
+
+def finished_scores(records: list[dict]) -> np.ndarray:
+    """The validation scores of the finished evaluations, in order."""
+    return np.array([s for s in map(record_score, records) if s is not None], dtype=float)
+
+
+def best_so_far(records: list[dict], task: Task) -> np.ndarray:
+    """Best validation score after each evaluation, in the task's direction (the running maximum of
+    accuracy, the running minimum of an error); NaN until the first finished one."""
+    scores = np.array([np.nan if (s := record_score(r)) is None else s for r in records], dtype=float)
+    running_best = np.fmax if task.maximize else np.fmin  # both skip NaN once a value is seen
+    return running_best.accumulate(scores) if scores.size else scores
 
 
 def budget_spent(records: list[dict], axis: str) -> np.ndarray:
@@ -111,21 +140,26 @@ def curve_at(spent: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarra
     return values
 
 
+def budget_totals(runs: dict[str, list[Repeat]], axis: str) -> list[float]:
+    """What each repeat of each method spent in all, on one budget axis."""
+    return [budget_spent(r.records, axis)[-1] for repeats in runs.values() for r in repeats if r.records]
+
+
 def curve_grid(runs: dict[str, list[Repeat]], axis: str) -> np.ndarray:
-    totals = [budget_spent(r.records, axis)[-1] for repeats in runs.values() for r in repeats if r.records]
-    top = max(totals, default=1.0)
+    top = max(budget_totals(runs, axis), default=1.0)
     if axis == "evaluations":
         return np.arange(1, int(top) + 1, dtype=float)
     return np.linspace(0.0, top, CURVE_POINTS)
 
 
-def band(runs: dict[str, list[Repeat]], axis: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def band(runs: dict[str, list[Repeat]], axis: str, task: Task) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The grid and, per method, the repeats' curves on it (one row per repeat)."""
     grid = curve_grid(runs, axis)
     curves = {
-        method: np.array([curve_at(budget_spent(r.records, axis), best_so_far(r.records), grid) for r in repeats])
+        method: np.array([curve_at(budget_spent(r.records, axis), best_so_far(r.records, task), grid)
+                          for r in repeats])
         for method, repeats in runs.items()
-    }
+    }  # fmt: skip
     return grid, curves
 
 
@@ -136,7 +170,7 @@ def _nan_stat(function: Any, curves: np.ndarray) -> np.ndarray:
     return out
 
 
-def plot_curves(grid: np.ndarray, curves: dict[str, np.ndarray], axis: str, out: Path) -> None:
+def plot_curves(grid: np.ndarray, curves: dict[str, np.ndarray], axis: str, task: Task, out: Path) -> None:
     """Median best-so-far over repeats, with the range over repeats as a band."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for method, values in curves.items():
@@ -145,7 +179,7 @@ def plot_curves(grid: np.ndarray, curves: dict[str, np.ndarray], axis: str, out:
         ax.fill_between(grid, _nan_stat(np.min, values), _nan_stat(np.max, values), step="post",
                         alpha=0.15, color=line.get_color())  # fmt: skip
     ax.set_xlabel(AXES[axis][0])
-    ax.set_ylabel("best validation accuracy so far")
+    ax.set_ylabel(f"best validation {task.label} so far")
     ax.set_title(f"Best so far against {AXES[axis][0].split(' (')[0]} (band: range over repeats)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -161,16 +195,15 @@ def write_curve_data(grid: np.ndarray, curves: dict[str, np.ndarray], axis: str,
     frame.to_csv(out, index=False, float_format="%.6g")
 
 
-def equal_budget_rows(runs: dict[str, list[Repeat]]) -> pd.DataFrame:
+def equal_budget_rows(runs: dict[str, list[Repeat]], task: Task) -> pd.DataFrame:
     """Each method's mean best-so-far when every repeat of every method has spent the same
     budget: the smallest total any of them spent, in evaluations, epochs and wall time."""
     rows = []
     for axis in AXES:
-        totals = [budget_spent(r.records, axis)[-1] for repeats in runs.values() for r in repeats if r.records]
-        common = min(totals) if totals else 0.0
+        common = min(budget_totals(runs, axis), default=0.0)
         row: dict[str, Any] = {"equal budget": AXES[axis][2].format(common)}
         for method, repeats in runs.items():
-            values = [curve_at(budget_spent(r.records, axis), best_so_far(r.records), np.array([common]))[0]
+            values = [curve_at(budget_spent(r.records, axis), best_so_far(r.records, task), np.array([common]))[0]
                       for r in repeats]  # fmt: skip
             finite = [v for v in values if np.isfinite(v)]
             row[method_label(method)] = f"{np.mean(finite):.4f}" if finite else "-"
@@ -181,12 +214,20 @@ def equal_budget_rows(runs: dict[str, list[Repeat]]) -> pd.DataFrame:
 # --- GA generations and evaluation times ------------------------------------------------------
 
 
-def plot_ga_generations(repeats: list[Repeat], out: Path) -> None:
-    """Every repeat's population fitness per generation, pooled."""
+def generation_scores(repeats: list[Repeat], task: Task) -> dict[int, list[float]]:
+    """Every repeat's population per generation, pooled, as validation scores: the history holds
+    fitness (higher is better), which for an error is the score negated."""
     by_generation: dict[int, list[float]] = {}
     for repeat in repeats:
         for g in repeat.history.get("generations") or []:
-            by_generation.setdefault(g["generation"], []).extend(f for f in g["fitness"] if f is not None)
+            scores = (f if task.maximize else -f for f in g["fitness"] if f is not None and np.isfinite(f))
+            by_generation.setdefault(g["generation"], []).extend(scores)
+    return by_generation
+
+
+def plot_ga_generations(repeats: list[Repeat], task: Task, out: Path) -> None:
+    """Every repeat's population score per generation, pooled."""
+    by_generation = generation_scores(repeats, task)
     generations = sorted(by_generation)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     if generations:
@@ -194,7 +235,7 @@ def plot_ga_generations(repeats: list[Repeat], out: Path) -> None:
         for g in generations:
             ax.scatter(np.full(len(by_generation[g]), g), by_generation[g], s=8, alpha=0.5, color="tab:blue")
     ax.set_xlabel("generation")
-    ax.set_ylabel("validation accuracy (population)")
+    ax.set_ylabel(f"validation {task.label} (population)")
     ax.set_title(f"GA fitness per generation, {len(repeats)} repeat(s) pooled")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -207,20 +248,25 @@ def _init_kind(record: dict) -> str:
     return record.get("init") or "scratch"
 
 
-def _time_row(records: list[dict]) -> dict[str, Any]:
-    """Time columns over every evaluation (a failure costs time too); accuracy over finished ones."""
+def score_columns(task: Task) -> tuple[str, str]:
+    """The evaluation-time table's columns of the validation score: its best and its mean."""
+    return f"best val {metric_short(task)}", f"mean val {metric_short(task)}"
+
+
+def _time_row(records: list[dict], task: Task) -> dict[str, Any]:
+    """Time columns over every evaluation (a failure costs time too); the score over finished ones."""
     times = np.array([float(r["train_seconds"]) for r in records if r.get("train_seconds") is not None], dtype=float)
     epochs = np.array([len(r.get("epochs") or []) for r in records], dtype=float)
-    accs = np.array([r["val_acc"] for r in records if r["status"] == "finished" and r.get("val_acc") is not None],
-                    dtype=float)  # fmt: skip
+    scores = finished_scores(records)
+    best_column, mean_column = score_columns(task)
     return {
         "evaluations": len(records),
         "mean time (s)": float(times.mean()) if times.size else np.nan,
         "median time (s)": float(np.median(times)) if times.size else np.nan,
         "skewness": float(skew(times, bias=False)) if times.size >= 3 else np.nan,
         "mean epochs trained": float(epochs.mean()) if epochs.size else np.nan,
-        "best val acc": float(accs.max()) if accs.size else np.nan,
-        "mean val acc": float(accs.mean()) if accs.size else np.nan,
+        best_column: float(task.best(scores)) if scores.size else np.nan,
+        mean_column: float(scores.mean()) if scores.size else np.nan,
     }
 
 
@@ -240,11 +286,21 @@ def pooled_histories(runs: dict[str, list[Repeat]]) -> dict[str, dict[str, list[
     return {m: {"evaluations": [rec for r in repeats for rec in r.records]} for m, repeats in runs.items()}
 
 
-def evaluation_time_groups(histories: dict) -> pd.DataFrame:
-    """Fitness-evaluation time (mean, median, skewness) and accuracy per method and, when the GA
-    started children from more than one kind of initial weights, per GA init kind (study 004)."""
-    rows = [{"group": label, **_time_row(records)} for label, records in _time_groups(histories)]
+def evaluation_time_groups(histories: dict, task: Task = CLASSIFICATION) -> pd.DataFrame:
+    """Fitness-evaluation time (mean, median, skewness) and validation score per method and, when the
+    GA started children from more than one kind of initial weights, per GA init kind (study 004)."""
+    rows = [{"group": label, **_time_row(records, task)} for label, records in _time_groups(histories)]
     return pd.DataFrame(rows)
+
+
+def shown_time_table(times: pd.DataFrame, task: Task) -> pd.DataFrame:
+    """The evaluation-time table as text: scores to 4 decimals, times and counts to 2."""
+
+    def shown(column: pd.Series) -> pd.Series:
+        digits = 4 if column.name in score_columns(task) else 2
+        return column.map(lambda v: _fmt(v, digits) if isinstance(v, float) else str(v))
+
+    return times.astype(object).apply(shown)
 
 
 def plot_evaluation_times(histories: dict, out: Path) -> None:
@@ -288,16 +344,17 @@ def weight_rule_sentence(ga_summary: dict) -> str:
 # --- statistics in words ---------------------------------------------------------------------
 
 
-def final_scores(runs: dict[str, list[Repeat]]) -> dict[str, dict[int, float]]:
-    """Each method's final best validation accuracy per seed (NaN: every individual failed)."""
-    return {m: {r.seed: r.summary.get("best_val_acc", np.nan) for r in repeats} for m, repeats in runs.items()}
+def final_scores(runs: dict[str, list[Repeat]], task: Task) -> dict[str, dict[int, float]]:
+    """Each method's final best validation score per seed (NaN: every individual failed)."""
+    key = f"best_{task.val_key}"
+    return {m: {r.seed: r.summary.get(key, np.nan) for r in repeats} for m, repeats in runs.items()}
 
 
-def retrained_test_scores(champion: dict, methods: list[str]) -> dict[str, dict[int, float]]:
-    """Each method's retrained best's test accuracy per seed (NaN: the retraining failed)."""
+def retrained_test_scores(champion: dict, methods: list[str], task: Task) -> dict[str, dict[int, float]]:
+    """Each method's retrained best's test score per seed (NaN: the retraining failed)."""
     scores: dict[str, dict[int, float]] = {m: {} for m in methods}
     for entry in champion["retrained"]:
-        scores.setdefault(entry["method"], {})[entry["seed"]] = entry.get("test_acc", np.nan)
+        scores.setdefault(entry["method"], {})[entry["seed"]] = entry.get(task.test_key, np.nan)
     return scores
 
 
@@ -307,14 +364,15 @@ def _ci_text(stats: dict[str, Any]) -> str:
     return f"{stats['mean']:.4f} (95% CI {stats['ci_low']:.4f}-{stats['ci_high']:.4f})"
 
 
-def answer(val_stats: dict[str, dict], comparisons: list[dict], repeats: int) -> str:
-    """The report's first sentence: the method with the best mean final validation accuracy, and
-    what the paired tests say of it against each other method."""
-    ranked = sorted((m for m in val_stats if val_stats[m]["n"]), key=lambda m: -val_stats[m]["mean"])
+def answer(val_stats: dict[str, dict], comparisons: list[dict], repeats: int, task: Task) -> str:
+    """The report's first sentence: the method with the best mean final validation score (in the
+    task's direction), and what the paired tests say of it against each other method."""
+    ranked = sorted((m for m in val_stats if val_stats[m]["n"]), key=lambda m: val_stats[m]["mean"],
+                    reverse=task.maximize)  # fmt: skip
     if not ranked:
         return "Every search failed: no method found a configuration."
     leader = ranked[0]
-    text = (f"**{method_label(leader)}** reached the best mean final validation accuracy, "
+    text = (f"**{method_label(leader)}** reached the best mean final validation {task.label}, "
             f"{_ci_text(val_stats[leader])} over {repeats} repeat(s).")  # fmt: skip
     about_leader = [c for c in comparisons if leader in (c["method_a"], c["method_b"])]
     if about_leader:
@@ -342,16 +400,18 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def method_table(runs: dict[str, list[Repeat]], val_stats: dict, test_stats: dict) -> pd.DataFrame:
+def method_table(runs: dict[str, list[Repeat]], val_stats: dict, test_stats: dict, task: Task) -> pd.DataFrame:
+    short = metric_short(task)
     rows = []
     for method, repeats in runs.items():
         summaries = [r.summary for r in repeats]
+        val, test = val_stats[method], test_stats[method]
         rows.append({
             "method": method_label(method),
             "repeats": len(repeats),
-            "final best val acc, mean (95% CI)": _ci_text(val_stats[method]) if val_stats[method]["n"] else "-",
-            "sd": _fmt(val_stats[method]["std"]),
-            "test acc of retrained best, mean (95% CI)": _ci_text(test_stats[method]) if test_stats[method]["n"] else "-",
+            f"final best val {short}, mean (95% CI)": _ci_text(val) if val["n"] else "-",
+            "sd": _fmt(val["std"]),
+            f"test {short} of retrained best, mean (95% CI)": _ci_text(test) if test["n"] else "-",
             "evaluations per repeat": _fmt(float(np.mean([s["evaluations"] for s in summaries])), 1),
             "failed": str(sum(s["failed"] for s in summaries)),
             "epochs trained per repeat": _fmt(float(np.mean([s["epochs_trained"] for s in summaries])), 1),
@@ -370,17 +430,18 @@ def run_link(run_id: str | None, ui: str | None) -> str:
     return f"[{run_id[:8]}]({ui}/{run_id})" if ui else run_id
 
 
-def repeat_table(runs: dict[str, list[Repeat]], champion: dict, ui: str | None) -> pd.DataFrame:
+def repeat_table(runs: dict[str, list[Repeat]], champion: dict, ui: str | None, task: Task) -> pd.DataFrame:
     """Every repeat's result, each number linked to the MLflow run it comes from."""
     retrained = {(e["method"], e["seed"]): e for e in champion["retrained"]}
+    short = metric_short(task)
     rows = []
     for method, repeats in runs.items():
         for r in repeats:
             entry = retrained.get((method, r.seed), {})
             rows.append({
                 "method": method_label(method), "seed": str(r.seed),
-                "best val acc": _fmt(r.summary.get("best_val_acc")),
-                "test acc (retrained)": _fmt(entry.get("test_acc")),
+                f"best val {short}": _fmt(r.summary.get(f"best_{task.val_key}")),
+                f"test {short} (retrained)": _fmt(entry.get(task.test_key)),
                 "search run": run_link(r.summary.get("stage_run_id"), ui),
                 "best individual's run": run_link(r.summary.get("best_run_id"), ui),
                 "retraining run": run_link(entry.get("run_id"), ui),
@@ -414,6 +475,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.html``, the plots and the curves' DVC plot data under
     ``results_dir``; returns the report's metrics (also written to ``report.json``)."""
+    task = task_of(data_summary or {})
     seeds = config.repeat_seeds()
     runs, champion = load_results(results_dir, methods, seeds)
     plots = results_dir / "plots"
@@ -421,62 +483,74 @@ def build_report(
     curves_dir = results_dir / "curves"
     curves_dir.mkdir(parents=True, exist_ok=True)
     for axis in AXES:
-        grid, curves = band(runs, axis)
-        plot_curves(grid, curves, axis, plots / PLOT_FILES[axis])
+        grid, curves = band(runs, axis, task)
+        plot_curves(grid, curves, axis, task, plots / PLOT_FILES[axis])
         write_curve_data(grid, curves, axis, curves_dir / AXES[axis][1])
     if "ga" in runs:
-        plot_ga_generations(runs["ga"], plots / PLOT_FILES["generations"])
+        plot_ga_generations(runs["ga"], task, plots / PLOT_FILES["generations"])
     pooled = pooled_histories(runs)
     plot_evaluation_times(pooled, plots / PLOT_FILES["evaluation_time"])
 
-    val = final_scores(runs)
-    test = retrained_test_scores(champion, methods)
+    val = final_scores(runs, task)
+    test = retrained_test_scores(champion, methods, task)
     val_stats = {m: summarise(list(v.values())) for m, v in val.items()}
     test_stats = {m: summarise(list(test[m].values())) for m in methods}
     labels = {m: method_label(m) for m in methods}
-    val_comparisons = pairwise_comparisons(val, labels=labels)
-    test_comparisons = pairwise_comparisons({m: test[m] for m in methods}, labels=labels)
+    val_comparisons = pairwise_comparisons(val, labels=labels, higher_is_better=task.maximize)
+    test_comparisons = pairwise_comparisons({m: test[m] for m in methods}, labels=labels,
+                                            higher_is_better=task.maximize)  # fmt: skip
     best = champion["champion"]
     genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items()
                       if not isinstance(v, list))  # fmt: skip
     epochs = champion["epochs"]
+    examples = EXAMPLE_WORDS[task.kind]
     champion_text = (
-        f"Champion, chosen by validation accuracy after retraining (never by test accuracy): "
+        f"Champion, chosen by validation {task.label} after retraining (never by test {task.label}): "
         f"{method_label(best['method'])}'s best of seed {best['seed']} ({genes}), retrained for {epochs} "
-        f"epoch{'s' if epochs != 1 else ''} on {champion['train_size']} images: validation accuracy "
-        f"{best['val_acc']:.4f}, test accuracy **{best['test_acc']:.4f}** on {champion['test_size']} held-out images "
+        f"epoch{'s' if epochs != 1 else ''} on {champion['train_size']} {examples}: validation {task.label} "
+        f"{best[task.val_key]:.4f}, test {task.label} **{best[task.test_key]:.4f}** on {champion['test_size']} "
+        f"held-out {examples} "
         f"({run_link(best.get('run_id'), ui_runs_url)}; registered as {best.get('registered_model')} "
         f"version {best.get('registered_version')})."
     )
     title = " vs ".join(labels.values())
     blocks: list[Block] = [
         Heading(f"{study_name}: {title}", 1),
-        Paragraph(answer(val_stats, val_comparisons, len(seeds))),
+        Paragraph(answer(val_stats, val_comparisons, len(seeds), task)),
         Paragraph(champion_text),
         Heading("Methods over repeats"),
-        Table(method_table(runs, val_stats, test_stats)),
+        Table(method_table(runs, val_stats, test_stats, task)),
         Bullets(tuple(method_notes(runs) + [
             "Training time counts the seconds spent training (failures included); wall time also counts "
             "tracking and checkpointing. Both times to the final best are training seconds.",
         ])),  # fmt: skip
         Heading("Pairwise comparisons"),
-        Paragraph("Final best validation accuracy of each search (paired by seed: Wilcoxon signed-rank; "
+        Paragraph(f"Final best validation {task.label} of each search (paired by seed: Wilcoxon signed-rank; "
                   "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12, the "
                   f"probability that a run of the first method beats one of the second).{power_note(len(seeds), len(methods))}"),
         Bullets(tuple(c["sentence"] for c in val_comparisons) or ("Fewer than two methods.",)),
-        Paragraph("Test accuracy of each search's best, retrained at full fidelity:"),
+        Paragraph(f"Test {task.label} of each search's best, retrained at full fidelity:"),
         Bullets(tuple(c["sentence"] for c in test_comparisons) or ("Fewer than two methods.",)),
         Heading("Equal budgets"),
-        Paragraph("Mean best-so-far validation accuracy when every repeat of every method had spent the same "
+        Paragraph(f"Mean best-so-far validation {task.label} when every repeat of every method had spent the same "
                   "budget (the smallest total any of them spent), in evaluations, training epochs and wall time:"),
-        Table(equal_budget_rows(runs)),
+        Table(equal_budget_rows(runs, task)),
         *[Image(plots / PLOT_FILES[axis], f"Best so far against {AXES[axis][0]}") for axis in AXES],
     ]  # fmt: skip
     if "ga" in runs:
         blocks += [Heading("GA generations"), Image(plots / PLOT_FILES["generations"], "GA fitness per generation")]
-    times = evaluation_time_groups(pooled)
-    shown_times = times.astype(object).apply(
-        lambda col: col.map(lambda v: _fmt(v, 4 if "acc" in col.name else 2) if isinstance(v, float) else str(v)))
+    sensitivity = load_sensitivity(results_dir / "sensitivity")
+    if sensitivity is not None:
+        blocks += [
+            Heading("GA sensitivity to its own settings"),
+            Paragraph(f"Each setting varied alone around the study's `ga` settings, {sensitivity['repeats']} "
+                      "repeat(s) per value (seeds from `seed`); population size at the study's budget, generations "
+                      "with a budget of population x generations (the `ga_sensitivity` stage; `sensitivity` in "
+                      "params.yaml)."),
+            Table(sensitivity_frame(sensitivity["rows"], task.label)),
+            Image(results_dir / "sensitivity" / "sensitivity.png", "GA sensitivity"),
+        ]  # fmt: skip
+    shown_times = shown_time_table(evaluation_time_groups(pooled, task), task)
     blocks += [
         Heading("Fitness-evaluation time"),
         Paragraph(weight_rule_sentence(runs["ga"][0].summary) if "ga" in runs else ""),
@@ -484,7 +558,7 @@ def build_report(
         Image(plots / PLOT_FILES["evaluation_time"], "Fitness-evaluation time distribution"),
         Heading("Every repeat"),
         Paragraph(f"Run ids link to the MLflow UI ({ui_runs_url or 'make ui'})."),
-        Table(repeat_table(runs, champion, ui_runs_url)),
+        Table(repeat_table(runs, champion, ui_runs_url, task)),
         Heading("Reproduce"),
         Bullets(tuple([
             f"Git commit: {commit or 'unknown (not a git checkout)'}",
@@ -496,9 +570,9 @@ def build_report(
     (results_dir / "report.md").write_text(to_markdown(blocks, results_dir))
     (results_dir / "report.html").write_text(to_html(blocks, f"{study_name}: {title}"))
     metrics = {
-        "champion_test_acc": best["test_acc"],
-        **{f"{m}_best_val_acc_mean": val_stats[m]["mean"] for m in methods},
-        **{f"{m}_test_acc_mean": test_stats[m]["mean"] for m in methods},
+        f"champion_{task.test_key}": best[task.test_key],
+        **{f"{m}_best_{task.val_key}_mean": val_stats[m]["mean"] for m in methods},
+        **{f"{m}_{task.test_key}_mean": test_stats[m]["mean"] for m in methods},
     }
     metrics = {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()}
     write_json(results_dir / "report.json", metrics)

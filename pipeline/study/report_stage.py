@@ -17,7 +17,7 @@ def run_report_stage(config: StudyConfig, results_dir: Path, params_path: Path, 
     tracker = Tracker(config.mlflow.experiment)
     data_summary = json.loads((prepared_dir / "dataset.json").read_text()) if (prepared_dir / "dataset.json").is_file() else None
     run_id = tracker.start_run("report", params={"repeats": len(config.repeat_seeds())}, tags={"stage": "report"})
-    try:
+    with tracker.ends_on_error(run_id):
         metrics = build_report(
             results_dir, config, method_names(), params_text=params_path.read_text(), commit=tracker.commit,
             data_summary=data_summary, ui_runs_url=tracker.runs_url(), study_name=config.mlflow.experiment,
@@ -25,8 +25,5 @@ def run_report_stage(config: StudyConfig, results_dir: Path, params_path: Path, 
         for name in ("report.md", "report.html"):
             tracker.log_artifact(run_id, results_dir / name)
         tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
-    except BaseException as exc:
-        tracker.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
     tracker.end_run(run_id)
     return metrics

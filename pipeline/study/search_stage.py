@@ -5,14 +5,12 @@ results files."""
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from pipeline.config.sections import StudyConfig
@@ -22,10 +20,11 @@ from pipeline.evaluation import EvaluationRecord
 from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
-from pipeline.study.checkpoint import Checkpoint, fingerprint
+from pipeline.study.checkpoint import Checkpoint, fingerprint, platform_signature
 from pipeline.study.layout import repeat_files
 from pipeline.study.lock import StageLock
 from pipeline.study.runner import SearchRunner
+from pipeline.task import task_of
 from pipeline.tracking.observer import SearchTracking
 from pipeline.tracking.store import Tracker
 from pipeline.training.backends import make_evaluator
@@ -41,14 +40,16 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
     for name in SHARED_SECTIONS + get_method(method).settings_sections:
         sections[name] = getattr(config, name).model_dump()
     sections["tracking"] = {"uri": tracker.uri, "experiment": config.mlflow.experiment}
-    # Results are bit-identical on one machine with one torch, not across them.
-    sections["platform"] = {"torch": torch.__version__, "machine": platform.machine()}
+    sections["platform"] = platform_signature()
     return fingerprint(sections)
 
 
-def search_summary(method: str, budget: int, records: list[EvaluationRecord], wall_seconds: float) -> dict[str, Any]:
+def search_summary(
+    method: str, budget: int, records: list[EvaluationRecord], wall_seconds: float, val_key: str = "val_acc"
+) -> dict[str, Any]:
     """One repeat's results: counts, times and its best (the earliest evaluation to reach the best
-    score). Times to the best are given both ways: training seconds (comparable with
+    fitness; its score under ``best_<val_key>``: ``best_val_acc`` or ``best_val_mae``). Times to the
+    best are given both ways: training seconds (comparable with
     ``total_train_seconds``) and wall seconds on the search's clock (comparable with ``wall_seconds``)."""
     finished = [r for r in records if r.finished]
     summary: dict[str, Any] = {
@@ -63,7 +64,7 @@ def search_summary(method: str, budget: int, records: list[EvaluationRecord], wa
     if finished:
         best = max(finished, key=lambda r: r.fitness)  # max() keeps the first of equal scores
         summary.update(
-            best_val_acc=best.val_acc,
+            **{f"best_{val_key}": best.val_score},
             best_val_loss=best.val_loss,
             best_genome=best.genome,
             best_genome_hash=best.genome_hash,
@@ -75,10 +76,11 @@ def search_summary(method: str, budget: int, records: list[EvaluationRecord], wa
     return summary
 
 
-def aggregate_summary(method: str, repeats: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate_summary(method: str, repeats: list[dict[str, Any]], val_key: str = "val_acc") -> dict[str, Any]:
     """The stage's metrics file: numbers a user compares across experiments (``dvc metrics diff``),
     over the repeats; genomes, run ids and reasons stay in the per-repeat files."""
-    scores = np.array([r["best_val_acc"] for r in repeats if r.get("best_val_acc") is not None], dtype=float)
+    best = f"best_{val_key}"
+    scores = np.array([r[best] for r in repeats if r.get(best) is not None], dtype=float)
     metrics: dict[str, Any] = {
         "repeats": len(repeats),
         "repeats_failed": len(repeats) - int(scores.size),
@@ -89,10 +91,10 @@ def aggregate_summary(method: str, repeats: list[dict[str, Any]]) -> dict[str, A
     }
     if scores.size:
         metrics |= {
-            "best_val_acc_mean": float(scores.mean()),
-            "best_val_acc_std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
-            "best_val_acc_min": float(scores.min()),
-            "best_val_acc_max": float(scores.max()),
+            f"{best}_mean": float(scores.mean()),
+            f"{best}_std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
+            f"{best}_min": float(scores.min()),
+            f"{best}_max": float(scores.max()),
         }
     return metrics
 
@@ -106,18 +108,19 @@ def _short(value: Any) -> str:
 class _Progress:
     """One line per trained evaluation above a tqdm bar with the best so far."""
 
-    def __init__(self, bar: tqdm, method: str, budget: int) -> None:
-        self.bar, self.method, self.budget, self.best = bar, method, budget, None
+    def __init__(self, bar: tqdm, method: str, budget: int, val_key: str) -> None:
+        self.bar, self.method, self.budget, self.val_key = bar, method, budget, val_key
+        self.best: EvaluationRecord | None = None
 
     def __call__(self, record: EvaluationRecord, replayed: bool) -> None:
         self.bar.update(1)
-        if record.finished and (self.best is None or record.fitness > self.best):
-            self.best = record.fitness
-            self.bar.set_postfix(best=f"{self.best:.4f}")
+        if record.finished and (self.best is None or record.fitness > self.best.fitness):
+            self.best = record
+            self.bar.set_postfix(best=f"{record.val_score:.4f}")
         if replayed:
             return
         genes = " ".join(f"{k}={_short(v)}" for k, v in record.genome.items())
-        outcome = f"val_acc={record.val_acc:.4f}" if record.finished else f"FAILED ({record.failure})"
+        outcome = f"{self.val_key}={record.val_score:.4f}" if record.finished else f"FAILED ({record.failure})"
         where = f" gen {record.generation}" if record.generation is not None else ""
         self.bar.write(
             f"[{self.method}] eval {record.index + 1}/{self.budget}{where}: {outcome} "
@@ -181,7 +184,8 @@ def _run_repeats(
             print(f"[{method}] repeat {repeat.index} (seed {repeat.seed}): reused, finished earlier with the same "
                   "params, data and code", flush=True)  # fmt: skip
             # The seed names a repeat; its position may have moved (study.seeds edited).
-            summary, history = repeat.reused["summary"] | {"repeat": repeat.index}, repeat.reused["history"]
+            summary = repeat.reused["summary"] | {"repeat": repeat.index}
+            history = _current_history(repeat.reused["history"])
             if repeat.reused["summary"].get("repeat") != repeat.index:
                 tracker.set_tags(repeat.reused["stage_run_id"], {"repeat": repeat.index})
         else:
@@ -190,8 +194,8 @@ def _run_repeats(
         write_json(history_file, history)
         write_json(summary_file, summary)
         summaries.append(summary)
-    write_json(results_dir / f"{stage}.json", aggregate_summary(method, summaries))
-    failed = [s for s in summaries if "best_val_acc" not in s]
+    write_json(results_dir / f"{stage}.json", aggregate_summary(method, summaries, task_of(data.summary).val_key))
+    failed = [s for s in summaries if "best_genome" not in s]
     if len(failed) == len(summaries):
         raise SearchFailed(
             f"{method} search: all {' + '.join(str(s['evaluations']) for s in summaries)} individuals failed "
@@ -217,6 +221,13 @@ def _finished_repeat(repeat: _Repeat, tracker: Tracker) -> dict[str, Any] | None
     return done
 
 
+def _current_history(history: dict[str, Any]) -> dict[str, Any]:
+    """A finished repeat's history with its records in today's form (one written before the
+    regression task named the score ``val_acc``)."""
+    records = [EvaluationRecord.from_dict(r).to_dict() for r in history["evaluations"]]
+    return {**history, "evaluations": records}
+
+
 def _open_checkpoint(method: str, repeat: _Repeat, folder: Path, tracker: Tracker) -> Checkpoint:
     checkpoint, message = Checkpoint.open(folder / f"seed-{repeat.seed}.jsonl", repeat.fingerprint)
     if checkpoint.stage_run_id is not None and not tracker.run_exists(checkpoint.stage_run_id):
@@ -237,7 +248,8 @@ def _search_once(
     config, checkpoint = repeat.config, repeat.checkpoint
     assert checkpoint is not None
     budget = config.budget.evaluations
-    tracking = SearchTracking(tracker, config.seed)
+    val_key = task_of(data.summary).val_key
+    tracking = SearchTracking(tracker, config.seed, val_key)
     weight_rule = spec.weight_rule(config)
     weight_store = None
     if weight_rule != "none":
@@ -263,19 +275,19 @@ def _search_once(
         checkpoint.set_stage_run(stage_run)
     label = f"{method} r{repeat.index}"
     try:
-        with tqdm(total=budget, desc=f"{label} search", unit="eval", disable=None) as bar:
-            runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, _Progress(bar, label, budget))
+        with (
+            tracker.ends_on_error(stage_run),
+            tqdm(total=budget, desc=f"{label} search", unit="eval", disable=None) as bar,
+        ):
+            progress = _Progress(bar, label, budget, val_key)
+            runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, progress)
             records = runner.run()
-    except BaseException as exc:
-        # Ctrl-C or SIGTERM (KeyboardInterrupt/SystemExit) is a kill, anything else a failure.
-        tracking.fail_stage(stage_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
     finally:
         evaluator.close()
-    summary = search_summary(method, budget, records, runner.elapsed()) | strategy.summary()
+    summary = search_summary(method, budget, records, runner.elapsed(), val_key) | strategy.summary()
     summary |= {"repeat": repeat.index, "seed": config.seed, "stage_run_id": stage_run}
     history = {"evaluations": [r.to_dict() for r in records], "generations": strategy.history()}
-    if "best_val_acc" in summary:
+    if "best_genome" in summary:
         tracking.finish_stage(stage_run, summary)
     else:
         print(f"[{method}] repeat {repeat.index} (seed {repeat.seed}): every individual failed", flush=True)

@@ -32,9 +32,10 @@ def mlflow_params(genome: Mapping[str, Any]) -> dict[str, Any]:
 class SearchTracking:
     """The MLflow side of one search stage; every method takes and returns plain run ids."""
 
-    def __init__(self, tracker: Tracker, study_seed: int) -> None:
+    def __init__(self, tracker: Tracker, study_seed: int, val_key: str = "val_acc") -> None:
         self.tracker = tracker
         self.study_seed = study_seed
+        self.val_key = val_key  # the task's validation metric, as logged: val_acc or val_mae
 
     def start_stage(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
         return self.tracker.start_run(name, params=params, tags=tags)
@@ -112,7 +113,7 @@ class SearchTracking:
         for epoch, metrics in enumerate(record.epochs):
             self.tracker.log_metrics(run_id, metrics, step=epoch)
         self.tracker.log_metrics(run_id, {
-            "final_val_acc": record.val_acc, "final_val_loss": record.val_loss, "train_seconds": record.train_seconds,
+            f"final_{self.val_key}": record.val_score, "final_val_loss": record.val_loss, "train_seconds": record.train_seconds,
             "epochs_trained": len(record.epochs), "transferred_fraction": record.transferred_fraction,
         })  # fmt: skip
         self.tracker.set_tags(run_id, {"init": record.init})
@@ -125,7 +126,7 @@ class SearchTracking:
             self.tracker.end_run(run_id, "KILLED")
 
     def finish_stage(self, stage_run: str, summary: Mapping[str, Any]) -> None:
-        keys = ("best_val_acc", "best_val_loss", "evaluations", "failed", "epochs_trained", "total_train_seconds",
+        keys = (f"best_{self.val_key}", "best_val_loss", "evaluations", "failed", "epochs_trained", "total_train_seconds",
                 "train_seconds_to_best", "wall_seconds_to_best")
         self.tracker.log_metrics(stage_run, {k: summary[k] for k in keys})
         self.tracker.set_tags(stage_run, {"best_run_id": summary["best_run_id"], "best_genome_hash": summary["best_genome_hash"]})

@@ -6,12 +6,14 @@ correctly from any process, unlike the fluent API's implicit active-run stack.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -45,16 +47,35 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def _prepare_sqlite_store(uri: str) -> None:
-    """Create the store's folder and switch a new database to WAL, so parallel writers do not block."""
+    """Create the store's folder and a new database whole, in WAL mode (parallel writers do not block)."""
     if not uri.startswith("sqlite:///"):
         return
     path = Path(uri.removeprefix("sqlite:///"))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create_sqlite_store(path)
         with sqlite3.connect(path) as connection:
             connection.execute("PRAGMA journal_mode=wal")
     except (OSError, sqlite3.Error) as exc:
         raise TrackingError(f"{path}: cannot open the MLflow store ({exc}); check that {path.parent} is writable") from None
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """MLflow's tables built in a private file that then appears at ``path`` in one step: a kill -9
+    during the migrations (seconds) would otherwise leave a half-built store every later run fails
+    on. ``os.link`` fails when another process got there first; its store is then the one used."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # A new name each time: MLflow keeps engines by URI, and one to a removed file would be reused.
+    private = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{private}", (path.parent / "artifacts").as_uri())
+        store.engine.dispose()  # every connection closed: the file holds the whole schema
+        with contextlib.suppress(FileExistsError):
+            os.link(private, path)
+    finally:
+        private.unlink(missing_ok=True)
 
 
 def git_commit(root: Path) -> str | None:
@@ -223,6 +244,16 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call(self.client.set_terminated, run_id, status=status)
+
+    @contextlib.contextmanager
+    def ends_on_error(self, run_id: str) -> Iterator[None]:
+        """Ends ``run_id`` as FAILED when the block raises, as KILLED when it is interrupted (Ctrl-C,
+        SIGTERM: ``KeyboardInterrupt``, ``SystemExit``), and lets the exception go on."""
+        try:
+            yield
+        except BaseException as exc:
+            self.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            raise
 
     def resume_run(self, run_id: str) -> None:
         """Set a run of a killed stage RUNNING again: the resumed stage logs into it and ends it."""

@@ -25,6 +25,7 @@ import torch
 from pipeline.data import PreparedData, TensorSplit
 from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback, evaluate_in_order
 from pipeline.space import genome_hash, genome_seed
+from pipeline.task import CLASSIFICATION, Task, task_of
 from pipeline.training.fit import fit_genome, training_device
 from pipeline.training.models import freeze_conv_layers, network_builder
 from pipeline.training.weights import WeightStore, inherit_weights, merge_weights, transferable_fraction
@@ -47,13 +48,14 @@ class TrainingContext:
     num_classes: int
     weights: str = "none"  # the rule children start from their parents' weights by
     threads: int | None = None  # torch threads of one fit; None: leave the process's setting
+    task: Task = CLASSIFICATION  # the loss, and the validation metric that is the fitness
 
     @classmethod
     def for_study(cls, config: StudyConfig, data: PreparedData, weights: str = "none") -> TrainingContext:
         """The context of a study's searches: its space, network, training settings and threads."""
         return cls(
             config.space.kind, config.model, config.train, config.seed, data.image_shape, data.num_classes, weights,
-            config.execution.threads_per_evaluation,
+            config.execution.threads_per_evaluation, task_of(data.summary),
         )  # fmt: skip
 
 
@@ -79,7 +81,8 @@ def _train(
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     genome = proposal.genome
     seed = genome_seed(context.study_seed, genome)
-    build = network_builder(context.space_kind, context.model_config, context.image_shape, context.num_classes)
+    build = network_builder(context.space_kind, context.model_config, context.image_shape,
+                            context.task.outputs(context.num_classes))  # fmt: skip
     started = time.perf_counter()
     initial: dict[str, Any] = {"init": "scratch", "transferred_fraction": 0.0}
     try:
@@ -91,6 +94,7 @@ def _train(
             val_split=val,
             train_config=context.train_config,
             prepare_network=lambda network: initial.update(_initialise(network, proposal, context.weights, parents)),
+            task=context.task,
         )
     except Exception as exc:  # noqa: BLE001 - the individual's failure, not the search's
         _free_memory()
@@ -98,8 +102,8 @@ def _train(
     history = outcome.module.epoch_metrics
     last = history[-1]
     record = EvaluationRecord(
-        genome, genome_hash(genome), seed, "finished", last["val_acc"], last["val_loss"], last["train_loss"],
-        outcome.seconds, history, None, **initial,
+        genome, genome_hash(genome), seed, "finished", last[context.task.val_key], last["val_loss"], last["train_loss"],
+        outcome.seconds, history, None, **initial, maximize=context.task.maximize,
     )  # fmt: skip
     state = None
     if context.weights != "none":

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from pipeline.data import TensorBatches, TensorSplit
 from pipeline.space import Genome
+from pipeline.task import CLASSIFICATION, Task
 from pipeline.training.lit_module import LitClassifier
 from pipeline.training.models import NetworkBuilder
 
@@ -45,12 +46,14 @@ def training_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_trainer(max_epochs: int, early_stopping: EarlyStoppingConfig | None = None) -> pl.Trainer:
+def make_trainer(
+    max_epochs: int, early_stopping: EarlyStoppingConfig | None = None, task: Task = CLASSIFICATION
+) -> pl.Trainer:
     """A Trainer for short fits: no checkpoints, logger, progress bar or summary per individual."""
     callbacks = []
     if early_stopping is not None:
         callbacks.append(
-            EarlyStopping(monitor="val_acc", mode="max", patience=early_stopping.patience,
+            EarlyStopping(monitor=task.val_key, mode="max" if task.maximize else "min", patience=early_stopping.patience,
                           min_delta=early_stopping.min_delta, verbose=False)
         )  # fmt: skip
     return pl.Trainer(
@@ -76,6 +79,7 @@ def fit_genome(
     train_config: TrainConfig,
     epochs: int | None = None,
     prepare_network: Callable[[torch.nn.Module], None] | None = None,
+    task: Task = CLASSIFICATION,
 ) -> FitOutcome:
     """Train the genome's network with its optimiser settings; raises on divergence.
 
@@ -96,8 +100,9 @@ def fit_genome(
             lr_step_size=train_config.lr_step_size,
             lr_gamma=train_config.lr_gamma,
             noise_level=genome.get("noise_level", train_config.noise_level),
+            task=task,
         )
-        trainer = make_trainer(epochs or genome["epochs"], train_config.early_stopping)
+        trainer = make_trainer(epochs or genome["epochs"], train_config.early_stopping, task)
         train_batches = TensorBatches(train_split, genome["batch_size"], shuffle=True, seed=seed)
         val_batches = TensorBatches(val_split, train_config.eval_batch_size, shuffle=False)
         started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The LightningModule every evaluation trains: SGD with the genome's settings and StepLR."""
+"""The LightningModule every evaluation trains: SGD with the genome's settings and StepLR, on the
+task's loss (cross-entropy, or squared error on standardised targets), scored by the task's metric."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import math
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from pipeline.task import CLASSIFICATION, Task
 
 
 class DivergedError(RuntimeError):
@@ -25,9 +27,11 @@ class LitClassifier(pl.LightningModule):
         lr_step_size: int = 1,
         lr_gamma: float = 0.7,
         noise_level: float = 0.0,
+        task: Task = CLASSIFICATION,
     ) -> None:
         super().__init__()
         self.network = network
+        self.task = task
         self.learning_rate = learning_rate
         self.momentum = momentum
         self.weight_decay = weight_decay
@@ -36,7 +40,8 @@ class LitClassifier(pl.LightningModule):
         self.noise_level = noise_level
         self._train_loss_sum = 0.0
         self._train_count = 0
-        # Per-epoch summary, filled at the end of each training epoch: train_loss, val_loss, val_acc.
+        # Per-epoch summary, filled at the end of each training epoch: train_loss, val_loss, the
+        # task's validation metric (val_acc or val_mae) and lr.
         self.epoch_metrics: list[dict[str, float]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -47,7 +52,7 @@ class LitClassifier(pl.LightningModule):
         if self.noise_level > 0:
             # Data augmentation (study 002): fresh Gaussian noise on every training batch.
             images = images + self.noise_level * torch.randn_like(images)
-        loss = F.cross_entropy(self(images), labels)
+        loss = self.task.loss(self(images), labels)
         # A diverged individual must fail fast and be recorded, not train on garbage.
         if not torch.isfinite(loss):
             raise DivergedError(f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}")
@@ -57,11 +62,10 @@ class LitClassifier(pl.LightningModule):
 
     def _evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
         images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        outputs = self(images)
+        loss = self.task.loss(outputs, labels)
         self.log(f"{prefix}_loss", loss, on_epoch=True, batch_size=len(labels))
-        self.log(f"{prefix}_acc", accuracy, on_epoch=True, batch_size=len(labels))
+        self.log(f"{prefix}_{self.task.metric}", self.task.score(outputs, labels), on_epoch=True, batch_size=len(labels))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate_batch(batch, "val")
@@ -75,7 +79,7 @@ class LitClassifier(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Validation of this epoch has run by now (it runs at the end of the training epoch).
-        metrics = {key: float(self.trainer.callback_metrics[key]) for key in ("val_loss", "val_acc")}
+        metrics = {key: float(self.trainer.callback_metrics[key]) for key in ("val_loss", self.task.val_key)}
         train_loss = float(self._train_loss_sum / max(self._train_count, 1))
         if not math.isfinite(metrics["val_loss"]):
             raise DivergedError(f"validation loss became {metrics['val_loss']} at epoch {self.current_epoch}")

@@ -55,8 +55,18 @@ class StudyCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
-def build_network(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> StudyCNN:
+def build_network(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The studies' CNN of ``model`` for images; for tabular features (stored as ``1 x 1 x F``
+    "images") a multilayer perceptron with one hidden layer of ``model.hidden_units``."""
+    if is_tabular(image_shape):
+        hidden = {"units": config.hidden_units, "activation": "relu", "dropout": 0.0}
+        return ArchitectureNet([], [hidden], image_shape, num_classes)
     return StudyCNN(image_shape, num_classes, tuple(config.conv_channels), config.hidden_units)  # type: ignore[arg-type]
+
+
+def is_tabular(image_shape: Sequence[int]) -> bool:
+    """Features of a table, not pixels: one channel, one row."""
+    return tuple(image_shape[:2]) == (1, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""What a dataset asks of a network: classification (fitness: validation accuracy, higher is better)
+or regression (fitness: validation mean absolute error, lower is better).
+
+Every search method, the champion and the report speak one *fitness*, higher is better: a task's
+metric turned around when lower is better. So a regression study runs the same code path as a
+classification one; only the metric's name, its direction and the loss differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # the report and the config read tasks without loading the training stack
+    import torch
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # "classification" or "regression"
+    metric: str  # short name: logged as val_<metric> and test_<metric>
+    label: str  # in words, for reports: "accuracy", "MAE"
+    maximize: bool
+    target_scale: float = 1.0  # regression: targets are standardised; errors are reported in the data's units
+
+    @property
+    def val_key(self) -> str:
+        return f"val_{self.metric}"
+
+    @property
+    def test_key(self) -> str:
+        return f"test_{self.metric}"
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.maximize else "lower is better"
+
+    def fitness(self, score: float | None) -> float:
+        """The score as a fitness (higher is better); ``-inf`` for a missing or non-finite score."""
+        if score is None or not math.isfinite(score):
+            return -math.inf
+        return score if self.maximize else -score
+
+    def best(self, scores: Iterable[float]) -> float:
+        """The best of some scores in the task's direction."""
+        return max(scores) if self.maximize else min(scores)
+
+    def outputs(self, num_classes: int) -> int:
+        """Units of the network's last layer."""
+        return num_classes if self.kind == "classification" else 1
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        if self.kind == "classification":
+            return F.cross_entropy(outputs, targets)
+        return F.mse_loss(outputs.squeeze(-1), targets)
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The metric over a batch: accuracy, or absolute error in the targets' own units."""
+        if self.kind == "classification":
+            return (outputs.argmax(dim=1) == targets).float().mean()
+        return (outputs.squeeze(-1) - targets).abs().mean() * self.target_scale
+
+
+CLASSIFICATION = Task("classification", "acc", "accuracy", maximize=True)
+# The datasets whose targets are numbers, not classes (scikit-learn's bundled diabetes data).
+REGRESSION_DATASETS = ("diabetes",)
+
+
+def task_of(summary: dict) -> Task:
+    """The task of a prepared dataset (its ``dataset.json``)."""
+    if summary.get("task") == "regression":
+        return Task("regression", "mae", "MAE", maximize=False, target_scale=float(summary["target_std"]))
+    return CLASSIFICATION
+
+
+def task_of_dataset(dataset: str) -> Task:
+    """The task a dataset name implies, before it is prepared (the scale is the data's own)."""
+    if dataset in REGRESSION_DATASETS:
+        return Task("regression", "mae", "MAE", maximize=False)
+    return CLASSIFICATION
