@@ -1,4 +1,5 @@
-"""Evaluations per hour: the naive way against ours, the same work, in one process and one run.
+"""Evaluations per hour: the naive way, ours, the bare PyTorch loop and populations trained at once,
+on the same work, in one process and one run.
 
 Work: ``--individuals`` genomes of the default search space (params.yaml), each trained for
 ``--epochs`` epoch(s) on ``--train-size`` FashionMNIST training images and validated on
@@ -9,13 +10,22 @@ Work: ``--individuals`` genomes of the default search space (params.yaml), each 
   sanity check, model summary, logger), one after another;
 - ours: the pipeline's evaluator path (``pipeline.training.fit.fit_genome``): the split held as
   normalised tensors (on the device), batches by indexing, a Trainer without per-individual
-  overhead.
+  overhead;
+- bare: the best plain PyTorch loop of the same work (training and per-epoch validation on the
+  in-memory tensors, batches by indexing, SGD + StepLR), no Lightning, in the default memory
+  layout and in ``channels_last``: the rate an evaluator can approach;
+- population (``--group-sizes``): ``pipeline.training.population`` trains the genomes in groups of
+  that size at once (stacked parameters under ``vmap``, one fused SGD update), against the same
+  genomes trained one after another by our sequential evaluator and by the bare loop; with the
+  studies' network and a small one (8/16 channels, 32 hidden units). All genomes of this part
+  share one batch size (``--population-batch-size``), so that every group is full.
 
 It prints a table and writes JSON with the device, evaluations per hour, training samples per
 second and peak memory of each way, their ratio, the network's FLOPs per training sample and the
 fraction of the device's measured matmul peak that training reaches.
 
     python benchmarks/throughput.py --device cpu --out benchmarks/throughput_cpu.json
+    python benchmarks/throughput.py --device cpu --modes population --group-sizes 4 8 16 --out ...
 """
 
 from __future__ import annotations
@@ -38,13 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning.pytorch as pl  # noqa: E402
 
-from pipeline.config import TrainConfig, load_config  # noqa: E402
+from pipeline.config import ModelConfig, TrainConfig, load_config  # noqa: E402
 from pipeline.data import FASHION_MNIST_FILES, TensorSplit, locate_fashion_mnist, read_idx  # noqa: E402
 from pipeline.training.fit import fit_genome  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.training.lit_module import LitClassifier  # noqa: E402
 from pipeline.training.models import build_network, network_builder  # noqa: E402
 from pipeline.space import SearchSpace, genome_seed  # noqa: E402
+from pipeline.evaluation import Proposal  # noqa: E402
+from pipeline.training.evaluator import TrainingContext  # noqa: E402
+from pipeline.training.population import train_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # FashionMNIST's training-set pixel statistics (as torchvision examples use them).
@@ -145,6 +158,88 @@ def run_ours(genomes: list[dict], splits: dict[str, TensorSplit], device: str) -
         )  # fmt: skip
 
 
+def bare_fit(genome: dict, splits: dict[str, TensorSplit], model: ModelConfig, device: str, channels_last: bool) -> None:
+    """One evaluation as plain PyTorch: the same network, seed, optimiser, schedule, batches and
+    per-epoch validation as ``fit_genome``, without Lightning."""
+    seed = genome_seed(0, genome)
+    torch.manual_seed(seed)
+    network = build_network(model, (1, 28, 28), 10).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    network = network.to(memory_format=layout)
+    train_images = splits["train"].images.to(device).contiguous(memory_format=layout)
+    train_labels = splits["train"].labels.to(device)
+    val_images = splits["val"].images.to(device).contiguous(memory_format=layout)
+    val_labels = splits["val"].labels.to(device)
+    optimiser = torch.optim.SGD(network.parameters(), lr=genome["learning_rate"], momentum=genome["momentum"],
+                                weight_decay=genome["weight_decay"])  # fmt: skip
+    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=1, gamma=0.7)
+    n, batch = len(train_labels), genome["batch_size"]
+    for epoch in range(genome["epochs"]):
+        network.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).to(device)
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            loss = torch.nn.functional.cross_entropy(network(train_images[index]), train_labels[index])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        schedule.step()
+        network.eval()
+        with torch.inference_mode():
+            for start in range(0, len(val_labels), 1000):
+                logits = network(val_images[start : start + 1000])
+                torch.nn.functional.cross_entropy(logits, val_labels[start : start + 1000])
+                (logits.argmax(1) == val_labels[start : start + 1000]).float().mean().item()
+
+
+def run_bare(genomes: list[dict], splits: dict[str, TensorSplit], device: str, channels_last: bool,
+             model: ModelConfig | None = None) -> None:  # fmt: skip
+    model = model or load_config(ROOT / "params.yaml").model
+    for genome in genomes:
+        bare_fit(genome, splits, model, device, channels_last)
+
+
+def run_sequential(genomes: list[dict], splits: dict[str, TensorSplit], model: ModelConfig) -> None:
+    build = network_builder("hyperparameters", model, (1, 28, 28), 10)
+    for genome in genomes:
+        fit_genome(genome, seed=genome_seed(0, genome), build_network=build, train_split=splits["train"],
+                   val_split=splits["val"], train_config=TrainConfig())  # fmt: skip
+
+
+def run_population(genomes: list[dict], splits: dict[str, TensorSplit], model: ModelConfig, group_size: int) -> None:
+    context = TrainingContext("hyperparameters", model, TrainConfig(), 0, (1, 28, 28), 10)
+    proposals = [Proposal(g, f"g{i}") for i, g in enumerate(genomes)]
+    for start in range(0, len(proposals), group_size):
+        train_group(proposals, list(range(start, min(start + group_size, len(proposals)))), context,
+                    splits["train"], splits["val"])  # fmt: skip
+
+
+NETWORKS = {"studies": None, "small": ModelConfig(conv_channels=[8, 16], hidden_units=32)}
+
+
+def population_part(args: argparse.Namespace, splits: dict[str, TensorSplit], genomes: list[dict]) -> dict[str, Any]:
+    """Sequential (ours), bare and population at each group size, per network, on genomes that share
+    one batch size."""
+    same_batch = [{**g, "batch_size": args.population_batch_size} for g in genomes]
+    trained = sum(g["epochs"] for g in same_batch) * args.train_size
+    part: dict[str, Any] = {"batch_size": args.population_batch_size}
+    for name, model in NETWORKS.items():
+        model = model or load_config(ROOT / "params.yaml").model
+        rows: dict[str, Any] = {}
+        seconds, peak = timed(args.device, lambda: run_sequential(same_batch, splits, model))
+        rows["sequential"] = _figures(len(same_batch), trained, seconds, peak)
+        seconds, peak = timed(args.device, lambda: run_bare(same_batch, splits, args.device, args.channels_last_bare,
+                                                            model))  # fmt: skip
+        rows["bare"] = _figures(len(same_batch), trained, seconds, peak)
+        for size in args.group_sizes:
+            seconds, peak = timed(args.device, lambda: run_population(same_batch, splits, model, size))
+            rows[f"population_{size}"] = _figures(len(same_batch), trained, seconds, peak)
+            rows[f"population_{size}"]["vs_sequential"] = rows["sequential"]["seconds"] / seconds
+            rows[f"population_{size}"]["vs_bare"] = rows["bare"]["seconds"] / seconds
+        part[name] = rows
+    return part
+
+
 def tensor_splits(train_size: int, val_size: int) -> dict[str, TensorSplit]:
     files = locate_fashion_mnist(None, Path(tempfile.gettempdir()) / "evohpo-download")
 
@@ -204,6 +299,11 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=10_000)
     parser.add_argument("--val-size", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", nargs="+", choices=["naive", "ours", "bare", "population"],
+                        default=["naive", "ours", "bare"])  # fmt: skip
+    parser.add_argument("--group-sizes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--population-batch-size", type=int, default=64)
+    parser.add_argument("--channels-last-bare", action="store_true", help="population part: bare loop in channels_last")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -221,22 +321,35 @@ def main() -> None:
                  "val_size": args.val_size, "trained_samples": trained_samples},
         "torch": torch.__version__,
     }  # fmt: skip
-    with tempfile.TemporaryDirectory() as scratch:
-        root = raw_fashion_mnist(Path(scratch))
-        seconds, peak = timed(
-            args.device, lambda: run_naive(genomes, root, args.train_size, args.val_size, args.device, Path(scratch) / "logs")
-        )
-    results["naive"] = _figures(len(genomes), trained_samples, seconds, peak)
+    if "naive" in args.modes:
+        with tempfile.TemporaryDirectory() as scratch:
+            root = raw_fashion_mnist(Path(scratch))
+            seconds, peak = timed(args.device, lambda: run_naive(genomes, root, args.train_size, args.val_size,
+                                                                 args.device, Path(scratch) / "logs"))  # fmt: skip
+        results["naive"] = _figures(len(genomes), trained_samples, seconds, peak)
     splits = tensor_splits(args.train_size, args.val_size)
-    seconds, peak = timed(args.device, lambda: run_ours(genomes, splits, args.device))
-    results["ours"] = _figures(len(genomes), trained_samples, seconds, peak)
-    results["ratio"] = results["ours"]["evals_per_hour"] / results["naive"]["evals_per_hour"]
+    if "ours" in args.modes:
+        seconds, peak = timed(args.device, lambda: run_ours(genomes, splits, args.device))
+        results["ours"] = _figures(len(genomes), trained_samples, seconds, peak)
+    if "bare" in args.modes:
+        for layout in ("contiguous", "channels_last"):
+            seconds, peak = timed(args.device, lambda: run_bare(genomes, splits, args.device, layout == "channels_last"))
+            results[f"bare_{layout}"] = _figures(len(genomes), trained_samples, seconds, peak)
+        results["bare"] = max((results[f"bare_{k}"] for k in ("contiguous", "channels_last")),
+                              key=lambda r: r["evals_per_hour"])  # fmt: skip
+    if "naive" in results and "ours" in results:
+        results["ratio"] = results["ours"]["evals_per_hour"] / results["naive"]["evals_per_hour"]
+    if "bare" in results and "ours" in results:
+        results["ours_vs_bare"] = results["ours"]["evals_per_hour"] / results["bare"]["evals_per_hour"]
     flops = flops_per_training_sample(args.device)
     peak_flops = measured_peak_flops(args.device)
     results["flops_per_training_sample"] = flops
     results["device_peak_flops_measured"] = peak_flops
-    for way in ("naive", "ours"):
-        results[way]["fraction_of_peak"] = flops * results[way]["train_samples_per_second"] / peak_flops
+    for way in WAYS:
+        if way in results:
+            results[way]["fraction_of_peak"] = flops * results[way]["train_samples_per_second"] / peak_flops
+    if "population" in args.modes:
+        results["population"] = population_part(args, splits, genomes)
     print_table(results)
     if args.out is not None:
         write_json(args.out, results)
@@ -251,16 +364,32 @@ def _figures(evaluations: int, samples: int, seconds: float, peak_bytes: int) ->
     }
 
 
+WAYS = ("naive", "ours", "bare_contiguous", "bare_channels_last")
+
+
 def print_table(results: dict[str, Any]) -> None:
     print(f"device: {results['device']}; work: {results['work']}")
-    print(f"{'':8} {'seconds':>9} {'evals/hour':>11} {'train samples/s':>16} {'peak MB':>9} {'of peak':>8}")
-    for way in ("naive", "ours"):
-        r = results[way]
-        print(f"{way:8} {r['seconds']:9.1f} {r['evals_per_hour']:11.0f} {r['train_samples_per_second']:16.0f} "
-              f"{r['peak_memory_mb']:9.0f} {r['fraction_of_peak']:8.2%}")  # fmt: skip
-    print(f"ratio (ours / naive evaluations per hour): {results['ratio']:.2f}x; "
-          f"network: {results['flops_per_training_sample'] / 1e6:.1f} MFLOP per training sample; "
+    print(f"{'':19} {'seconds':>9} {'evals/hour':>11} {'train samples/s':>16} {'peak MB':>9} {'of peak':>8}")
+    for way in WAYS:
+        if way in results:
+            r = results[way]
+            print(f"{way:19} {r['seconds']:9.1f} {r['evals_per_hour']:11.0f} {r['train_samples_per_second']:16.0f} "
+                  f"{r['peak_memory_mb']:9.0f} {r['fraction_of_peak']:8.2%}")  # fmt: skip
+    if "ratio" in results:
+        print(f"ratio (ours / naive evaluations per hour): {results['ratio']:.2f}x")
+    if "ours_vs_bare" in results:
+        print(f"ours / best bare loop: {results['ours_vs_bare']:.2f}x")
+    print(f"network: {results['flops_per_training_sample'] / 1e6:.1f} MFLOP per training sample; "
           f"measured matmul peak {results['device_peak_flops_measured'] / 1e9:.0f} GFLOP/s")
+    population = results.get("population")
+    if population:
+        print(f"population part (every genome at batch size {population['batch_size']}):")
+        print(f"{'network':8} {'way':16} {'seconds':>9} {'evals/hour':>11} {'vs sequential':>14} {'vs bare':>8}")
+        for network in NETWORKS:
+            for way, r in population[network].items():
+                versus = (f"{r['vs_sequential']:13.2f}x {r['vs_bare']:7.2f}x" if "vs_sequential" in r
+                          else f"{'':14} {'':8}")  # fmt: skip
+                print(f"{network:8} {way:16} {r['seconds']:9.1f} {r['evals_per_hour']:11.0f} {versus}")
 
 
 if __name__ == "__main__":

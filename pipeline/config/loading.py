@@ -124,7 +124,7 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     if errors:
         raise _invalid(source, errors)
     _check_operators(config, source)
-    errors = task_errors(config)
+    errors = task_errors(config) + execution_errors(config)
     if errors:
         raise _invalid(source, errors)
     if config.space.kind == "architecture":
@@ -133,6 +133,20 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     if errors:
         raise _invalid(source, errors)
     return config
+
+
+def execution_errors(config: StudyConfig) -> list[str]:
+    """An evaluator asked for that cannot run the study as set, by key."""
+    execution = config.execution
+    if execution.evaluator != "population":
+        return []
+    if execution.backend != "local" or execution.workers > 1:
+        return ["execution.evaluator: population trains in this process; it needs execution.backend: local and "
+                f"execution.workers: 1 (got {execution.backend}, {execution.workers})"]  # fmt: skip
+    if config.ga.weights != "none":
+        return [f"execution.evaluator: population trains from scratch; ga.weights: {config.ga.weights} needs "
+                "execution.evaluator: sequential or auto"]  # fmt: skip
+    return []
 
 
 def task_errors(config: StudyConfig) -> list[str]:

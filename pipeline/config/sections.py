@@ -316,11 +316,17 @@ class RayConfig(_Section):
 
 
 class ExecutionConfig(_Section):
-    """How evaluations run. Never changes results: the same seed gives the same study whatever runs
-    it, as long as each evaluation gets the same number of threads (``threads_per_evaluation``)."""
+    """How evaluations run. The backend and the workers never change results: the same seed gives the
+    same study whatever runs it, as long as each evaluation gets the same number of threads
+    (``threads_per_evaluation``). The population evaluator gives the same results within float
+    tolerance for networks without dropout, and other dropout masks otherwise."""
 
     backend: Literal["local", "ray"] = "local"
     workers: Annotated[int, Field(ge=1, le=1024)] = 1  # local: evaluations at once, in worker processes when > 1
+    # sequential: one network after another; population: the members of a batch that share an
+    # architecture and a batch size trained together (vmap); auto: population on a GPU, else sequential.
+    evaluator: Literal["auto", "sequential", "population"] = "auto"
+    max_group_size: Annotated[int, Field(ge=2, le=1024)] = 16  # members of one population fit at most
     # torch threads of one evaluation; None: torch's default in one process, the cores split between workers
     threads_per_evaluation: Annotated[int, Field(ge=1, le=1024)] | None = None
     ray: RayConfig = RayConfig()

@@ -27,7 +27,7 @@ from pipeline.study.runner import SearchRunner
 from pipeline.task import task_of
 from pipeline.tracking.observer import SearchTracking
 from pipeline.tracking.store import Tracker
-from pipeline.training.backends import make_evaluator
+from pipeline.training.backends import make_evaluator, uses_population
 from pipeline.training.weights import WeightStore
 
 SHARED_SECTIONS = ("model", "space", "budget", "train")
@@ -40,6 +40,8 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
     for name in SHARED_SECTIONS + get_method(method).settings_sections:
         sections[name] = getattr(config, name).model_dump()
     sections["tracking"] = {"uri": tracker.uri, "experiment": config.mlflow.experiment}
+    # A population trains to float tolerance of one network at a time (other dropout masks).
+    sections["evaluator"] = "population" if uses_population(config, get_method(method).weight_rule(config)) else "sequential"
     sections["platform"] = platform_signature()
     return fingerprint(sections)
 

@@ -1,13 +1,29 @@
-"""The evaluator ``execution`` asks for: sequential here, worker processes here, or Ray tasks."""
+"""The evaluator ``execution`` asks for: sequential here, a population at once here, worker processes
+here, or Ray tasks."""
 
 from __future__ import annotations
+
+import torch
 
 from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.evaluation import Evaluator
 from pipeline.training.evaluator import SequentialEvaluator, TrainingContext, WorkerPoolEvaluator
+from pipeline.training.population import PopulationEvaluator
 from pipeline.training.ray_backend import RayEvaluator
 from pipeline.training.weights import WeightStore
+
+
+def uses_population(config: StudyConfig, weight_rule: str) -> bool:
+    """Whether the study's searches train populations at once: asked for, or ``auto`` where it pays
+    (a GPU: on a CPU a population ran 0.4-1.0x the same members one after another; see
+    benchmarks/RESULTS.md). Never with weight reuse, worker processes or Ray."""
+    execution = config.execution
+    if execution.evaluator == "sequential" or weight_rule != "none":
+        return False
+    if execution.backend != "local" or execution.workers > 1:
+        return False
+    return execution.evaluator == "population" or torch.cuda.is_available()
 
 
 def make_evaluator(
@@ -19,4 +35,6 @@ def make_evaluator(
         return RayEvaluator(data, context, weight_store, ray_config=execution.ray)
     if execution.workers > 1:
         return WorkerPoolEvaluator(data, context, weight_store, workers=execution.workers)
+    if uses_population(config, weight_rule):
+        return PopulationEvaluator(data, context, max_group_size=execution.max_group_size)
     return SequentialEvaluator(data, context, weight_store)
