@@ -106,9 +106,10 @@ class PopulationModule(pl.LightningModule):
         self.params = {k: v.detach().clone() for k, v in params.items()}
         self.buffers_ = {k: v.detach().clone() for k, v in buffers.items()}
         self.momentum_buffers = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        self.lr = torch.tensor([m.lr for m in members])
-        self.momentum = torch.tensor([m.momentum for m in members])
-        self.weight_decay = torch.tensor([m.weight_decay for m in members])
+        # Double precision, as torch.optim holds them (Python floats); cast where they meet the weights.
+        self.lr = torch.tensor([m.lr for m in members], dtype=torch.float64)
+        self.momentum = torch.tensor([m.momentum for m in members], dtype=torch.float64)
+        self.weight_decay = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
         self._sums: dict[str, torch.Tensor] = {}
 
     def on_fit_start(self) -> None:
@@ -168,10 +169,14 @@ class PopulationModule(pl.LightningModule):
         weight decay per member: each coefficient a ``[members, 1, ...]`` tensor."""
         for (key, param), grad in zip(self.params.items(), grads):
             shape = (-1,) + (1,) * (param.dim() - 1)
-            step = grad + self.weight_decay.view(shape) * param
+
+            def per_member(values: torch.Tensor) -> torch.Tensor:
+                return values.view(shape).to(param.dtype)
+
+            step = grad + per_member(self.weight_decay) * param
             buffer = self.momentum_buffers[key]
-            buffer.mul_(self.momentum.view(shape)).add_(step)
-            param.sub_(self.lr.view(shape) * buffer)
+            buffer.mul_(per_member(self.momentum)).add_(step)
+            param.sub_(per_member(self.lr) * buffer)
 
     # -- validation and the end of an epoch -------------------------------------------------------
 
