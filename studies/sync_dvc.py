@@ -33,8 +33,13 @@ def study_stages(project: dict) -> dict:
         words = stage["cmd"].split()
         stage["cmd"] = " ".join(_to_root(w) for w in words)
         stage["deps"] = [_to_root(d) for d in stage["deps"]]
+        # Plain outputs, not DVC metrics: `dvc metrics show` at the root stays the default study's
+        # (ask for a study's by path: dvc metrics show studies/<name>/results/ga_search.json).
+        if "metrics" in stage:
+            stage["outs"] = stage.get("outs", []) + stage.pop("metrics")
         stages[name] = stage
-    return {"stages": stages, "plots": project.get("plots", [])}
+    # Their curves are in their reports; `dvc plots show` at the root stays the default study's.
+    return {"stages": stages}
 
 
 def rendered(project: dict) -> str:
