@@ -485,15 +485,18 @@ class TensorBatches:
     without the per-sample indexing and collation.
 
     Lightning accepts any iterable with ``__len__`` as a dataloader; ``__iter__`` is called once
-    per epoch, and epoch ``e`` uses the permutation of ``torch.Generator(seed + e)``.
+    per epoch, and epoch ``e`` uses the permutation of ``torch.Generator(seed + e)``; ``first_epoch``:
+    the epoch of the first ``__iter__`` (a resumed fit's).
     """
 
-    def __init__(self, split: TensorSplit, batch_size: int, *, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self, split: TensorSplit, batch_size: int, *, shuffle: bool, seed: int = 0, first_epoch: int = 0
+    ) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self._epoch = 0
+        self._epoch = first_epoch
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)

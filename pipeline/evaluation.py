@@ -57,10 +57,25 @@ class EvaluationRecord:
     run_id: str | None = None
     elapsed_seconds: float | None = None
     maximize: bool = True  # the metric's direction: the fitness is ``val_score`` or its negation
+    # Multi-fidelity: the rung its score comes from (0: the first; None: no fidelity), and whether
+    # successive halving stopped it there before its full epochs.
+    rung: int | None = None
+    stopped_early: bool = False
 
     @property
     def finished(self) -> bool:
         return self.status == "finished" and self.val_score is not None
+
+    @property
+    def fidelity_level(self) -> float:
+        """How far its training went, for ranking: ``inf`` when it trained all its epochs (or early
+        stopping ended it), else the rung successive halving stopped it at."""
+        return float(self.rung) if self.stopped_early and self.rung is not None else math.inf
+
+    def ranking_key(self) -> tuple[float, float]:
+        """Sort key, higher is better: a member stopped at a lower rung ranks below every member that
+        went further, then by fitness."""
+        return (self.fidelity_level, self.fitness)
 
     @property
     def fitness(self) -> float:

@@ -11,6 +11,7 @@ from pipeline.config.sections import (
     ChoiceGene,
     DataConfig,
     EarlyStoppingConfig,
+    FidelityConfig,
     FloatGene,
     GAConfig,
     IntGene,
@@ -25,6 +26,6 @@ from pipeline.errors import ConfigError
 
 __all__ = [
     "ArchitectureConfig", "BudgetConfig", "ChampionConfig", "ChoiceGene", "ConfigError", "DATASET_IMAGE_SHAPES",
-    "DataConfig", "EarlyStoppingConfig", "FloatGene", "GAConfig", "IntGene", "ModelConfig", "OperatorConfig", "PhasesConfig", "SpaceConfig",
+    "DataConfig", "EarlyStoppingConfig", "FidelityConfig", "FloatGene", "GAConfig", "IntGene", "ModelConfig", "OperatorConfig", "PhasesConfig", "SpaceConfig",
     "StudyConfig", "TrainConfig", "gene_errors", "load_config", "parse_config",
 ]  # fmt: skip

@@ -138,6 +138,11 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
 def execution_errors(config: StudyConfig) -> list[str]:
     """An evaluator asked for that cannot run the study as set, by key."""
     execution = config.execution
+    if config.fidelity.enabled and (execution.backend != "local" or execution.workers > 1
+                                    or execution.evaluator == "population"):  # fmt: skip
+        return ["fidelity.rungs: multi-fidelity resumes each promoted individual in this process; it needs "
+                "execution.backend: local, execution.workers: 1 and execution.evaluator: auto or sequential (got "
+                f"{execution.backend}, {execution.workers}, {execution.evaluator})"]  # fmt: skip
     if execution.evaluator != "population":
         return []
     if execution.backend != "local" or execution.workers > 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 # Upper bounds: generous for any study this pipeline runs, yet a typo (an extra 0 or three) is refused
@@ -158,6 +158,40 @@ class SpaceConfig(_Section):
 
 class BudgetConfig(_Section):
     evaluations: Annotated[int, Field(gt=0, le=MAX_EVALUATIONS)]
+    # Training epochs of all individuals summed (with fidelity, only the epochs actually trained): compute,
+    # equal for methods with and without early stopping of bad individuals. None: evaluations only.
+    epochs: Annotated[int, Field(gt=0, le=MAX_EVALUATIONS * MAX_EPOCHS)] | None = None
+
+
+class FidelityConfig(_Section):
+    """Multi-fidelity by successive halving over each batch (a GA generation, the grid's or random
+    search's list): every candidate trains to the first rung, the top 1/eta go on to the next from
+    their saved training state, up to their full epochs; the others stop with their rung's score."""
+
+    # Whole numbers: epochs (e.g. [1, 3, 9]); else fractions of each genome's epochs (e.g. [0.25, 0.5]).
+    # Each genome's last rung is its full epochs. None: every candidate trains all its epochs.
+    rungs: list[Annotated[float, Field(gt=0, le=MAX_EPOCHS)]] | None = None
+    eta: Annotated[int, Field(ge=2, le=100)] = 3  # the top 1/eta of a rung are promoted
+    # rung: a member stopped at a lower rung ranks below every member that went further; score: by score alone.
+    ranking: Literal["rung", "score"] = "rung"
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs_increase(cls, rungs: list[float] | None) -> list[float] | None:
+        if rungs is None:
+            return None
+        if not rungs:
+            raise ValueError("give at least one rung, or null for no multi-fidelity")
+        if any(b <= a for a, b in zip(rungs, rungs[1:])):
+            raise ValueError(f"rungs must increase strictly, got {rungs}")
+        if not all(float(r).is_integer() for r in rungs) and max(rungs) > 1:
+            raise ValueError(f"rungs are whole epochs (e.g. [1, 3, 9]) or fractions of a genome's epochs up to 1 "
+                             f"(e.g. [0.25, 0.5]), not a mix: got {rungs}")  # fmt: skip
+        return rungs
+
+    @property
+    def enabled(self) -> bool:
+        return self.rungs is not None
 
 
 class ModelConfig(_Section):
@@ -346,6 +380,7 @@ class StudyConfig(_Section):
     study: RepeatsConfig = RepeatsConfig()
     execution: ExecutionConfig = ExecutionConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
+    fidelity: FidelityConfig = FidelityConfig()
 
     def repeat_seeds(self) -> list[int]:
         """The seed of each repeat, in order."""

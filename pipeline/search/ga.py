@@ -26,6 +26,7 @@ from pipeline.evaluation import Proposal, Scored
 from pipeline.operators import bind_operator, split_settings
 from pipeline.operators.layers import genome_operators
 from pipeline.operators.mutation import mutation_rate
+from pipeline.search.fidelity import rung_ranked_fitness
 from pipeline.search.protocol import Batch, Group, GroupReport
 from pipeline.space import Genome
 
@@ -50,6 +51,8 @@ class Member:
     # unchanged); "cached" (bred again but seen before, so not retrained)
     origin: str
     parents: tuple[str, ...] | None = None  # the parents' genome hashes
+    # Multi-fidelity: the rung successive halving stopped it at; inf: trained all its epochs.
+    fidelity_level: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -149,14 +152,17 @@ def breed(
     mutate: Callable[..., Genome],
     crossover_probability: float = 1.0,
     diversity: float | None = None,
+    fitness: np.ndarray | None = None,
 ) -> list[tuple[Genome, tuple[int, int]]]:
     """``n_children`` children of the population ``parents``, each with its parents' indices.
 
     A pair is crossed with probability ``crossover_probability`` (else the child starts as a copy
     of the first parent); every child is then mutated. Draw order per child: the crossover coin
     (only when the probability is below 1), the crossover's draws, the mutation's draws.
+    ``fitness``: what selection ranks the parents by (default: their fitness).
     """
-    fitness = np.array([m.fitness for m in parents])
+    if fitness is None:
+        fitness = np.array([m.fitness for m in parents])
     pairs = select(fitness, n_children, rng)
     children = []
     for a, b in pairs:
@@ -193,8 +199,12 @@ class GeneticSearch:
         phases: PhasesConfig | None = None,
         clock: Callable[[], float] | None = None,
         maximize: bool = True,
+        rank_by_rung: bool = True,
     ) -> None:
         self.space = space
+        # Multi-fidelity (fidelity.ranking: rung): a member stopped at a lower rung ranks below every
+        # member that went further, in elitism, survival, selection and the best; else by score alone.
+        self.rank_by_rung = rank_by_rung
         self.config = config
         self.maximize = maximize  # the direction of termination.target_fitness (accuracy, or an error)
         self.budget = budget
@@ -297,7 +307,18 @@ class GeneticSearch:
 
     def _best_member(self) -> Member | None:
         finished = [m for m in self.cache.values() if math.isfinite(m.fitness)]
-        return max(finished, key=lambda m: m.fitness) if finished else None
+        if not finished:
+            return None
+        ranked = self.ranking_fitness(finished)
+        return finished[int(np.argmax(ranked))]  # the first of equals
+
+    def ranking_fitness(self, members: Sequence[Member]) -> np.ndarray:
+        """What the GA ranks ``members`` by: their fitness, below every member of a higher rung when
+        multi-fidelity stopped them early (and ``rank_by_rung``)."""
+        fitness = np.array([m.fitness for m in members], dtype=float)
+        if not self.rank_by_rung:
+            return fitness
+        return rung_ranked_fitness(fitness, np.array([m.fidelity_level for m in members], dtype=float))
 
     def _run_phase(
         self, phase: int, space: Any, transfer: Member | None, phase_budget: int
@@ -354,7 +375,7 @@ class GeneticSearch:
         self, number: int, phase: int, space: Any, population: list[Member], freeze: int
     ) -> Generator[Batch, list[Scored | None], list[Member]]:
         """Elites and random survivors carried unchanged, fresh immigrants, then bred children."""
-        fitness = np.array([m.fitness for m in population])
+        fitness = self.ranking_fitness(population)
         elite_idx = elite_indices(fitness, self.config.elites)
         carried = [replace(population[i], origin="elite") for i in elite_idx]
         for i in survivor_indices(fitness, len(elite_idx), self.config.survivors, self.rng):
@@ -374,7 +395,7 @@ class GeneticSearch:
             bred = breed(
                 population, missing, space, self.rng,
                 select=self.select, crossover=self.crossover, mutate=self.mutate_genome,
-                crossover_probability=self.crossover_probability, diversity=diversity,
+                crossover_probability=self.crossover_probability, diversity=diversity, fitness=fitness,
             )  # fmt: skip
             for genome, (a, b) in bred:
                 try:
@@ -382,7 +403,7 @@ class GeneticSearch:
                 except ValueError as exc:  # InfeasibleGenome: recorded, never trained
                     rejected.append(Rejection(genome, str(exc)))
                     continue
-                parents = sorted((population[a], population[b]), key=lambda m: -m.fitness)
+                parents = tuple(population[i] for i in sorted((a, b), key=lambda i: -fitness[i]))
                 index = len(carried) + len(proposals)
                 proposals.append(self._proposal(number, index, repaired, "child", tuple(parents), tuple(notes), freeze))
         return (yield from self._score_generation(number, phase, space, proposals, carried, rate, tuple(rejected)))
@@ -430,7 +451,7 @@ class GeneticSearch:
                 trained += 1
                 member = Member(
                     proposal.genome, record.genome_hash, record.fitness, record.run_id,
-                    proposal.tags["origin"], proposal.parents or None,
+                    proposal.tags["origin"], proposal.parents or None, record.fidelity_level,
                 )  # fmt: skip
                 self.cache[record.genome_hash] = member
             else:

@@ -105,9 +105,13 @@ def make_study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
 
 
 def tell_record(study: optuna.Study, trial: Trial, record: EvaluationRecord) -> None:
-    """A finished record's fitness; FAIL for a failed one, or a non-finite fitness (which Optuna
-    would fail with a logged warning)."""
-    if record.finished and math.isfinite(record.fitness):
+    """A finished record's fitness; PRUNED at its rung's score when multi-fidelity stopped it early
+    (TPE models pruned trials by their last intermediate value); FAIL for a failed one, or a
+    non-finite fitness (which Optuna would fail with a logged warning)."""
+    if record.finished and math.isfinite(record.fitness) and record.stopped_early:
+        trial.report(record.fitness, step=len(record.epochs))
+        study.tell(trial, state=TrialState.PRUNED)
+    elif record.finished and math.isfinite(record.fitness):
         study.tell(trial, record.fitness)
     else:
         study.tell(trial, state=TrialState.FAIL)

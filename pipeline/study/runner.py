@@ -10,6 +10,7 @@ handed in.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Sequence
@@ -28,23 +29,37 @@ class ResumeDiverged(CheckpointError):
     platform is not deterministic, and the checkpoint cannot be continued."""
 
 
-def plan_batch(batch: Batch, known: Collection[str], budget_left: int) -> list[str]:
+def plan_batch(
+    batch: Batch,
+    known: Collection[str],
+    budget_left: int,
+    epochs_left: float = math.inf,
+    epoch_cost: Callable[[Proposal], float] | None = None,
+) -> list[str]:
     """What to do with each proposal: ``train`` a genome not seen yet while the budget (and the
     batch's own ``max_trainings``) lasts; ``cached`` for one evaluated before, or earlier in this
-    batch; ``dropped`` past the budget."""
+    batch; ``dropped`` past the budget. With an epoch budget, a proposal is trained only while its
+    ``epoch_cost`` fits in ``epochs_left`` (and every later new one is dropped)."""
     limit = budget_left if batch.max_trainings is None else min(budget_left, batch.max_trainings)
-    planned, plan, trainings = set(known), [], 0
+    planned, plan, trainings, spent = set(known), [], 0, 0.0
     for proposal in batch.proposals:
         hash_ = proposal.genome_hash
+        cost = epoch_cost(proposal) if epoch_cost is not None else 0.0
         if hash_ in planned:
             plan.append(CACHED)
-        elif trainings < limit:
+        elif trainings < limit and spent + cost <= epochs_left and DROPPED not in plan:
             plan.append(TRAIN)
             planned.add(hash_)
             trainings += 1
+            spent += cost
         else:
             plan.append(DROPPED)
     return plan
+
+
+def genome_epochs(proposal: Proposal) -> float:
+    """A proposal's epochs when trained in full: what it costs an epoch budget without fidelity."""
+    return float(proposal.genome["epochs"])
 
 
 @dataclass
@@ -53,7 +68,9 @@ class SearchRunner:
 
     ``checkpoint``: where each finished evaluation is appended, and the records of a killed run
     to replay. ``tracking``: MLflow runs under ``stage_run``. ``on_record(record, replayed)``:
-    progress, after each record is committed.
+    progress, after each record is committed. ``epoch_budget``: at most this many training epochs
+    (``budget.epochs``), a proposal admitted while its ``epoch_cost`` fits in what is left (with
+    multi-fidelity its expected cost: a batch's promotions may end a few epochs past the budget).
     """
 
     strategy: Strategy
@@ -64,6 +81,9 @@ class SearchRunner:
     stage_run: str | None = None
     on_record: Callable[[EvaluationRecord, bool], None] | None = None
     records: list[EvaluationRecord] = field(default_factory=list)  # every training of this search, in order
+    epoch_budget: int | None = None
+    epoch_cost: Callable[[Proposal], float] = genome_epochs
+    stop_reason: str = ""  # why the runner ended the search itself (the epoch budget), else empty
 
     def __post_init__(self) -> None:
         self._replay = list(self.checkpoint.records) if self.checkpoint is not None else []
@@ -77,9 +97,16 @@ class SearchRunner:
         """Seconds on the search's own clock (a resumed search continues the killed one's)."""
         return time.perf_counter() - self._started
 
+    def epochs_trained(self) -> int:
+        return sum(len(r.epochs) for r in self.records)
+
     def run(self) -> list[EvaluationRecord]:
         while (batch := self.strategy.ask()) is not None:
-            plan = plan_batch(batch, self._known.keys(), self.budget - len(self.records))
+            if self.epoch_budget is None:
+                epochs_left, cost = math.inf, None
+            else:
+                epochs_left, cost = self.epoch_budget - self.epochs_trained(), self.epoch_cost
+            plan = plan_batch(batch, self._known.keys(), self.budget - len(self.records), epochs_left, cost)
             group_run = self._group_run(batch)
             to_train = [p for p, action in zip(batch.proposals, plan) if action == TRAIN]
             try:
@@ -95,7 +122,19 @@ class SearchRunner:
             report = self.strategy.tell(scored)
             if self.tracking is not None and batch.group is not None and group_run is not None:
                 self.tracking.finish_group(group_run, batch.group, report, self.stage_run)
+            if self.epoch_budget is not None and self._epochs_spent(batch, plan, epochs_left):
+                trained = self.epochs_trained()
+                self.stop_reason = f"budget of {self.epoch_budget} training epochs spent ({trained} trained)"
+                break
         return self.records
+
+    def _epochs_spent(self, batch: Batch, plan: Sequence[str], epochs_left: float) -> bool:
+        """Whether the epoch budget ended the search: none left, or a new genome did not fit in it."""
+        if self.epochs_trained() >= (self.epoch_budget or 0):
+            return True
+        admitted = sum(self.epoch_cost(p) for p, a in zip(batch.proposals, plan) if a == TRAIN)
+        first_dropped = next((p for p, a in zip(batch.proposals, plan) if a == DROPPED), None)
+        return first_dropped is not None and admitted + self.epoch_cost(first_dropped) > epochs_left
 
     def _group_run(self, batch: Batch) -> str | None:
         if self.tracking is None or batch.group is None:

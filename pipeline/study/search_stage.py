@@ -8,7 +8,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -16,21 +16,22 @@ from tqdm import tqdm
 from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.errors import SearchFailed
-from pipeline.evaluation import EvaluationRecord
+from pipeline.evaluation import EvaluationRecord, Proposal
+from pipeline.search.fidelity import expected_epochs
 from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
 from pipeline.study.checkpoint import Checkpoint, fingerprint, platform_signature
 from pipeline.study.layout import repeat_files
 from pipeline.study.lock import StageLock
-from pipeline.study.runner import SearchRunner
+from pipeline.study.runner import SearchRunner, genome_epochs
 from pipeline.task import task_of
 from pipeline.tracking.observer import SearchTracking
 from pipeline.tracking.store import Tracker
 from pipeline.training.backends import make_evaluator, uses_population
 from pipeline.training.weights import WeightStore
 
-SHARED_SECTIONS = ("model", "space", "budget", "train")
+SHARED_SECTIONS = ("model", "space", "budget", "train", "fidelity")
 
 
 def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, tracker: Tracker) -> str:
@@ -46,13 +47,25 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
     return fingerprint(sections)
 
 
+def epoch_cost(config: StudyConfig) -> Callable[[Proposal], float]:
+    """What a proposal costs ``budget.epochs`` when admitted: its epochs, or with multi-fidelity the
+    epochs successive halving trains a candidate on average."""
+    fidelity = config.fidelity
+    if fidelity.rungs is None:
+        return genome_epochs
+    rungs, eta = fidelity.rungs, fidelity.eta
+    return lambda proposal: expected_epochs(rungs, int(proposal.genome["epochs"]), eta)
+
+
 def search_summary(
-    method: str, budget: int, records: list[EvaluationRecord], wall_seconds: float, val_key: str = "val_acc"
+    method: str, budget: int, records: list[EvaluationRecord], wall_seconds: float, val_key: str = "val_acc",
+    rank_by_rung: bool = True,
 ) -> dict[str, Any]:
     """One repeat's results: counts, times and its best (the earliest evaluation to reach the best
-    fitness; its score under ``best_<val_key>``: ``best_val_acc`` or ``best_val_mae``). Times to the
-    best are given both ways: training seconds (comparable with
-    ``total_train_seconds``) and wall seconds on the search's clock (comparable with ``wall_seconds``)."""
+    fitness; its score under ``best_<val_key>``: ``best_val_acc`` or ``best_val_mae``; with
+    multi-fidelity and ``rank_by_rung``, one that went furthest). Times to the best are given both
+    ways: training seconds (comparable with ``total_train_seconds``) and wall seconds on the
+    search's clock (comparable with ``wall_seconds``)."""
     finished = [r for r in records if r.finished]
     summary: dict[str, Any] = {
         "method": method,
@@ -63,8 +76,11 @@ def search_summary(
         "total_train_seconds": sum(r.train_seconds for r in records),
         "wall_seconds": wall_seconds,
     }
+    if any(r.rung is not None for r in records):
+        summary["stopped_early"] = sum(r.stopped_early for r in records)
     if finished:
-        best = max(finished, key=lambda r: r.fitness)  # max() keeps the first of equal scores
+        rank = EvaluationRecord.ranking_key if rank_by_rung else (lambda r: r.fitness)
+        best = max(finished, key=rank)  # max() keeps the first of equal scores
         summary.update(
             **{f"best_{val_key}": best.val_score},
             best_val_loss=best.val_loss,
@@ -116,13 +132,15 @@ class _Progress:
 
     def __call__(self, record: EvaluationRecord, replayed: bool) -> None:
         self.bar.update(1)
-        if record.finished and (self.best is None or record.fitness > self.best.fitness):
+        if record.finished and (self.best is None or record.ranking_key() > self.best.ranking_key()):
             self.best = record
             self.bar.set_postfix(best=f"{record.val_score:.4f}")
         if replayed:
             return
         genes = " ".join(f"{k}={_short(v)}" for k, v in record.genome.items())
         outcome = f"{self.val_key}={record.val_score:.4f}" if record.finished else f"FAILED ({record.failure})"
+        if record.stopped_early:
+            outcome += f" (stopped at rung {record.rung}, {len(record.epochs)} epochs)"
         where = f" gen {record.generation}" if record.generation is not None else ""
         self.bar.write(
             f"[{self.method}] eval {record.index + 1}/{self.budget}{where}: {outcome} "
@@ -259,7 +277,8 @@ def _search_once(
         if not checkpoint.records and weights_dir.exists():
             shutil.rmtree(weights_dir)  # a fresh start: weights of another run's genomes must not be reused
         weight_store = WeightStore(weights_dir)
-    evaluator = make_evaluator(config, data, weight_rule, weight_store)
+    fidelity_state = (folder / f"seed-{repeat.seed}-fidelity", repeat.fingerprint) if config.fidelity.enabled else None
+    evaluator = make_evaluator(config, data, weight_rule, weight_store, fidelity_state)
     strategy = spec.build(config, space)
     if checkpoint.stage_run_id is not None:
         stage_run = checkpoint.stage_run_id
@@ -282,11 +301,15 @@ def _search_once(
             tqdm(total=budget, desc=f"{label} search", unit="eval", disable=None) as bar,
         ):
             progress = _Progress(bar, label, budget, val_key)
-            runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, progress)
+            runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, progress,
+                                  epoch_budget=config.budget.epochs, epoch_cost=epoch_cost(config))  # fmt: skip
             records = runner.run()
     finally:
         evaluator.close()
-    summary = search_summary(method, budget, records, runner.elapsed(), val_key) | strategy.summary()
+    rank_by_rung = config.fidelity.ranking == "rung"
+    summary = search_summary(method, budget, records, runner.elapsed(), val_key, rank_by_rung) | strategy.summary()
+    if runner.stop_reason:
+        summary["stop_reason"] = runner.stop_reason
     summary |= {"repeat": repeat.index, "seed": config.seed, "stage_run_id": stage_run}
     history = {"evaluations": [r.to_dict() for r in records], "generations": strategy.history()}
     if "best_genome" in summary:

@@ -116,7 +116,10 @@ class SearchTracking:
             f"final_{self.val_key}": record.val_score, "final_val_loss": record.val_loss, "train_seconds": record.train_seconds,
             "epochs_trained": len(record.epochs), "transferred_fraction": record.transferred_fraction,
         })  # fmt: skip
-        self.tracker.set_tags(run_id, {"init": record.init})
+        tags: dict[str, Any] = {"init": record.init}
+        if record.rung is not None:  # multi-fidelity: the rung its score comes from
+            tags |= {"rung": record.rung, "stopped_early": record.stopped_early}
+        self.tracker.set_tags(run_id, tags)
         self.tracker.end_run(run_id, "FINISHED")
 
     def kill_runs(self, run_ids: Sequence[str]) -> None:

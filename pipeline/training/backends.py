@@ -3,12 +3,15 @@ here, or Ray tasks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.evaluation import Evaluator
 from pipeline.training.evaluator import SequentialEvaluator, TrainingContext, WorkerPoolEvaluator
+from pipeline.training.fidelity import FidelityEvaluator
 from pipeline.training.population import PopulationEvaluator
 from pipeline.training.ray_backend import RayEvaluator
 from pipeline.training.weights import WeightStore
@@ -19,7 +22,7 @@ def uses_population(config: StudyConfig, weight_rule: str) -> bool:
     (a GPU: on a CPU a population ran 0.4-1.0x the same members one after another; see
     benchmarks/RESULTS.md). Never with weight reuse, worker processes or Ray."""
     execution = config.execution
-    if execution.evaluator == "sequential" or weight_rule != "none":
+    if execution.evaluator == "sequential" or weight_rule != "none" or config.fidelity.enabled:
         return False
     if execution.backend != "local" or execution.workers > 1:
         return False
@@ -27,10 +30,21 @@ def uses_population(config: StudyConfig, weight_rule: str) -> bool:
 
 
 def make_evaluator(
-    config: StudyConfig, data: PreparedData, weight_rule: str = "none", weight_store: WeightStore | None = None
+    config: StudyConfig,
+    data: PreparedData,
+    weight_rule: str = "none",
+    weight_store: WeightStore | None = None,
+    fidelity_state: tuple[Path, str] | None = None,
 ) -> Evaluator:
+    """``fidelity_state``: where multi-fidelity keeps each rung's training state, and the
+    fingerprint of what they depend on (``fidelity.rungs`` set)."""
     execution = config.execution
     context = TrainingContext.for_study(config, data, weight_rule)
+    if config.fidelity.enabled:
+        if fidelity_state is None:
+            raise ValueError("fidelity.rungs is set: make_evaluator needs fidelity_state (folder, fingerprint)")
+        folder, fingerprint = fidelity_state
+        return FidelityEvaluator(data, context, config.fidelity, folder, fingerprint, weight_store)
     if execution.backend == "ray":
         return RayEvaluator(data, context, weight_store, ray_config=execution.ray)
     if execution.workers > 1:

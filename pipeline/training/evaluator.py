@@ -37,6 +37,16 @@ StateDict = Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Multi-fidelity: train to ``epochs`` (None: the genome's), continuing the training state saved
+    at ``resume_from``, and save the state reached to ``save_to``."""
+
+    epochs: int | None = None
+    resume_from: Path | None = None
+    save_to: Path | None = None
+
+
+@dataclass(frozen=True)
 class TrainingContext:
     """What training any proposal needs besides the data: sent once to each worker."""
 
@@ -60,7 +70,8 @@ class TrainingContext:
 
 
 def train_proposal(
-    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict]
+    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict],
+    resume: Resume | None = None,
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     """One individual: its record (failed for any exception inside its training: divergence, out of
     memory, a network its genome cannot build), and its trained weights on the CPU when the weight
@@ -70,14 +81,15 @@ def train_proposal(
     if context.threads is not None and previous != context.threads:
         torch.set_num_threads(context.threads)
     try:
-        return _train(proposal, context, train, val, parents)
+        return _train(proposal, context, train, val, parents, resume or Resume())
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
 
 
 def _train(
-    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict]
+    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict],
+    resume: Resume,
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     genome = proposal.genome
     seed = genome_seed(context.study_seed, genome)
@@ -95,6 +107,9 @@ def _train(
             train_config=context.train_config,
             prepare_network=lambda network: initial.update(_initialise(network, proposal, context.weights, parents)),
             task=context.task,
+            epochs=resume.epochs,
+            resume_from=resume.resume_from,
+            save_to=resume.save_to,
         )
     except Exception as exc:  # noqa: BLE001 - the individual's failure, not the search's
         _free_memory()

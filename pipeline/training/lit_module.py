@@ -12,6 +12,12 @@ from torch import nn
 from pipeline.task import CLASSIFICATION, Task
 
 
+# Keys this module adds to a Lightning checkpoint, so a resumed fit continues bit-equal.
+EPOCH_METRICS_KEY = "evohpo_epoch_metrics"
+RNG_KEY = "evohpo_torch_rng"
+CUDA_RNG_KEY = "evohpo_cuda_rng"
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -85,6 +91,20 @@ class LitClassifier(pl.LightningModule):
             raise DivergedError(f"validation loss became {metrics['val_loss']} at epoch {self.current_epoch}")
         self.epoch_metrics.append({"train_loss": train_loss, **metrics, "lr": self._epoch_lr})
         self._train_loss_sum, self._train_count = 0.0, 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning saves weights, optimiser, scheduler and loops; the random stream of dropout and
+        # input noise, and the per-epoch history, are this module's to carry.
+        checkpoint[EPOCH_METRICS_KEY] = list(self.epoch_metrics)
+        checkpoint[RNG_KEY] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint[CUDA_RNG_KEY] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.epoch_metrics = list(checkpoint[EPOCH_METRICS_KEY])
+        torch.set_rng_state(checkpoint[RNG_KEY])
+        if CUDA_RNG_KEY in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint[CUDA_RNG_KEY])
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's documented return shape
         optimizer = torch.optim.SGD(
