@@ -121,7 +121,7 @@ def fit_genome(
         if save_to is not None:
             save_to.parent.mkdir(parents=True, exist_ok=True)
             partial = save_to.with_name(save_to.name + ".partial")
-            trainer.save_checkpoint(partial)
+            trainer.save_checkpoint(partial, weights_only=False)  # the optimiser, scheduler and loops too
             partial.replace(save_to)  # whole or absent: a kill while saving leaves the last rung's state
         return FitOutcome(module, trainer, time.perf_counter() - started)
 
