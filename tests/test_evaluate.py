@@ -94,6 +94,20 @@ def test_injected_nan_loss_is_caught(evaluator, monkeypatch):
     assert result.val_score is None
 
 
+def test_channels_last_trains_the_network_in_that_layout_only_when_asked(prepared_digits):
+    layouts = {}
+    for channels_last in (False, True):
+        outcome = fit_genome(
+            GOOD, seed=1, build_network=lambda genome: build(genome, prepared_digits),
+            train_split=prepared_digits.load("train"), val_split=prepared_digits.load("val"),
+            train_config=TrainConfig(channels_last=channels_last),
+        )  # fmt: skip
+        weight = outcome.module.network.state_dict()["features.2.weight"]  # the second conv: 4 input channels
+        layouts[channels_last] = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        assert len(outcome.module.epoch_metrics) == GOOD["epochs"] and torch.isfinite(weight).all()
+    assert layouts == {False: False, True: True}
+
+
 def test_champion_fit_overrides_epochs(prepared_digits):
     outcome = fit_genome(
         GOOD, seed=1, build_network=lambda genome: build(genome, prepared_digits), train_split=prepared_digits.load("train"),

@@ -39,8 +39,10 @@ def _assert_same_training(one_go, resumed):
         (GENOME, TrainConfig(noise_level=0.2)),
         # early stopping's patience counter and best score continue
         (GENOME, TrainConfig(early_stopping=EarlyStoppingConfig(patience=5, min_delta=0.0))),
+        # in the channels_last layout (the studies' network has dropout: its masks continue in every case)
+        (GENOME, TrainConfig(channels_last=True)),
     ],
-    ids=["plain", "input-noise", "early-stopping"],
+    ids=["plain", "input-noise", "early-stopping", "channels-last"],
 )
 def test_training_resumed_at_each_rung_ends_bit_equal_to_one_fit(prepared_digits, tmp_path, genome, train_config):
     one_go = _fit(prepared_digits, genome, epochs=3, train_config=train_config)
@@ -363,3 +365,19 @@ def test_a_ga_stage_with_fidelity_marks_each_run_with_its_rung(tmp_path, monkeyp
         tags = client.get_run(record["run_id"]).data.tags
         assert (tags["rung"], tags["stopped_early"]) == (str(record["rung"]), str(record["stopped_early"]))
     assert not any((tmp_path / "ckpt" / "ga_search" / "seed-42-fidelity").glob("*/*.ckpt"))
+
+
+def test_tpe_is_told_a_member_stopped_early_as_pruned_at_its_rung_score():
+    import optuna  # noqa: PLC0415
+
+    from pipeline.search.tpe import tell_record  # noqa: PLC0415
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    stopped = dataclasses.replace(scored(0, 1, 0.4), rung=0, stopped_early=True)
+    complete = dataclasses.replace(scored(1, 3, 0.7), rung=1)
+    for record in (stopped, complete):
+        tell_record(study, study.ask(), record)
+    first, second = study.trials
+    assert first.state == optuna.trial.TrialState.PRUNED and first.intermediate_values == {1: 0.4}
+    assert second.state == optuna.trial.TrialState.COMPLETE and second.value == 0.7

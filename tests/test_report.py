@@ -440,3 +440,19 @@ def test_the_sensitivity_section_appears_when_the_stage_ran_enabled(tmp_path):
     assert "sensitivity.png" in section
     page = (results / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(re.findall(r"<img ", page))  # the plot embedded too
+
+
+def test_the_method_table_counts_evaluations_stopped_early_only_when_fidelity_ran():
+    from pipeline.study.report import Repeat, method_table
+    from pipeline.task import CLASSIFICATION
+
+    def summary(stopped=None):
+        base = {"seed": 1, "evaluations": 6, "failed": 0, "epochs_trained": 9, "total_train_seconds": 3.0}
+        return base if stopped is None else base | {"stopped_early": stopped}
+
+    stats = {"n": 0, "std": float("nan")}
+    plain = {"ga": [Repeat(summary(), {}), Repeat(summary(), {})]}
+    assert "stopped early per repeat" not in method_table(plain, {"ga": stats}, {"ga": stats}, CLASSIFICATION)
+    mixed = {"ga": [Repeat(summary(4), {}), Repeat(summary(2), {})], "random": [Repeat(summary(), {})]}
+    table = method_table(mixed, {"ga": stats, "random": stats}, {"ga": stats, "random": stats}, CLASSIFICATION)
+    assert list(table["stopped early per repeat"]) == ["3.0", "0.0"]

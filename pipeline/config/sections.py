@@ -213,6 +213,10 @@ class TrainConfig(_Section):
     # Std of Gaussian noise added to training images (data augmentation); a gene `noise_level` overrides.
     noise_level: Annotated[float, Field(ge=0)] = 0.0
     early_stopping: EarlyStoppingConfig | None = None  # None: every individual trains all its epochs
+    # Conv networks in the channels_last memory layout: other convolution kernels, faster on some CPUs
+    # (benchmarks/RESULTS.md). Same seed, other scores than the default layout (other rounding, and dropout
+    # masks of conv outputs drawn in another memory order), as deterministic.
+    channels_last: bool = False
 
 
 class OperatorConfig(_Section):

@@ -402,6 +402,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def method_table(runs: dict[str, list[Repeat]], val_stats: dict, test_stats: dict, task: Task) -> pd.DataFrame:
     short = metric_short(task)
+    fidelity = any("stopped_early" in r.summary for repeats in runs.values() for r in repeats)
     rows = []
     for method, repeats in runs.items():
         summaries = [r.summary for r in repeats]
@@ -421,6 +422,8 @@ def method_table(runs: dict[str, list[Repeat]], val_stats: dict, test_stats: dic
             "evaluations to final best": _fmt(float(np.nanmean(
                 [s.get("evaluations_to_best", np.nan) for s in summaries])), 1),
         })  # fmt: skip
+        if fidelity:  # multi-fidelity: evaluations successive halving stopped before their full epochs
+            rows[-1]["stopped early per repeat"] = _fmt(float(np.mean([s.get("stopped_early", 0) for s in summaries])), 1)
     return pd.DataFrame(rows)
 
 

@@ -42,7 +42,8 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
         sections[name] = getattr(config, name).model_dump()
     sections["tracking"] = {"uri": tracker.uri, "experiment": config.mlflow.experiment}
     # A population trains to float tolerance of one network at a time (other dropout masks).
-    sections["evaluator"] = "population" if uses_population(config, get_method(method).weight_rule(config)) else "sequential"
+    population = uses_population(config, get_method(method).weight_rule(config))
+    sections["evaluator"] = "population" if population else "sequential"
     sections["platform"] = platform_signature()
     return fingerprint(sections)
 
@@ -182,6 +183,7 @@ def _run_repeats(
     tracker = Tracker(config.mlflow.experiment)
     data = PreparedData.open(prepared_dir)
     space = make_space(config.space, data.image_shape)
+    val_key = task_of(data.summary).val_key
     folder = checkpoint_dir / stage
     repeats = []
     for index, seed in enumerate(config.repeat_seeds()):
@@ -205,16 +207,16 @@ def _run_repeats(
                   "params, data and code", flush=True)  # fmt: skip
             # The seed names a repeat; its position may have moved (study.seeds edited).
             summary = repeat.reused["summary"] | {"repeat": repeat.index}
-            history = _current_history(repeat.reused["history"])
+            history = repeat.reused["history"]  # written by this code: the fingerprint holds its version
             if repeat.reused["summary"].get("repeat") != repeat.index:
                 tracker.set_tags(repeat.reused["stage_run_id"], {"repeat": repeat.index})
         else:
-            summary, history = _search_once(method, repeat, space, data, tracker, folder)
+            summary, history = _search_once(method, repeat, space, data, tracker, folder, val_key)
         summary_file, history_file = repeat_files(results_dir, method, repeat.seed)
         write_json(history_file, history)
         write_json(summary_file, summary)
         summaries.append(summary)
-    write_json(results_dir / f"{stage}.json", aggregate_summary(method, summaries, task_of(data.summary).val_key))
+    write_json(results_dir / f"{stage}.json", aggregate_summary(method, summaries, val_key))
     failed = [s for s in summaries if "best_genome" not in s]
     if len(failed) == len(summaries):
         raise SearchFailed(
@@ -241,13 +243,6 @@ def _finished_repeat(repeat: _Repeat, tracker: Tracker) -> dict[str, Any] | None
     return done
 
 
-def _current_history(history: dict[str, Any]) -> dict[str, Any]:
-    """A finished repeat's history with its records in today's form (one written before the
-    regression task named the score ``val_acc``)."""
-    records = [EvaluationRecord.from_dict(r).to_dict() for r in history["evaluations"]]
-    return {**history, "evaluations": records}
-
-
 def _open_checkpoint(method: str, repeat: _Repeat, folder: Path, tracker: Tracker) -> Checkpoint:
     checkpoint, message = Checkpoint.open(folder / f"seed-{repeat.seed}.jsonl", repeat.fingerprint)
     if checkpoint.stage_run_id is not None and not tracker.run_exists(checkpoint.stage_run_id):
@@ -259,7 +254,7 @@ def _open_checkpoint(method: str, repeat: _Repeat, folder: Path, tracker: Tracke
 
 
 def _search_once(
-    method: str, repeat: _Repeat, space: Any, data: PreparedData, tracker: Tracker, folder: Path
+    method: str, repeat: _Repeat, space: Any, data: PreparedData, tracker: Tracker, folder: Path, val_key: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One repeat's search: train (or replay from its checkpoint), log, and return its summary and
     history. A repeat in which every individual failed is recorded, not raised: the others go on."""
@@ -268,7 +263,6 @@ def _search_once(
     config, checkpoint = repeat.config, repeat.checkpoint
     assert checkpoint is not None
     budget = config.budget.evaluations
-    val_key = task_of(data.summary).val_key
     tracking = SearchTracking(tracker, config.seed, val_key)
     weight_rule = spec.weight_rule(config)
     weight_store = None

@@ -99,6 +99,8 @@ def fit_genome(
         network = build_network(genome)
         if prepare_network is not None:
             prepare_network(network)
+        if train_config.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in network.modules()):
+            network = network.to(memory_format=torch.channels_last)  # the parameters' values are kept
         module = LitClassifier(
             network,
             learning_rate=genome["learning_rate"],
