@@ -46,14 +46,17 @@ from pipeline.training.weights import WeightStore  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN_EVALUATIONS = 16  # T is the plain GA's median final best at this many evaluations
 FIDELITY = {"rungs": [1, 3, 9], "eta": 3, "ranking": "rung"}
-# name -> (method, fidelity on, ga.weights)
+# name -> (method, fidelity on, ga.weights, ga.population_size: None keeps the default study's)
 VARIANTS = {
-    "GA": ("ga", False, "none"),
-    "GA + fidelity": ("ga", True, "none"),
-    "GA + fidelity + inherit": ("ga", True, "inherit"),
-    "random": ("random", False, "none"),
-    "random + fidelity": ("random", True, "none"),
+    "GA": ("ga", False, "none", None),
+    "GA + fidelity": ("ga", True, "none", None),
+    "GA + fidelity + inherit": ("ga", True, "inherit", None),
+    "random": ("random", False, "none", None),
+    "random + fidelity": ("random", True, "none", None),
+    # eta^2 = 9 candidates: each generation one whole successive-halving bracket (9 -> 3 -> 1)
+    "GA + fidelity, population 9": ("ga", True, "none", 9),
 }
+DEFAULT_VARIANTS = list(VARIANTS)[:5]
 
 
 def cpu_name() -> str:
@@ -62,9 +65,13 @@ def cpu_name() -> str:
     return names[0] if names else "unknown CPU"
 
 
-def variant_params(method: str, fidelity: bool, weights: str, seed: int, epochs_budget: int) -> dict:
+def variant_params(
+    method: str, fidelity: bool, weights: str, population: int | None, seed: int, epochs_budget: int
+) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["seed"] = seed
+    if population is not None:
+        params["ga"]["population_size"] = population
     params["space"]["genes"]["epochs"] = {"type": "int", "low": 1, "high": 9}
     params["ga"]["weights"] = weights
     params["budget"] = {"evaluations": 200 if fidelity else PLAIN_EVALUATIONS, "epochs": epochs_budget}
@@ -77,8 +84,8 @@ def variant_params(method: str, fidelity: bool, weights: str, seed: int, epochs_
 
 
 def run_variant(name: str, seed: int, epochs_budget: int, data: PreparedData, scratch: Path) -> dict:
-    method, fidelity, weights = VARIANTS[name]
-    config = parse_config(variant_params(method, fidelity, weights, seed, epochs_budget))
+    method, fidelity, weights, population = VARIANTS[name]
+    config = parse_config(variant_params(method, fidelity, weights, population, seed, epochs_budget))
     space = make_space(config.space, data.image_shape)
     folder = scratch / f"{name}-{seed}".replace(" ", "")
     store = WeightStore(folder / "weights") if weights != "none" else None
@@ -129,7 +136,7 @@ def summarise(runs: list[dict], epochs_budget: int) -> tuple[float, dict[str, di
     plain_final = [trajectory(r)[2][-1] for r in runs if r["variant"] == "GA"]
     target = float(np.median(plain_final))
     table = {}
-    for name in VARIANTS:
+    for name in dict.fromkeys(r["variant"] for r in runs):
         mine = [r for r in runs if r["variant"] == name]
         to_target = np.array([seconds_to(r, target) for r in mine])
         final = np.array([best_within(r, epochs_budget) for r in mine])
@@ -156,7 +163,7 @@ def plot(runs: list[dict], target: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colours = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for name in VARIANTS:
+    for name in dict.fromkeys(r["variant"] for r in runs):
         for k, run in enumerate(r for r in runs if r["variant"] == name):
             seconds, _, best = trajectory(run)
             ax.step(seconds, best, where="post", color=colours[name], alpha=0.7, label=name if k == 0 else None)
@@ -175,7 +182,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs-budget", type=int, default=80)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
@@ -187,17 +194,17 @@ def main() -> None:
                 run = run_variant(name, seed, args.epochs_budget, data, Path(scratch))
                 runs.append(run)
                 _, epochs, best = trajectory(run)
-                print(f"seed {seed} {name:24} {len(run['evaluations']):3d} evaluations {int(epochs[-1]):3d} epochs "
+                print(f"seed {seed} {name:28} {len(run['evaluations']):3d} evaluations {int(epochs[-1]):3d} epochs "
                       f"best {best[-1]:.4f} {run['wall_seconds']:6.1f} s", flush=True)  # fmt: skip
     target, table = summarise(runs, args.epochs_budget)
     print(f"\nT = {target:.4f} (the plain GA's median final best at {PLAIN_EVALUATIONS} evaluations); "
           f"{args.seeds} seeds; final best within {args.epochs_budget} epochs")  # fmt: skip
-    print(f"{'variant':24} {'reached T':>9} {'median s to T':>13} {'vs GA':>6} {'final best (min-max)':>22} "
+    print(f"{'variant':28} {'reached T':>9} {'median s to T':>13} {'vs GA':>6} {'final best (min-max)':>22} "
           f"{'epochs':>6} {'evals':>5}")  # fmt: skip
     plain = table["GA"]["median_seconds_to_T"] if "GA" in table else math.nan
     for name, row in table.items():
         ratio = row["median_seconds_to_T"] / plain if math.isfinite(plain) and plain > 0 else math.nan
-        print(f"{name:24} {row['reached_T']:>4}/{row['seeds']:<4} {row['median_seconds_to_T']:13.1f} {ratio:6.2f} "
+        print(f"{name:28} {row['reached_T']:>4}/{row['seeds']:<4} {row['median_seconds_to_T']:13.1f} {ratio:6.2f} "
               f"{row['median_final_best']:.4f} ({row['final_best_min']:.3f}-{row['final_best_max']:.3f}) "
               f"{row['median_epochs_trained']:6.0f} {row['median_evaluations']:5.0f}")  # fmt: skip
     if args.out is not None:
