@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
+from pipeline.study.layout import repeat_files  # noqa: E402
 from pipeline.study.search_stage import run_search_stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ def study_params(kind: str, budget: int, rule: str) -> dict:
     params["train"]["early_stopping"] = {"patience": 1, "min_delta": 0.005}
     params["space"]["genes"]["epochs"] = {"type": "int", "low": 2, "high": 4}
     params["mlflow"]["experiment"] = f"weight-reuse-{rule}"
+    params["study"] = {"repeats": 1, "seeds": None}  # one search per rule, seeded by params.yaml's seed
     if kind == "architecture":
         params["space"]["kind"] = "architecture"
         params["space"]["architecture"] = {"conv_layers": {"min": 1, "max": 3}, "fc_layers": {"min": 1, "max": 2},
@@ -59,8 +61,9 @@ def main() -> None:
         for rule in args.rules:
             config = parse_config(study_params(args.kind, args.budget, rule))
             folder = Path(scratch) / rule
-            summary = run_search_stage("ga", config, ROOT / "data" / "prepared", folder / "results", folder / "ckpt")
-            history = json.loads((folder / "results" / "ga_search_history.json").read_text())["evaluations"]
+            (summary,) = run_search_stage("ga", config, ROOT / "data" / "prepared", folder / "results", folder / "ckpt")
+            _, history_file = repeat_files(folder / "results", "ga", config.seed)
+            history = json.loads(history_file.read_text())["evaluations"]
             times = np.array([r["train_seconds"] for r in history])
             children = [r for r in history if r["generation"]]
             rows[rule] = {
