@@ -56,6 +56,7 @@ def params(evaluations: int, execution: dict, address: str | None) -> dict:
         execution = {**execution, "ray": {**execution["ray"], "address": address}}
     raw["execution"] = execution
     raw["mlflow"]["experiment"] = "execution-backends"
+    raw["study"] = {"repeats": 1, "seeds": None}  # one search per way
     return raw
 
 
@@ -74,7 +75,8 @@ def main() -> None:
                 os.environ["DVC_ROOT"] = scratch
                 config = parse_config(params(args.evaluations, execution, "127.0.0.1:6399"))
                 started = time.perf_counter()
-                summary = run_search_stage("random", config, ROOT / "data" / "prepared", Path(scratch) / "r", Path(scratch) / "c")
+                (summary,) = run_search_stage("random", config, ROOT / "data" / "prepared", Path(scratch) / "r",
+                                              Path(scratch) / "c")  # fmt: skip
                 seconds = time.perf_counter() - started
             rows.append({
                 "way": way, "evaluations": summary["evaluations"], "seconds": round(seconds, 1),
