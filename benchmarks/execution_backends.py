@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import secrets
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import cpu_name  # noqa: E402
 
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
@@ -39,13 +41,6 @@ WAYS = {
     "2 local workers, 1 thread each": {"backend": "local", "workers": 2, "threads_per_evaluation": 1},
     "Ray, local 2-CPU cluster, 1 CPU each": {"backend": "ray", "ray": {"address": None, "num_cpus": 1}},
 }
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def params(evaluations: int, execution: dict, address: str | None) -> dict:

@@ -102,7 +102,7 @@ def main() -> None:
     seconds = {way: min(times) for way, times in rounds.items()}
     best_bare = min(seconds["bare, contiguous"], seconds["bare, channels_last"])
     print(f"{len(genomes)} genomes, 1 epoch on {args.train_size} images, validation on {args.val_size}; "
-          f"{throughput_cpu()} , {torch.get_num_threads()} threads")  # fmt: skip
+          f"{throughput.cpu_name()} , {torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'way':22} {'seconds (best of ' + str(args.rounds) + ')':>18} {'vs best bare':>12}")
     for way, s in seconds.items():
         print(f"{way:22} {s:18.2f} {best_bare / s:11.2f}x")
@@ -126,14 +126,8 @@ def main() -> None:
     for label, s in split.items():
         print(f"  {label:58} {s:6.2f} s {100 * s / total:5.1f}%")
     if args.out is not None:
-        write_json(args.out, {"cpu": throughput_cpu(), "threads": torch.get_num_threads(), "seconds": seconds, "rounds": rounds,
+        write_json(args.out, {"cpu": throughput.cpu_name(), "threads": torch.get_num_threads(), "seconds": seconds, "rounds": rounds,
                               "profile_seconds": total, "profile_split": split})  # fmt: skip
-
-
-def throughput_cpu() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]  # fmt: skip
-    return names[0] if names else "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -103,6 +103,14 @@ def _rss_bytes() -> int:
     return 0
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def benchmark_genomes(count: int, epochs: int, seed: int) -> list[dict]:
     """``count`` genomes of the default space, each trained for ``epochs`` epochs."""
     space = SearchSpace.from_config(load_config(ROOT / "params.yaml").space)

@@ -32,6 +32,9 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import cpu_name  # noqa: E402
 
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.data import PreparedData  # noqa: E402
@@ -57,12 +60,6 @@ VARIANTS = {
     "GA + fidelity, population 9": ("ga", True, "none", 9),
 }
 DEFAULT_VARIANTS = list(VARIANTS)[:5]
-
-
-def cpu_name() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]  # fmt: skip
-    return names[0] if names else "unknown CPU"
 
 
 def variant_params(
