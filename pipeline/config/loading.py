@@ -52,7 +52,7 @@ def _shown(value: Any) -> str:
     return _clip(_REPR.repr(value))
 
 
-def _invalid(source: str, lines: list[str]) -> ConfigError:
+def invalid(source: str, lines: list[str]) -> ConfigError:
     shown = [_clip(line, _MAX_LINE) for line in lines[:_MAX_LINES]]
     if len(lines) > _MAX_LINES:
         shown.append(f"... and {len(lines) - _MAX_LINES} more")
@@ -82,12 +82,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_error(error: dict[str, Any]) -> str:
+def format_error(error: dict[str, Any], model: type[BaseModel] = StudyConfig) -> str:
     # Drop the discriminator tags pydantic inserts into the location of a union member.
     loc = [str(p) for p in error["loc"] if p not in ("float", "int", "choice")]
     key = ".".join(loc) or "<top level>"
     if error["type"] == "extra_forbidden":
-        hint = _did_you_mean(loc[-1], _allowed_keys(StudyConfig, tuple(loc[:-1])))
+        hint = _did_you_mean(loc[-1], _allowed_keys(model, tuple(loc[:-1])))
         return f"{key}: unknown key{hint}"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] not in ("value_error", "missing"):
@@ -115,23 +115,23 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     errors = non_finite_errors(raw)
     if errors:
-        raise _invalid(source, errors)
+        raise invalid(source, errors)
     try:
         config = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _invalid(source, [_format_error(e) for e in exc.errors()]) from None
+        raise invalid(source, [format_error(e) for e in exc.errors()]) from None
     errors = gene_errors(config.space)
     if errors:
-        raise _invalid(source, errors)
+        raise invalid(source, errors)
     _check_operators(config, source)
     errors = task_errors(config) + execution_errors(config)
     if errors:
-        raise _invalid(source, errors)
+        raise invalid(source, errors)
     if config.space.kind == "architecture":
         _check_architecture(config, source)
     errors = sensitivity_errors(config)
     if errors:
-        raise _invalid(source, errors)
+        raise invalid(source, errors)
     return config
 
 
@@ -174,7 +174,7 @@ def _check_architecture(config: StudyConfig, source: str) -> None:
     try:
         ArchitectureSpace.from_config(config.space, DATASET_IMAGE_SHAPES[config.data.dataset])
     except InfeasibleGenome as exc:
-        raise _invalid(source, [f"space.architecture.conv_layers.min: {exc}"]) from None
+        raise invalid(source, [f"space.architecture.conv_layers.min: {exc}"]) from None
 
 
 # What the evaluator can train with: (allowed gene types, value check, what it must be).
@@ -235,7 +235,7 @@ def _check_operators(config: StudyConfig, source: str) -> None:
             bind_operator(role, spec.name, own)
         except (KeyError, TypeError, ValueError) as exc:
             message, key = exc.args
-            raise _invalid(source, [f"ga.{role}.{key}: {message}"]) from None
+            raise invalid(source, [f"ga.{role}.{key}: {message}"]) from None
 
 
 # Nodes that YAML aliases may stand for in all, once expanded. A params.yaml reusing a few gene specs
@@ -328,6 +328,12 @@ def _decode(data: bytes, path: Path) -> str:
 
 
 def load_config(path: str | Path = "params.yaml") -> StudyConfig:
+    return parse_config(read_params(path), source=str(path))
+
+
+def read_params(path: str | Path) -> Any:
+    """A params file read and parsed as YAML (not yet validated); ``ConfigError`` naming the file
+    when it cannot be read or is not YAML."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -342,7 +348,7 @@ def load_config(path: str | Path = "params.yaml") -> StudyConfig:
         raise ConfigError(f"{path}: not valid YAML: {_clip(str(exc), 1000)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
-    return parse_config(raw, source=str(path))
+    return raw
 
 
 # --- the ga_sensitivity stage's variants: the study with one GA setting changed -----------------

@@ -39,13 +39,14 @@ def mutate_gaussian(
     sigma: float = 0.1,
 ) -> Genome:
     """Each gene, with probability ``rate``, moves by N(0, sigma) on its unit (log where log-scaled)
-    scale, clipped to the space; a choice gene is redrawn instead."""
+    scale, clipped to the space (an ordered choice: on its index scale); an unordered choice gene is
+    redrawn instead."""
     hits = rng.random(len(space.dimensions)) < rate
     child: Genome = {}
     for dim, hit in zip(space.dimensions, hits):
         value = genome[dim.name]
         if hit:
-            if isinstance(dim, ChoiceDimension):
+            if isinstance(dim, ChoiceDimension) and not dim.ordered:
                 value = dim.sample(rng)
             else:
                 value = dim.from_unit(dim.to_unit(value) + rng.normal(0.0, sigma))

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pipeline.config import StudyConfig, load_config
 from pipeline.errors import USER_ERRORS
@@ -19,13 +19,16 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def stage_main(stage: Callable[[StudyConfig], object]) -> Callable[[], None]:
+def stage_main(stage: Callable[[Any], object], loader: Callable[[Path], Any] = load_config) -> Callable[[], None]:
+    """``stage(config)`` as a script's ``main``: params loaded by ``loader`` (a trained study's by
+    default), every user error one line and exit status 2."""
+
     @functools.wraps(stage)
     def main() -> None:
         signal.signal(signal.SIGTERM, _terminate)
         params = Path(os.environ.get("EVOHPO_PARAMS", "params.yaml"))
         try:
-            stage(load_config(params))
+            stage(loader(params))
         except USER_ERRORS as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -285,3 +285,50 @@ def _mean_text(summary: Mapping[str, Any]) -> str:
 
 def _joined(items: Sequence[str], word: str) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"
+
+
+# --- the Bayesian verdict: better, worse or practically equivalent ------------------------------
+
+# A verdict is stated when its posterior probability reaches this; below it the pair is undecided.
+VERDICT_PROBABILITY = 0.95
+
+
+def bayesian_signed_rank(
+    x: Sequence[float], y: Sequence[float], rope: float, *, higher_is_better: bool = True,
+    nsamples: int = 20_000, seed: int = 0, decide_at: float = VERDICT_PROBABILITY,
+) -> dict[str, Any]:
+    """The Bayesian signed-rank test (Benavoli et al. 2014; ``baycomp.SignedRankTest``) of paired
+    results ``x`` (the first method) and ``y``: the posterior probabilities that the first is
+    better by more than ``rope``, practically equivalent (within ``rope``), or worse; the
+    ``verdict`` names the region whose probability reaches ``decide_at``, else "undecided"."""
+    import baycomp
+
+    x_arr, y_arr = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x_arr) & np.isfinite(y_arr)
+    x_arr, y_arr = x_arr[keep], y_arr[keep]
+    if x_arr.size < 2:
+        return {"n": int(x_arr.size), "rope": rope, "p_better": math.nan, "p_equivalent": math.nan,
+                "p_worse": math.nan, "verdict": "undecided"}  # fmt: skip
+    # baycomp: (P(x - y > rope), P(|x - y| <= rope), P(y - x > rope)), "left" meaning x is larger.
+    larger, equivalent, smaller = baycomp.SignedRankTest.probs(x_arr, y_arr, rope, nsamples=nsamples,
+                                                               random_state=seed)  # fmt: skip
+    better, worse = (larger, smaller) if higher_is_better else (smaller, larger)
+    verdict = "undecided"
+    for name, p in (("better", better), ("equivalent", equivalent), ("worse", worse)):
+        if p >= decide_at:
+            verdict = name
+    return {"n": int(x_arr.size), "rope": rope, "p_better": float(better), "p_equivalent": float(equivalent),
+            "p_worse": float(worse), "verdict": verdict}  # fmt: skip
+
+
+def verdict_sentence(first: str, second: str, result: Mapping[str, Any], unit: str = "") -> str:
+    """One sentence: "GA is practically equivalent to TPE (within 0.01 regret) with probability 0.97"."""
+    rope = f"{result['rope']:g}{(' ' + unit) if unit else ''}"
+    probs = (f"P(better) {result['p_better']:.2f}, P(equivalent within {rope}) {result['p_equivalent']:.2f}, "
+             f"P(worse) {result['p_worse']:.2f}")  # fmt: skip
+    verdict = result["verdict"]
+    if verdict == "undecided":
+        return f"{first} vs {second}: undecided at this budget ({probs}; n={result['n']})."
+    p = result[f"p_{verdict}"]
+    said = {"better": "better than", "worse": "worse than", "equivalent": "practically equivalent to"}[verdict]
+    return f"{first} is {said} {second} with probability {p:.2f} ({probs}; n={result['n']})."
