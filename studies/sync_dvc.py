@@ -72,20 +72,20 @@ SUITE_PARAMS = ["seed", "data", "space", "budget", "study", "suite.noise", "mlfl
 METHOD_PARAMS = {"ga": ["ga"], "ga_tuned": ["ga"], "tpe": ["tpe"]}
 
 
-def suite_stages(methods: list[str]) -> dict:
+def suite_stages(methods: list[str], tuned: bool = True) -> dict:
     """A benchmark study's stages: the GA's sensitivity on the tasks, one stage per method (the
     registry's, then ``ga_tuned``), and the suite report. Every method of the registry gets its stage."""
     def code(script: str, extra: list[str]) -> list[str]:
         return [f"../../stages/{script}"] + [f"../../{d}" for d in extra]
 
-    stages: dict = {
+    stages: dict = {} if not tuned else {
         "suite_sensitivity": {
             "cmd": "python ../../stages/suite_sensitivity.py",
             "deps": code("suite_sensitivity.py", SUITE_CODE), "params": SUITE_PARAMS + ["ga", "suite.sensitivity"],
             "outs": [{"results/suite_sensitivity": {"cache": False}}, {"checkpoints/suite_sensitivity": {"persist": True}}],
         },
     }
-    names = methods + ["ga_tuned"]
+    names = methods + (["ga_tuned"] if tuned else [])
     for name in names:
         deps = code("suite_search.py", SUITE_CODE) + (["results/suite_sensitivity"] if name == "ga_tuned" else [])
         stages[f"{name}_suite"] = {

@@ -112,10 +112,12 @@ class SearchTracking:
             return
         for epoch, metrics in enumerate(record.epochs):
             self.tracker.log_metrics(run_id, metrics, step=epoch)
-        self.tracker.log_metrics(run_id, {
+        final = {
             f"final_{self.val_key}": record.val_score, "final_val_loss": record.val_loss, "train_seconds": record.train_seconds,
             "epochs_trained": len(record.epochs), "transferred_fraction": record.transferred_fraction,
-        })  # fmt: skip
+        }  # fmt: skip
+        # A looked-up evaluation (a benchmark table) has a score but no loss.
+        self.tracker.log_metrics(run_id, {k: v for k, v in final.items() if v is not None})
         tags: dict[str, Any] = {"init": record.init}
         if record.rung is not None:  # multi-fidelity: the rung its score comes from
             tags |= {"rung": record.rung, "stopped_early": record.stopped_early}
