@@ -456,3 +456,18 @@ def test_the_method_table_counts_evaluations_stopped_early_only_when_fidelity_ra
     mixed = {"ga": [Repeat(summary(4), {}), Repeat(summary(2), {})], "random": [Repeat(summary(), {})]}
     table = method_table(mixed, {"ga": stats, "random": stats}, {"ga": stats, "random": stats}, CLASSIFICATION)
     assert list(table["stopped early per repeat"]) == ["3.0", "0.0"]
+
+
+def test_the_bayesian_verdict_says_equivalent_for_level_methods_and_better_for_a_clear_gap(tmp_path):
+    """The report quotes the Bayesian probabilities of each pair (grid and random lie close in FINAL); the
+    GA, far above random in every seed, is better with certainty."""
+    from pipeline.study.statistics import bayesian_signed_rank
+
+    _, markdown = report_of(tmp_path)
+    assert "Bayesian signed-rank test (baycomp)" in markdown
+    level = bayesian_signed_rank(FINAL["grid"], FINAL["random"], 0.005, nsamples=20_000)
+    line = next(x for x in markdown.splitlines() if x.startswith("- Grid search") and "Random search" in x
+                and "P(equivalent" in x)  # fmt: skip
+    assert f"P(equivalent within 0.005 accuracy) {level['p_equivalent']:.2f}" in line
+    clear = next(x for x in markdown.splitlines() if x.startswith("- Genetic algorithm is better than Random search"))
+    assert "with probability 1.00" in clear

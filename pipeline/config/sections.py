@@ -340,6 +340,12 @@ class ChampionConfig(_Section):
     registered_model: str = "evohpo-champion"
 
 
+class ReportConfig(_Section):
+    # Region of practical equivalence of the report's Bayesian signed-rank verdicts, in the task's
+    # metric (0.005: half a point of accuracy; for MAE, in the target's units).
+    rope: Annotated[float, Field(gt=0)] = 0.005
+
+
 class MlflowConfig(_Section):
     experiment: Annotated[str, Field(min_length=1)]
 
@@ -385,6 +391,7 @@ class StudyConfig(_Section):
     execution: ExecutionConfig = ExecutionConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
     fidelity: FidelityConfig = FidelityConfig()
+    report: ReportConfig = ReportConfig()
 
     def repeat_seeds(self) -> list[int]:
         """The seed of each repeat, in order."""

@@ -28,6 +28,7 @@ from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, 
 from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
 from pipeline.study.sensitivity_table import load_sensitivity, sensitivity_frame  # noqa: E402
 from pipeline.study.statistics import ALPHA, pairwise_comparisons, smallest_wilcoxon_p, summarise  # noqa: E402
+from pipeline.study.statistics import bayesian_verdicts  # noqa: E402
 from pipeline.task import CLASSIFICATION, Task, task_of  # noqa: E402
 
 
@@ -502,6 +503,8 @@ def build_report(
     val_comparisons = pairwise_comparisons(val, labels=labels, higher_is_better=task.maximize)
     test_comparisons = pairwise_comparisons({m: test[m] for m in methods}, labels=labels,
                                             higher_is_better=task.maximize)  # fmt: skip
+    rope = getattr(getattr(config, "report", None), "rope", 0.005)
+    verdicts = bayesian_verdicts(val, rope, labels, higher_is_better=task.maximize, unit=task.label)
     best = champion["champion"]
     genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items()
                       if not isinstance(v, list))  # fmt: skip
@@ -532,6 +535,9 @@ def build_report(
                   "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12, the "
                   f"probability that a run of the first method beats one of the second).{power_note(len(seeds), len(methods))}"),
         Bullets(tuple(c["sentence"] for c in val_comparisons) or ("Fewer than two methods.",)),
+        Paragraph(f"Bayesian signed-rank test (baycomp) of the same pairs, paired by seed, region of practical "
+                  f"equivalence {rope:g} {task.label} (`report.rope`); a verdict is stated at probability 0.95:"),
+        Bullets(tuple(v["sentence"] for v in verdicts) or ("Fewer than two methods.",)),
         Paragraph(f"Test {task.label} of each search's best, retrained at full fidelity:"),
         Bullets(tuple(c["sentence"] for c in test_comparisons) or ("Fewer than two methods.",)),
         Heading("Equal budgets"),

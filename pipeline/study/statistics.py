@@ -332,3 +332,22 @@ def verdict_sentence(first: str, second: str, result: Mapping[str, Any], unit: s
     p = result[f"p_{verdict}"]
     said = {"better": "better than", "worse": "worse than", "equivalent": "practically equivalent to"}[verdict]
     return f"{first} is {said} {second} with probability {p:.2f} ({probs}; n={result['n']})."
+
+
+def bayesian_verdicts(
+    results: Mapping[str, Mapping[int, float]], rope: float, labels: Mapping[str, str], *,
+    higher_is_better: bool = True, unit: str = "",
+) -> list[dict[str, Any]]:
+    """``bayesian_signed_rank`` of every unordered pair of methods on their per-seed results
+    (``{method: {seed: value}}``, paired by the seeds both finished), each with its ``sentence``."""
+    methods = list(results)
+    verdicts = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            seeds = sorted(set(results[a]) & set(results[b]))
+            x = [results[a][s] for s in seeds]
+            y = [results[b][s] for s in seeds]
+            result = bayesian_signed_rank(x, y, rope, higher_is_better=higher_is_better)
+            sentence = verdict_sentence(labels.get(a, a), labels.get(b, b), result, unit)
+            verdicts.append({"method_a": a, "method_b": b, **result, "sentence": sentence})
+    return verdicts
