@@ -8,6 +8,7 @@ the one type of an evaluated individual: in memory, in the checkpoint, in the hi
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -29,8 +30,9 @@ class Proposal:
     parents: tuple[str, ...] = ()
     freeze_conv: int = 0
 
-    @property
+    @functools.cached_property
     def genome_hash(self) -> str:
+        # Cached: the runner, the cache and the evaluator all ask (a lookup costs microseconds).
         return genome_hash(self.genome)
 
 

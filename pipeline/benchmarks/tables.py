@@ -14,6 +14,7 @@ package's ``param_id``). numpy only: no torch.
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from dataclasses import dataclass
@@ -102,17 +103,25 @@ class BenchmarkTable:
         """The most stored runs of any configuration (the arrays' width; fewer are NaN-padded)."""
         return int(self.scores.shape[1])
 
-    @property
-    def radix(self) -> np.ndarray:
+    @functools.cached_property
+    def radix(self) -> tuple[int, ...]:
         """Place values of the mixed-radix configuration index (the last gene varies fastest)."""
         sizes = [len(v) for v in self.genes.values()]
-        return np.array([math.prod(sizes[i + 1 :]) for i in range(len(sizes))], dtype=np.int64)
+        return tuple(math.prod(sizes[i + 1 :]) for i in range(len(sizes)))
+
+    @functools.cached_property
+    def _positions(self) -> tuple[tuple[str, dict[Any, int], tuple[Any, ...], int], ...]:
+        """Per gene: a value -> index map (exact values, the common case), its values and place."""
+        return tuple((gene, {(type(v), v): i for i, v in enumerate(values)}, values, place)
+                     for (gene, values), place in zip(self.genes.items(), self.radix))  # fmt: skip
 
     def config_index(self, genome: Mapping[str, Any]) -> int:
         """The row of a genome (every gene of the table, each one of its listed values)."""
         index = 0
-        for (gene, values), place in zip(self.genes.items(), self.radix):
-            index += _value_index(values, genome[gene], gene) * int(place)
+        for gene, positions, values, place in self._positions:
+            value = genome[gene]
+            found = positions.get((type(value), value))
+            index += (found if found is not None else _value_index(values, value, gene)) * place
         return index
 
 
@@ -204,5 +213,5 @@ def genome_of(table: BenchmarkTable, index: int) -> Genome:
     """The genome of configuration ``index`` (inverse of ``config_index``)."""
     genome = {}
     for (gene, values), place in zip(table.genes.items(), table.radix):
-        genome[gene] = values[(index // int(place)) % len(values)]
+        genome[gene] = values[(index // place) % len(values)]
     return genome

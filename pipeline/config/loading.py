@@ -113,7 +113,7 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     """Validate a loaded ``params.yaml`` mapping; raises ``ConfigError`` naming every bad key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    errors = non_finite_errors(raw)
+    errors = non_finite_errors(raw) + table_dataset_errors(raw)
     if errors:
         raise invalid(source, errors)
     try:
@@ -133,6 +133,20 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     if errors:
         raise invalid(source, errors)
     return config
+
+
+def table_dataset_errors(raw: dict) -> list[str]:
+    """A benchmark table named in a trained study: it is looked up by a benchmark study instead."""
+    from pipeline.benchmarks.tables import is_table_name
+
+    data = raw.get("data")
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    names = dataset if isinstance(dataset, list) else [dataset]
+    if not any(is_table_name(name) for name in names):
+        return []
+    return [f"data.dataset: {_shown(dataset)} names benchmark tables, which are looked up, not trained: run them as a "
+            "benchmark study, whose params.yaml has a suite section (see studies/benchmarks/params.yaml; "
+            "make benchmarks)"]  # fmt: skip
 
 
 def execution_errors(config: StudyConfig) -> list[str]:

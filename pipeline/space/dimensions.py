@@ -241,7 +241,8 @@ def genome_hash(genome: Genome) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def genome_seed(study_seed: int, genome: Genome) -> int:
-    """The training seed of a genome: same study seed and genes, same initial weights and batches."""
-    digest = hashlib.sha256(f"{study_seed}:{genome_hash(genome)}".encode()).digest()
+def genome_seed(study_seed: int, genome: Genome, hash_: str | None = None) -> int:
+    """The training seed of a genome: same study seed and genes, same initial weights and batches
+    (``hash_``: the genome's hash, when the caller has it)."""
+    digest = hashlib.sha256(f"{study_seed}:{hash_ or genome_hash(genome)}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
