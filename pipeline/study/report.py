@@ -8,6 +8,7 @@ Every number and word about the validation and test metric comes from the datase
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, 
 from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
 from pipeline.study.sensitivity_table import load_sensitivity, sensitivity_frame  # noqa: E402
 from pipeline.study.statistics import ALPHA, pairwise_comparisons, smallest_wilcoxon_p, summarise  # noqa: E402
-from pipeline.study.statistics import bayesian_verdicts  # noqa: E402
+from pipeline.study.statistics import bayesian_verdicts, format_p  # noqa: E402
 from pipeline.task import CLASSIFICATION, Task, task_of  # noqa: E402
 
 
@@ -365,20 +366,77 @@ def _ci_text(stats: dict[str, Any]) -> str:
     return f"{stats['mean']:.4f} (95% CI {stats['ci_low']:.4f}-{stats['ci_high']:.4f})"
 
 
-def answer(val_stats: dict[str, dict], comparisons: list[dict], repeats: int, task: Task) -> str:
-    """The report's first sentence: the method with the best mean final validation score (in the
-    task's direction), and what the paired tests say of it against each other method."""
+def answer(val_stats: dict[str, dict], verdicts: list[dict], repeats: int, task: Task) -> str:
+    """The report's first sentence. A winner is named (in bold) only when the Bayesian signed-rank
+    test finds the method with the best mean better than every other one (probability 0.95, beyond
+    the region of practical equivalence); otherwise the sentence says which methods are practically
+    equivalent or undecided at this budget, and what would settle it."""
     ranked = sorted((m for m in val_stats if val_stats[m]["n"]), key=lambda m: val_stats[m]["mean"],
                     reverse=task.maximize)  # fmt: skip
     if not ranked:
         return "Every search failed: no method found a configuration."
     leader = ranked[0]
-    text = (f"**{method_label(leader)}** reached the best mean final validation {task.label}, "
-            f"{_ci_text(val_stats[leader])} over {repeats} repeat(s).")  # fmt: skip
-    about_leader = [c for c in comparisons if leader in (c["method_a"], c["method_b"])]
-    if about_leader:
-        text += " " + " ".join(c["sentence"] for c in about_leader)
-    return text
+    against = {}
+    for v in verdicts:
+        if leader in (v["method_a"], v["method_b"]):
+            other = v["method_b"] if v["method_a"] == leader else v["method_a"]
+            flipped = v["method_a"] != leader
+            p_better = v["p_worse"] if flipped else v["p_better"]
+            verdict = {"better": "worse", "worse": "better"}.get(v["verdict"], v["verdict"]) if flipped else v["verdict"]
+            against[other] = (verdict, p_better, v["p_equivalent"], v["rope"])
+    others = [m for m in ranked[1:] if m in against]
+    mean = f"mean final validation {task.label} {_ci_text(val_stats[leader])} over {repeats} repeat(s)"
+    if others and all(against[m][0] == "better" for m in others):
+        least = min(against[m][1] for m in others)
+        return (f"**{method_label(leader)}** is the best method here: {mean}, better than every other method "
+                f"with probability at least {least:.2f} (Bayesian signed-rank test, region of practical "
+                f"equivalence {against[others[0]][3]:g}).")  # fmt: skip
+    if not others:
+        return f"{method_label(leader)}: {mean}."
+    equivalent = [m for m in others if against[m][0] == "equivalent"]
+    beaten = [m for m in others if against[m][0] == "better"]
+    undecided = [m for m in others if against[m][0] not in ("equivalent", "better")]
+    rope = against[others[0]][3]
+    clauses = [f"No method is decidedly best at this budget: {method_label(leader)} has the best {mean}"]
+    if equivalent:
+        names = ", ".join(method_label(m) for m in equivalent)
+        least = min(against[m][2] for m in equivalent)
+        clauses.append(f"it is practically equivalent (within {rope:g} {task.label}) to {names} "
+                       f"(probability at least {least:.2f})")  # fmt: skip
+    if beaten:
+        clauses.append(f"better than {', '.join(method_label(m) for m in beaten)}")
+    if undecided:
+        details = ", ".join(f"{method_label(m)} (P(better) {against[m][1]:.2f}, P(equivalent) {against[m][2]:.2f})"
+                            for m in undecided)  # fmt: skip
+        clauses.append(f"undecided against {details}; more repeats (study.repeats) or a larger budget would settle it")
+    return "; ".join(clauses) + "."
+
+
+def verdict_lines(verdicts: list[dict]) -> tuple[str, ...]:
+    """A sentence per decided pair; the undecided ones named together in one line."""
+    decided = [v["sentence"] for v in verdicts if v["verdict"] != "undecided"]
+    open_pairs = [f"{method_label(v['method_a'])} vs {method_label(v['method_b'])}" for v in verdicts
+                  if v["verdict"] == "undecided"]  # fmt: skip
+    if open_pairs:
+        decided.append(f"Undecided at this budget: {', '.join(open_pairs)}.")
+    return tuple(decided) or ("Fewer than two methods.",)
+
+
+def pairwise_matrix(comparisons: list[dict], methods: list[str]) -> pd.DataFrame:
+    """Rows beat columns: seeds won, median gain, Holm-corrected p and A12 of the row's method
+    against the column's."""
+    cells = {m: {n: "" for n in methods} for m in methods}
+    for pair in comparisons:
+        for row, col, flip in ((pair["method_a"], pair["method_b"], False), (pair["method_b"], pair["method_a"], True)):
+            wins = pair.get("losses" if flip else "wins")
+            gain = -pair["median_difference"] if flip else pair["median_difference"]
+            effect = 1.0 - pair["a12"] if flip else pair["a12"]
+            won = f"{wins}/{pair['n']}, " if pair["paired"] else ""
+            p = "p -" if math.isnan(pair["p_adjusted"]) else format_p(pair["p_adjusted"])
+            cells[row][col] = f"{won}{gain:+.3g}, {p}, A12 {effect:.2f}"
+    frame = pd.DataFrame({method_label(c): [cells[r][c] or "-" for r in methods] for c in methods})
+    frame.insert(0, "row beats column", [method_label(r) for r in methods])
+    return frame
 
 
 def power_note(repeats: int, methods: int) -> str:
@@ -522,7 +580,7 @@ def build_report(
     title = " vs ".join(labels.values())
     blocks: list[Block] = [
         Heading(f"{study_name}: {title}", 1),
-        Paragraph(answer(val_stats, val_comparisons, len(seeds), task)),
+        Paragraph(answer(val_stats, verdicts, len(seeds), task)),
         Paragraph(champion_text),
         Heading("Methods over repeats"),
         Table(method_table(runs, val_stats, test_stats, task)),
@@ -533,13 +591,17 @@ def build_report(
         Heading("Pairwise comparisons"),
         Paragraph(f"Final best validation {task.label} of each search (paired by seed: Wilcoxon signed-rank; "
                   "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12, the "
-                  f"probability that a run of the first method beats one of the second).{power_note(len(seeds), len(methods))}"),
-        Bullets(tuple(c["sentence"] for c in val_comparisons) or ("Fewer than two methods.",)),
+                  f"probability that a run of the row's method beats one of the column's).{power_note(len(seeds), len(methods))}"),
+        Table(pairwise_matrix(val_comparisons, methods)),
+        Bullets(tuple(c["sentence"] for c in val_comparisons if c["p_adjusted"] < ALPHA)
+                or ("No pair differs significantly after correction.",)),
         Paragraph(f"Bayesian signed-rank test (baycomp) of the same pairs, paired by seed, region of practical "
                   f"equivalence {rope:g} {task.label} (`report.rope`); a verdict is stated at probability 0.95:"),
-        Bullets(tuple(v["sentence"] for v in verdicts) or ("Fewer than two methods.",)),
-        Paragraph(f"Test {task.label} of each search's best, retrained at full fidelity:"),
-        Bullets(tuple(c["sentence"] for c in test_comparisons) or ("Fewer than two methods.",)),
+        Bullets(verdict_lines(verdicts)),
+        Paragraph(f"Test {task.label} of each search's best, retrained at full fidelity (rows beat columns):"),
+        Table(pairwise_matrix(test_comparisons, methods)),
+        Bullets(tuple(c["sentence"] for c in test_comparisons if c["p_adjusted"] < ALPHA)
+                or ("No pair differs significantly after correction.",)),
         Heading("Equal budgets"),
         Paragraph(f"Mean best-so-far validation {task.label} when every repeat of every method had spent the same "
                   "budget (the smallest total any of them spent), in evaluations, training epochs and wall time:"),
