@@ -30,6 +30,7 @@ from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
 from pipeline.study.sensitivity_table import load_sensitivity, sensitivity_frame  # noqa: E402
 from pipeline.study.statistics import ALPHA, pairwise_comparisons, smallest_wilcoxon_p, summarise  # noqa: E402
 from pipeline.study.statistics import bayesian_verdicts, format_p  # noqa: E402
+from pipeline.study import search_space_views as views  # noqa: E402
 from pipeline.task import CLASSIFICATION, Task, task_of  # noqa: E402
 
 
@@ -531,6 +532,46 @@ def method_notes(runs: dict[str, list[Repeat]]) -> list[str]:
     return notes
 
 
+EVALUATIONS_FILE = "evaluations.csv"
+
+
+def search_space_section(
+    results_dir: Path, runs: dict[str, list[Repeat]], config: Any, task: Task, plots: Path
+) -> tuple[list[Block], dict[str, float]]:
+    """Write ``evaluations.csv`` (every evaluation of every method and repeat), then read it back for
+    the report's view of the search space: each repeat's best configuration, fANOVA importances,
+    slice and parallel-coordinates plots. Returns the blocks and the importances."""
+    histories = {m: [(r.summary.get("repeat", i), r.seed, r.history) for i, r in enumerate(repeats)]
+                 for m, repeats in runs.items()}  # fmt: skip
+    views.evaluations_frame(histories).to_csv(results_dir / EVALUATIONS_FILE, index=False)
+    frame = pd.read_csv(results_dir / EVALUATIONS_FILE)
+    genes = views.scalar_genes(frame)
+    blocks: list[Block] = [Heading("The search space")]
+    best = views.best_configurations(frame, genes, task.maximize)
+    best["method"] = best["method"].map(method_label)
+    blocks += [Paragraph(f"Each method's best configuration of each repeat (validation {task.label}); every "
+                         f"evaluation is in `results/{EVALUATIONS_FILE}`."), Table(best)]  # fmt: skip
+    space_config = getattr(config, "space", None)
+    if space_config is None:
+        return blocks, {}
+    from pipeline.space.dimensions import SearchSpace
+
+    dimensions = [d for d in SearchSpace.from_config(space_config).dimensions if d.name in genes]
+    study = views.importance_study(frame, dimensions, task.maximize)
+    importance = views.parameter_importance(study)
+    if importance:
+        table = pd.DataFrame({"gene": list(importance), "importance": [f"{v:.2f}" for v in importance.values()]})
+        blocks += [Paragraph(f"Parameter importance: Optuna's fANOVA evaluator over all {len(study.trials)} finished "
+                             f"evaluations of every method and repeat (the share of the validation {task.label}'s "
+                             "variance each gene explains; the shares sum to 1)."), Table(table)]  # fmt: skip
+    views.plot_slices(frame, dimensions, f"validation {task.label}", plots / "slices.png")
+    views.plot_parallel_coordinates(frame, dimensions, task.maximize, plots / "parallel_coordinates.png")
+    for name, caption in (("slices.png", "Slice plots"), ("parallel_coordinates.png", "Parallel coordinates")):
+        if (plots / name).is_file():
+            blocks.append(Image(plots / name, caption))
+    return blocks, importance
+
+
 def build_report(
     results_dir: Path, config: Any, methods: list[str], params_text: str = "", commit: str | None = None,
     data_summary: dict | None = None, ui_runs_url: str | None = None, study_name: str = "evohpo study",
@@ -553,6 +594,7 @@ def build_report(
     pooled = pooled_histories(runs)
     plot_evaluation_times(pooled, plots / PLOT_FILES["evaluation_time"])
 
+    space_blocks, importance = search_space_section(results_dir, runs, config, task, plots)
     val = final_scores(runs, task)
     test = retrained_test_scores(champion, methods, task)
     val_stats = {m: summarise(list(v.values())) for m, v in val.items()}
@@ -608,6 +650,7 @@ def build_report(
         Table(equal_budget_rows(runs, task)),
         *[Image(plots / PLOT_FILES[axis], f"Best so far against {AXES[axis][0]}") for axis in AXES],
     ]  # fmt: skip
+    blocks += space_blocks
     if "ga" in runs:
         blocks += [Heading("GA generations"), Image(plots / PLOT_FILES["generations"], "GA fitness per generation")]
     sensitivity = load_sensitivity(results_dir / "sensitivity")
@@ -645,6 +688,7 @@ def build_report(
         **{f"{m}_best_{task.val_key}_mean": val_stats[m]["mean"] for m in methods},
         **{f"{m}_{task.test_key}_mean": test_stats[m]["mean"] for m in methods},
     }
+    metrics |= {f"importance_{gene}": value for gene, value in importance.items()}
     metrics = {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()}
     write_json(results_dir / "report.json", metrics)
     return metrics

@@ -22,8 +22,10 @@ def run_report_stage(config: StudyConfig, results_dir: Path, params_path: Path, 
             results_dir, config, method_names(), params_text=params_path.read_text(), commit=tracker.commit,
             data_summary=data_summary, ui_runs_url=tracker.runs_url(), study_name=config.mlflow.experiment,
         )  # fmt: skip
-        for name in ("report.md", "report.html"):
-            tracker.log_artifact(run_id, results_dir / name)
+        for name in ("report.md", "report.html", "evaluations.csv", "plots/slices.png",
+                     "plots/parallel_coordinates.png"):
+            if (results_dir / name).is_file():
+                tracker.log_artifact(run_id, results_dir / name)
         tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
     tracker.end_run(run_id)
     return metrics
