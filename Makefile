@@ -31,7 +31,7 @@ study: install dataset
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
 	$(BIN)/dvc repro
-	@echo "Report: results/report.md (and .html). Runs: make ui"
+	@$(BIN)/python -m pipeline.study.summary results
 
 # The committed larger studies (studies/*/), each rebuilt by its own dvc.yaml (tens of minutes each on 2 cores).
 studies: install dataset

@@ -100,3 +100,22 @@ def test_the_report_section_shows_each_repeats_best_and_the_importances(tmp_path
     assert set(importance) == set(SPACE.names) and sum(importance.values()) == pytest.approx(1.0)
     assert (tmp_path / "slices.png").is_file() and (tmp_path / "parallel_coordinates.png").is_file()
     assert json.loads(json.dumps(importance))  # plain floats: logged as report metrics
+
+
+def test_make_study_ends_with_the_reports_first_sentence_in_plain_text(tmp_path: Path):
+    from pipeline.study.summary import headline
+
+    (tmp_path / "report.md").write_text("# evohpo: GA vs TPE\n\n**Genetic algorithm** is the best method here: ...\n\n"
+                                        "Champion: ...\n")  # fmt: skip
+    assert headline(tmp_path / "report.md") == "Genetic algorithm is the best method here: ..."
+
+
+def test_the_champion_prints_a_line_per_retraining():
+    from pipeline.study.champion import progress_line
+    from pipeline.task import CLASSIFICATION
+
+    result = {"val_acc": 0.71, "test_acc": 0.7, "train_seconds": 12.3}
+    assert progress_line(3, 12, "ga", 42, result, CLASSIFICATION, reused=False) == (
+        "[champion] 3/12 ga seed 42: validation accuracy 0.7100, test accuracy 0.7000, retrained in 12.3s")
+    assert progress_line(4, 12, "tpe", 7, {"failure": "diverged"}, CLASSIFICATION, reused=True).endswith(
+        "FAILED (diverged), reused")

@@ -152,6 +152,7 @@ def _run_champion_stage(
     )  # fmt: skip
     entries: list[dict[str, Any]] = []
     trained = reused = 0
+    total = sum("best_genome" in s for repeats in summaries.values() for s in repeats)
     with tracker.ends_on_error(stage_run):
         for method, repeats in summaries.items():
             for summary in repeats:
@@ -160,12 +161,15 @@ def _run_champion_stage(
                 genome, seed = summary["best_genome"], genome_seed(summary["seed"], summary["best_genome"])
                 key = retrain_fingerprint(config, data.summary, genome, seed)
                 result = cache.get(key, tracker)
+                was_reused = result is not None
                 if result is None:
                     result = _retrain_logged(method, summary, genome, seed, key, config, build, splits, tracker,
                                              stage_run, cache, task)  # fmt: skip
                     trained += 1
                 else:
                     reused += 1
+                print(progress_line(trained + reused, total, method, summary["seed"], result, task, was_reused),
+                      flush=True)  # fmt: skip
                 entries.append({"method": method, "repeat": summary["repeat"], "seed": summary["seed"],
                                 "genome": genome, "genome_hash": genome_hash(genome), "key": key,
                                 f"search_{task.val_key}": summary[f"best_{task.val_key}"], **result})  # fmt: skip
@@ -207,6 +211,16 @@ def champion_metrics(champion: dict[str, Any], entries: list[dict[str, Any]], ta
         if scores:
             metrics[f"{method}_{test}_mean"] = sum(scores) / len(scores)
     return metrics
+
+
+def progress_line(done: int, total: int, method: str, seed: int, result: dict[str, Any], task: Task,
+                  reused: bool) -> str:  # fmt: skip
+    """One line per retraining, as the searches print one per evaluation."""
+    how = "reused" if reused else f"retrained in {result.get('train_seconds', 0.0):.1f}s"
+    if task.test_key not in result:
+        return f"[champion] {done}/{total} {method} seed {seed}: FAILED ({result.get('failure', 'unknown')}), {how}"
+    return (f"[champion] {done}/{total} {method} seed {seed}: validation {task.label} {result[task.val_key]:.4f}, "
+            f"test {task.label} {result[task.test_key]:.4f}, {how}")
 
 
 def _retrain_logged(

@@ -143,9 +143,10 @@ class _Progress:
         if record.stopped_early:
             outcome += f" (stopped at rung {record.rung}, {len(record.epochs)} epochs)"
         where = f" gen {record.generation}" if record.generation is not None else ""
+        best = f" | best so far {self.best.val_score:.4f}" if self.best is not None else ""
         self.bar.write(
             f"[{self.method}] eval {record.index + 1}/{self.budget}{where}: {outcome} "
-            f"in {record.train_seconds:.1f}s | {genes}"
+            f"in {record.train_seconds:.1f}s{best} | {genes}"
         )
 
 
