@@ -65,6 +65,7 @@ def make_suite_repo(repo: Path, params: dict) -> Path:
     sh("git", "config", "user.email", "ci@example.com", cwd=repo)
     sh("git", "config", "user.name", "ci", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "init", "--subdir", "-q", cwd=study)  # a study is a DVC repository of its own, as studies/*/ are
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "slice", cwd=repo)
     return repo
@@ -87,7 +88,7 @@ def results_of(study: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     repo = make_suite_repo(tmp_path_factory.mktemp("reference"), SLICE)
-    sh("dvc", "repro", "studies/slice/dvc.yaml", cwd=repo)
+    sh("dvc", "repro", cwd=repo / "studies" / "slice")
     return repo
 
 
@@ -107,8 +108,9 @@ def test_dvc_repro_runs_every_stage_and_logs_one_run_per_cell(reference):
     assert "seed-" in " ".join(a.path for a in client.list_artifacts(one.info.run_id))
     report = json.loads((study / "results" / "suite_report.json").read_text())
     assert set(report["average_rank"]) == {"ga", "tpe"} and report["tasks"] == SLICE["data"]["dataset"]
-    # a second repro has nothing to do
-    assert "Running stage" not in sh("dvc", "repro", "studies/slice/dvc.yaml", cwd=reference).stdout
+    # a second repro has nothing to do; the project's own dvc status does not list the study's stages
+    assert "Running stage" not in sh("dvc", "repro", cwd=study).stdout
+    assert "suite" not in sh("dvc", "status", cwd=reference).stdout
 
 
 def test_a_kill_mid_suite_resumes_without_redoing_cells_or_duplicating_runs(reference, tmp_path):
@@ -116,7 +118,7 @@ def test_a_kill_mid_suite_resumes_without_redoing_cells_or_duplicating_runs(refe
     study = repo / "studies" / "slice"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(["dvc", "repro", "studies/slice/dvc.yaml"], cwd=repo, env=env, start_new_session=True,
+    proc = subprocess.Popen(["dvc", "repro"], cwd=study, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     # TPE's cells take a fraction of a second each: kill once some of them are done
@@ -126,7 +128,7 @@ def test_a_kill_mid_suite_resumes_without_redoing_cells_or_duplicating_runs(refe
     proc.wait()
     done_before = {p: p.read_text() for p in (study / "checkpoints").glob("*_suite/*/seed-*.json")}
     assert done_before, "the kill came before any cell finished"
-    log = sh("dvc", "repro", "studies/slice/dvc.yaml", cwd=repo).stdout
+    log = sh("dvc", "repro", cwd=study).stdout
     assert "Running stage" in log
     for path, text in done_before.items():  # finished cells were not redone
         if '"fingerprint"' in text:
@@ -250,3 +252,18 @@ def test_a_bad_task_is_one_line_from_the_stage_before_anything_runs(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") <= 1 and "data.dataset" in done.stderr and "mnist" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "results").exists()
+
+
+def test_a_studys_runs_go_to_the_projects_store(tmp_path, monkeypatch):
+    """studies/<name>/ is a DVC repository of its own; DVC sets DVC_ROOT to it, yet its MLflow
+    store is the project's (the outermost DVC repository)."""
+    from pipeline.tracking.store import project_root, tracking_uri
+
+    study = tmp_path / "studies" / "one"
+    (tmp_path / ".dvc").mkdir()
+    (study / ".dvc").mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(study))
+    assert project_root() == tmp_path.resolve()
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert project_root() == tmp_path.resolve()

@@ -36,8 +36,13 @@ _ARTIFACT_COLUMNS = {
 
 
 def project_root() -> Path:
-    """The repository root: DVC sets ``DVC_ROOT`` for its stages; otherwise the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    """The repository root: DVC sets ``DVC_ROOT`` for its stages; otherwise the working directory.
+    A committed study is a DVC repository of its own inside the project's (``studies/<name>/.dvc``,
+    so the project's ``dvc status`` does not list its stages): its runs still go to the project's
+    store, the outermost DVC repository's."""
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    enclosing = [p for p in root.parents if (p / ".dvc").is_dir()]
+    return enclosing[-1] if (root / ".dvc").is_dir() and enclosing else root
 
 
 def tracking_uri(root: Path | None = None) -> str:
