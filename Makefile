@@ -12,13 +12,18 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: study studies benchmarks test ui install dataset clean-study
+.PHONY: study studies benchmarks test ui install dataset clean-study exp
+
+# What `make exp` shows of `dvc exp show`: the results and params a user compares, readable at 200
+# columns (the full table, every dep and param, is `dvc exp show`).
+EXP_KEEP := Experiment|Created|(test|val)_(acc|mae)|[a-z]+_test_(acc|mae)_mean|seed|budget.evaluations|study.repeats|data.train_size
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ray.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pipeline.study.offline_plots .dvc/offline_plots.html
 	touch $@
 
 install: $(VENV)/.installed
@@ -46,6 +51,9 @@ benchmarks: install
 	test -d .dvc || $(BIN)/dvc init --quiet
 	cd studies/benchmarks && $(BIN)/dvc repro
 	@echo "Report: studies/benchmarks/results/suite_report.md (and .html)"
+
+exp:
+	$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_KEEP)'
 
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"

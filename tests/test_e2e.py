@@ -52,6 +52,14 @@ def make_study_repo(repo: Path, params_changes: dict | None = None) -> Path:
     sh("git", "config", "user.name", "ci", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
     shutil.copy(REPO_ROOT / ".dvcignore", repo / ".dvcignore")
+    shutil.copy(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the offline plots template, as cloned
+    # The committed studies as a clone has them: DVC repositories of their own, out of the root's view.
+    for study in sorted((REPO_ROOT / "studies").glob("*/.dvc")):
+        folder = repo / "studies" / study.parent.name
+        shutil.copytree(study, folder / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+        for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+            if (study.parent / name).is_file():
+                shutil.copy(study.parent / name, folder / name)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "tiny study", cwd=repo)
     return repo
@@ -110,6 +118,37 @@ def test_every_evaluation_is_an_mlflow_run_under_its_repeat(study):
     assert len(report_runs) == 1
     logged = {a.path for a in client.list_artifacts(report_runs[0].info.run_id)}
     assert {"report.md", "report.html"} <= logged
+
+
+def test_dvc_status_is_clean_and_plots_draw_offline_after_the_study(study, tmp_path):
+    """After the study, the root's dvc status has nothing to say (the committed studies are out of its
+    view), and dvc plots show writes a page that draws its curves with the network blocked."""
+    status = sh("dvc", "status", cwd=study).stdout.strip()
+    assert status == "Data and pipelines are up to date.", status
+    sh(sys.executable, "-m", "pipeline.study.offline_plots", str(study / ".dvc" / "offline_plots.html"), cwd=study)
+    sh("dvc", "plots", "show", cwd=study)
+    page_file = study / "dvc_plots" / "index.html"
+    assert "cdn.jsdelivr" not in page_file.read_text()
+    require_chromium()
+    page = render_page(page_file, tmp_path / "plots.png", height=1600)
+    assert page.external_refs == []
+    assert page.dom.count('class="marks"') == 3  # three curves drawn by Vega (its canvas)
+    assert "best_so_far_by_evaluations.csv" in page.text
+    assert sh("git", "check-ignore", "dvc_plots/index.html", cwd=study).returncode == 0
+
+
+def test_make_exp_shows_the_compared_columns_readably_at_200_columns(study):
+    keep = next(line.split(":=", 1)[1].strip() for line in (REPO_ROOT / "Makefile").read_text().splitlines()
+                if line.startswith("EXP_KEEP :="))  # fmt: skip
+    env_columns = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep", keep], cwd=study,
+                          env={**env_columns, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[1]
+    for column in ("test_acc", "ga_test_acc_mean", "tpe_test_acc_mean", "seed", "budget.evaluations"):
+        assert column in header, header
+    assert "…" not in done.stdout and max(map(len, done.stdout.splitlines())) <= 200
 
 
 def _root(run, by_id) -> str:
