@@ -59,7 +59,8 @@ test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/python -m pytest -q
 
+# The classic runs view of each study, then the UI: one worker and no job runner (2 processes, not 10).
 ui: install
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments (open the study's experiment, then Runs)"
-	$(BIN)/mlflow ui --workers 1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts
+	@$(BIN)/python -m pipeline.tracking.ui http://127.0.0.1:$(MLFLOW_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts

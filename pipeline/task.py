@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from pipeline.benchmarks.tables import FAMILIES
+
 if TYPE_CHECKING:  # the report and the config read tasks without loading the training stack
     import torch
 
@@ -80,8 +82,6 @@ def task_of_dataset(dataset: str) -> Task:
     """The task a dataset name implies, before it is prepared (the scale is the data's own); a
     benchmark table's (``hpolib/...``) is its table metric in its direction."""
     if "/" in dataset:
-        from pipeline.benchmarks.tables import FAMILIES  # only a benchmark study reads the tables
-
         _, metric, maximize, _ = FAMILIES[dataset.split("/", 1)[0]]
         return Task("table", metric.removeprefix("val_"), metric, maximize=maximize)
     if dataset in REGRESSION_DATASETS:

@@ -443,3 +443,27 @@ def _image_info(attrs: dict[str, str | None]) -> ImageInfo:
             return ImageInfo(alt=alt, src=short, is_data=True, mime=mime, format=image.format, size=image.size)
     except (OSError, ValueError, SyntaxError) as exc:
         return ImageInfo(alt=alt, src=short, is_data=True, mime=mime, error=f"does not decode as an image: {exc}")
+
+
+def local_server_dom(url: str, *, chromium: str | None = None, virtual_time_ms: int = 25_000,
+                     timeout: float = 120) -> str:  # fmt: skip
+    """The DOM of a page served on this machine's loopback (an MLflow UI) after its scripts ran for
+    ``virtual_time_ms`` of virtual time. Host names still resolve to nothing; only the loopback
+    address in ``url`` is reached (the proxy flags that block loopback are left out,
+    and the resolver rule spares 127.0.0.1)."""
+    binary = chromium or chromium_path()
+    if binary is None:
+        raise BrowserError(f"Debian's chromium is not installed ({INSTALL_HINT})")
+    if not url.startswith("http://127.0.0.1:"):
+        raise BrowserError(f"not a loopback address: {url}")
+    flags = [f for f in BASE_FLAGS if not f.startswith(("--proxy-", "--virtual-time-budget", "--host-resolver-rules"))]
+    flags.append("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+    with tempfile.TemporaryDirectory(prefix="evohpo-chromium-", ignore_cleanup_errors=True) as profile:
+        command = [binary, *flags, f"--user-data-dir={profile}", f"--virtual-time-budget={virtual_time_ms}",
+                   "--window-size=1600,1200", "--dump-dom", url]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, timeout=timeout, env=dict(os.environ, HOME=profile),
+                              start_new_session=True)  # fmt: skip
+    dom = done.stdout.decode("utf-8", errors="replace")
+    if "<html" not in dom.lower():
+        raise BrowserError(f"chromium --dump-dom printed no document for {url}{_tail(done.stderr)}")
+    return dom

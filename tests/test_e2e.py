@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,52 @@ def test_make_exp_shows_the_compared_columns_readably_at_200_columns(study):
     for column in ("test_acc", "ga_test_acc_mean", "tpe_test_acc_mean", "seed", "budget.evaluations"):
         assert column in header, header
     assert "…" not in done.stdout and max(map(len, done.stdout.splitlines())) <= 200
+
+
+def test_the_mlflow_ui_opens_on_every_stage_run_of_the_study(study):
+    """``make ui``'s view (what the report links to): MLflow's classic runs table, filtered to the
+    top-level runs, lists every stage run of the study without "Load more", in headless Chromium."""
+    import socket
+    import time
+    import urllib.request
+
+    from tests.browser import local_server_dom
+    from pipeline.tracking.store import DESCRIPTION_TAG, study_view_url
+
+    require_chromium()
+    client = MlflowClient(f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags.get(DESCRIPTION_TAG)
+    top_level = [r for r in client.search_runs([experiment.experiment_id], max_results=5000)
+                 if "mlflow.parentRunId" not in r.data.tags]  # fmt: skip
+    assert len(top_level) == len(METHODS) * len(REPEATS["seeds"]) + 2  # the searches, champion, report
+    assert all(r.data.tags.get(DESCRIPTION_TAG) for r in top_level)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--workers", "1", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", f"sqlite:///{study / 'mlruns' / 'mlflow.db'}"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        dom = local_server_dom(study_view_url(f"http://127.0.0.1:{port}", experiment.experiment_id))
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    for run in top_level:
+        assert f">{run.info.run_name}<" in dom, run.info.run_name
+    assert "Load more" not in dom
+    # The registered champion carries the alias on its newest version (a model registry user's handle).
+    newest = max(int(v.version) for v in client.search_model_versions("name='tiny-champion'"))
+    assert int(client.get_model_version_by_alias("tiny-champion", "champion").version) == newest
 
 
 def _root(run, by_id) -> str:

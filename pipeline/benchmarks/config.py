@@ -35,6 +35,7 @@ from pipeline.config.sections import (
 )
 from pipeline.errors import ConfigError
 from pipeline.operators import bind_operator
+from pipeline.search.registry import method_names
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are below 2**32
 
@@ -129,8 +130,6 @@ def parse_suite(raw: Any, source: str = "params.yaml") -> SuiteConfig:
 
 def suite_errors(config: SuiteConfig) -> list[str]:
     """What needs the tables, the registry and the operators, by key."""
-    from pipeline.search.registry import method_names
-
     try:
         tasks = config.tasks
     except UnknownTable as exc:

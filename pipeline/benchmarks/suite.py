@@ -31,6 +31,7 @@ from pipeline.study.checkpoint import fingerprint
 from pipeline.study.lock import StageLock
 from pipeline.study.runner import SearchRunner
 from pipeline.tracking.observer import SearchTracking
+from pipeline.tracking.store import Tracker, tracking_uri
 
 TUNED_GA = "ga_tuned"  # the GA at the settings the suite's own sensitivity run found best
 CELL_TAG = "cell"
@@ -110,8 +111,6 @@ class _Store:
     """The MLflow side of a suite stage: a stage run, and one run per cell found again by its tag."""
 
     def __init__(self, variant: str, config: SuiteConfig, folder: Path, key: str) -> None:
-        from pipeline.tracking.store import Tracker
-
         self.tracker = Tracker(config.mlflow.experiment)
         self.config, self.variant = config, variant
         state_file = folder / "stage.json"
@@ -124,6 +123,8 @@ class _Store:
                 f"{variant}_suite", params={"budget": config.budget.evaluations, "noise": config.suite.noise,
                                             "method": variant, "tasks": len(config.tasks)},
                 tags={"method": variant, "stage": f"{variant}_suite", "kind": "benchmark"},
+                description=f"{variant} on every benchmark task and seed: one run per task and seed below, "
+                            "with the regret and the best so far per evaluation; metrics: the mean final regret.",
             )  # fmt: skip
             write_json(state_file, {"fingerprint": key, "stage_run_id": stage_run})
         self.stage_run = stage_run
@@ -198,8 +199,6 @@ def run_suite_stage(
     with StageLock(checkpoint_dir / f"{stage}.lock", stage):
         ga = tuned_ga(results_dir) if variant == TUNED_GA else None
         method = registered_method(variant)
-        from pipeline.tracking.store import tracking_uri
-
         key = method_fingerprint(variant, config, ga, tracking_uri())
         store = _Store(variant, config, folder, key)
         seeds = config.repeat_seeds()

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipeline.benchmarks.tables import is_table_name
 from pipeline.config.sections import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -137,8 +138,6 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
 
 def table_dataset_errors(raw: dict) -> list[str]:
     """A benchmark table named in a trained study: it is looked up by a benchmark study instead."""
-    from pipeline.benchmarks.tables import is_table_name
-
     data = raw.get("data")
     dataset = data.get("dataset") if isinstance(data, dict) else None
     names = dataset if isinstance(dataset, list) else [dataset]

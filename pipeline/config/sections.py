@@ -344,6 +344,8 @@ class ReportConfig(_Section):
     # Region of practical equivalence of the report's Bayesian signed-rank verdicts, in the task's
     # metric (0.005: half a point of accuracy; for MAE, in the target's units).
     rope: Annotated[float, Field(gt=0)] = 0.005
+    # Where the report's run links point: the MLflow UI that `make ui` starts, by default.
+    mlflow_ui: Annotated[str, Field(pattern=r"^https?://[^\s/]+$")] = "http://127.0.0.1:5000"
 
 
 class MlflowConfig(_Section):

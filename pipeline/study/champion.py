@@ -149,6 +149,8 @@ def _run_champion_stage(
         params={"epochs": config.champion.epochs, "train_size": len(splits["train"]), "test_size": len(splits["test"]),
                 "repeats": len(config.repeat_seeds())},
         tags={"stage": "champion"},
+        description="Each method's best of each repeat retrained at full fidelity and tested on the held-out "
+                    "test set (one run each, below); the champion, chosen by validation, is the registered model.",
     )  # fmt: skip
     entries: list[dict[str, Any]] = []
     trained = reused = 0
@@ -234,6 +236,8 @@ def _retrain_logged(
         params={**mlflow_params(genome), "epochs": config.champion.epochs, "seed": seed},
         tags={"method": method, "repeat": summary["repeat"], "genome_hash": genome_hash(genome),
               "search_run_id": summary["best_run_id"]},
+        description=f"{method}'s best of seed {summary['seed']}, retrained for {config.champion.epochs} epoch(s) "
+                    "on the full training split and tested on the held-out test set.",
     )  # fmt: skip
     with tracker.ends_on_error(run_id):  # Ctrl-C or SIGTERM: KILLED
         try:
@@ -261,6 +265,9 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None unsets the variable again
 
 
+CHAMPION_ALIAS = "champion"
+
+
 def _log_model(network: torch.nn.Module, test: TensorSplit, config: StudyConfig, tracker: Tracker, run_id: str) -> dict:
     network = network.cpu().eval()
     with _fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=run_id):
@@ -274,8 +281,14 @@ def _log_model(network: torch.nn.Module, test: TensorSplit, config: StudyConfig,
             # Explicit requirements: inferring them imports the model in a subprocess, slowly.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
+    version = getattr(info, "registered_model_version", None)
+    if version is not None:
+        # The alias follows the newest champion: models:/<name>@champion loads it.
+        tracker._call(tracker.client.set_registered_model_alias, config.champion.registered_model, CHAMPION_ALIAS,
+                      str(version))  # fmt: skip
     return {
         "model_uri": info.model_uri,
         "registered_model": config.champion.registered_model,
-        "registered_version": getattr(info, "registered_model_version", None),
+        "registered_version": version,
+        "alias": CHAMPION_ALIAS if version is not None else None,
     }

@@ -24,6 +24,7 @@ from scipy.stats import skew  # noqa: E402
 
 from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.search.registry import get_method  # noqa: E402
+from pipeline.space.dimensions import SearchSpace  # noqa: E402
 from pipeline.study.layout import repeat_files  # noqa: E402
 from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
 from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
@@ -554,8 +555,6 @@ def search_space_section(
     space_config = getattr(config, "space", None)
     if space_config is None:
         return blocks, {}
-    from pipeline.space.dimensions import SearchSpace
-
     dimensions = [d for d in SearchSpace.from_config(space_config).dimensions if d.name in genes]
     study = views.importance_study(frame, dimensions, task.maximize)
     importance = views.parameter_importance(study)
@@ -575,6 +574,7 @@ def search_space_section(
 def build_report(
     results_dir: Path, config: Any, methods: list[str], params_text: str = "", commit: str | None = None,
     data_summary: dict | None = None, ui_runs_url: str | None = None, study_name: str = "evohpo study",
+    ui_study_url: str | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.html``, the plots and the curves' DVC plot data under
     ``results_dir``; returns the report's metrics (also written to ``report.json``)."""
@@ -671,7 +671,8 @@ def build_report(
         Table(shown_times),
         Image(plots / PLOT_FILES["evaluation_time"], "Fitness-evaluation time distribution"),
         Heading("Every repeat"),
-        Paragraph(f"Run ids link to the MLflow UI ({ui_runs_url or 'make ui'})."),
+        Paragraph(f"Run ids link to the MLflow UI (`make ui`); the study's runs: "
+                  f"{f'[classic runs view]({ui_study_url})' if ui_study_url else ui_runs_url or 'make ui'}."),
         Table(repeat_table(runs, champion, ui_runs_url, task)),
         Heading("Reproduce"),
         Bullets(tuple([

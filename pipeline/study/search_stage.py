@@ -287,6 +287,9 @@ def _search_once(
                     "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"],
                     **strategy.stage_params()},
             tags={"method": method, "stage": stage, "repeat": repeat.index, "seed": config.seed},
+            description=f"{spec.label}, repeat {repeat.index} (seed {config.seed}): {budget} evaluations on "
+                        f"{data.summary['dataset']}; every evaluated individual is a run below (the GA's under "
+                        "its generation); metrics: the search's best.",
         )  # fmt: skip
         checkpoint.set_stage_run(stage_run)
     label = f"{method} r{repeat.index}"

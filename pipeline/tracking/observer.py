@@ -37,8 +37,9 @@ class SearchTracking:
         self.study_seed = study_seed
         self.val_key = val_key  # the task's validation metric, as logged: val_acc or val_mae
 
-    def start_stage(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
-        return self.tracker.start_run(name, params=params, tags=tags)
+    def start_stage(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any],
+                    description: str | None = None) -> str:  # fmt: skip
+        return self.tracker.start_run(name, params=params, tags=tags, description=description)
 
     def reopen_stage(self, stage_run: str, group_runs: Sequence[str], records: Sequence[EvaluationRecord]) -> str | None:
         """Set a killed stage's run RUNNING again and settle the runs under it with the checkpoint,
@@ -80,7 +81,9 @@ class SearchTracking:
         return f"runs left by the killed stage: {', '.join(settled)}" if settled else None
 
     def start_group(self, group: Group, stage_run: str) -> str:
-        return self.tracker.start_run(group.name, parent_id=stage_run, params=group.params, tags=group.tags)
+        return self.tracker.start_run(group.name, parent_id=stage_run, params=group.params, tags=group.tags,
+                                      description=f"{group.name}: the population's statistics and operator settings; "
+                                                  "its trained individuals are the runs below")  # fmt: skip
 
     def resume_group(self, run_id: str) -> None:
         self.tracker.resume_run(run_id)
@@ -98,6 +101,8 @@ class SearchTracking:
         return self.tracker.start_run(
             proposal.name, parent_id=parent_run, params={**mlflow_params(proposal.genome), "seed": seed},
             tags={**proposal.tags, "genome_hash": proposal.genome_hash},
+            description="One evaluated individual: its genes as params, per-epoch training and validation "
+                        "curves, its final validation score and training seconds.",
         )
 
     def finish_individual(self, record: EvaluationRecord) -> None:

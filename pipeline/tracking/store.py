@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import quote
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -26,6 +27,17 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 WORKSPACE_TAG = "evohpo.workspace"
 # The MLflow UI opens an experiment of this kind on its runs (model training), not the GenAI overview.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# What the UI shows as a run's or an experiment's description.
+DESCRIPTION_TAG = "mlflow.note.content"
+EXPERIMENT_DESCRIPTION = (
+    "An evohpo study: one run per search stage and repeat (nested: the GA's generations, then one run "
+    "per evaluated individual), the champion's retrainings and the report. The study's params, "
+    "report and results are in the repository (results/report.html).")
+# MLflow 3.17's UI opens an experiment in GenAI mode whatever its tags; this view is the classic runs
+# table, filtered to the top-level runs (only those carry the workspace tag), so every stage run shows
+# without "Load more" however many individuals lie under them.
+CLASSIC_RUNS_VIEW = "runs?workflowType=machine_learning&searchFilter="
+DEFAULT_UI = "http://127.0.0.1:5000"
 # Columns that hold artifact locations, by table: rewritten when the repository has moved.
 _ARTIFACT_COLUMNS = {
     "experiments": ("artifact_location",),
@@ -151,13 +163,16 @@ class Tracker:
             if found is None:
                 self.experiment_id = self._call(
                     self.client.create_experiment, experiment, artifact_location=artifacts,
-                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: EXPERIMENT_DESCRIPTION},
                 )  # fmt: skip
             else:
                 self.experiment_id = found.experiment_id
                 self._keep_artifacts_here(found.artifact_location, artifacts)
                 if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
                     self._call(self.client.set_experiment_tag, self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                if DESCRIPTION_TAG not in found.tags:
+                    self._call(self.client.set_experiment_tag, self.experiment_id, DESCRIPTION_TAG,
+                               EXPERIMENT_DESCRIPTION)  # fmt: skip
         except TrackingError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here means: no usable store
@@ -219,8 +234,11 @@ class Tracker:
         parent_id: str | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
     ) -> str:
         all_tags = {key: str(value) for key, value in (tags or {}).items()}
+        if description:
+            all_tags[DESCRIPTION_TAG] = description
         if parent_id is not None:
             all_tags[PARENT_TAG] = parent_id
         else:
@@ -310,5 +328,15 @@ class Tracker:
                 closed += 1
         return closed
 
-    def runs_url(self, host: str = "http://127.0.0.1:5000") -> str:
+    def runs_url(self, host: str = DEFAULT_UI) -> str:
+        """Where a run's link points: ``<runs_url>/<run id>``."""
         return f"{host}/#/experiments/{self.experiment_id}/runs"
+
+    def study_url(self, host: str = DEFAULT_UI) -> str:
+        """The classic runs view of the study, every top-level (stage) run listed."""
+        return study_view_url(host, self.experiment_id)
+
+
+def study_view_url(host: str, experiment_id: str) -> str:
+    top_level = f"tags.`{WORKSPACE_TAG}` LIKE '%'"
+    return f"{host}/#/experiments/{experiment_id}/{CLASSIC_RUNS_VIEW}{quote(top_level)}"
