@@ -85,12 +85,19 @@ def main() -> None:
         run_cell(table, space, config, "random", seed)
     runner = time.perf_counter() - started
 
+    # The stage logs to an MLflow store of its own (DVC_ROOT), not the project's; back to the
+    # caller's folder before --out is written.
+    here = Path.cwd()
     with tempfile.TemporaryDirectory() as folder:
         os.environ["DVC_ROOT"] = folder
         os.chdir(folder)
-        started = time.perf_counter()
-        run_suite_stage("random", config, Path(folder) / "results", Path(folder) / "checkpoints", log=lambda _: None)
-        stage = time.perf_counter() - started
+        try:
+            started = time.perf_counter()
+            run_suite_stage("random", config, Path(folder) / "results", Path(folder) / "checkpoints",
+                            log=lambda _: None)
+            stage = time.perf_counter() - started
+        finally:
+            os.chdir(here)
 
     rows = [
         {"way": "bare loop (numpy: distinct rows, one stored run each)", "seconds": bare,

@@ -1,5 +1,5 @@
 """Write each committed study's ``dvc.yaml`` from the project's: the same stages, run inside the
-study's folder on its own ``params.yaml``, so ``dvc repro studies/<name>/dvc.yaml`` rebuilds it.
+study's folder on its own ``params.yaml``, so ``cd studies/<name> && dvc repro`` rebuilds it (each study is a DVC repository of its own).
 
 Code paths (``pipeline/``, ``stages/``) point back to the repository root; data, results,
 checkpoints and models stay inside the study's folder. MLflow runs go to the project's store

@@ -18,7 +18,7 @@ from pipeline.benchmarks.evaluator import TableEvaluator
 from pipeline.benchmarks.regret import (
     at_evaluations, expected_best_of_distinct, incumbents, normalised_regret, regret_curve,
 )  # fmt: skip
-from pipeline.benchmarks.report import average_ranks, friedman, nemenyi_cd
+from pipeline.benchmarks.report import _ga_where, average_ranks, friedman, nemenyi_cd
 from pipeline.benchmarks.suite import run_cell
 from pipeline.benchmarks.tables import expand_task_names, genome_of, load_table, table_names
 from pipeline.errors import ConfigError
@@ -180,6 +180,25 @@ def test_average_ranks_and_friedman_equal_the_textbook_formulas():
     assert result["p_value"] == pytest.approx(stats.chi2.sf(chi2, k - 1))
     # Demsar (2006), table 5: q_0.05 = 2.569 for four methods
     assert nemenyi_cd(4, 15) == pytest.approx(2.569 * math.sqrt(4 * 5 / (6 * 15)), abs=1e-3)
+
+
+def test_the_ga_wins_or_loses_a_task_only_where_the_seeds_say_so():
+    rng = np.random.default_rng(3)
+    tasks = ["clear_win", "clear_loss", "noise"]
+    finals = {
+        "ga": {"clear_win": rng.normal(0.01, 0.001, 30), "clear_loss": rng.normal(0.05, 0.001, 30),
+               "noise": rng.normal(0.0300, 0.01, 30)},
+        "random": {"clear_win": rng.normal(0.04, 0.001, 30), "clear_loss": rng.normal(0.02, 0.001, 30),
+                   "noise": rng.normal(0.0301, 0.01, 30)},
+        "grid": {t: np.full(30, 0.5) for t in tasks},
+    }  # fmt: skip
+    lines = _ga_where(["ga", "grid", "random"], tasks, finals)
+    assert lines[0].startswith("clear_win: GA better than Random")
+    assert lines[1].startswith("clear_loss: GA worse than Random")
+    assert lines[2].startswith("noise: GA no clear difference from Random")
+    # Holm over the three tasks: the noisy task's p is the raw p times at most 3, and never below it
+    raw = stats.mannwhitneyu(finals["ga"]["noise"], finals["random"]["noise"]).pvalue
+    assert float(lines[2].rsplit("p = ", 1)[1].rstrip(")")) >= float(f"{raw:.2g}") - 1e-12
 
 
 def _signed_rank_direct(x, y, rope, nsamples, seed):
