@@ -12,10 +12,26 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from pipeline.benchmarks.tables import FAMILIES
-
 if TYPE_CHECKING:  # the report and the config read tasks without loading the training stack
     import torch
+
+
+# The benchmark tables' families (``<family>/<dataset>`` task names; pipeline/benchmarks/tables.py
+# reads them): family -> (the package's class name, its main metric, higher is better?, regret scale).
+# Here, not in the benchmarks package, so that a trained study's stages can name a table's task
+# without loading the tables. Regret scale: HPOLib's losses span orders of magnitude (diverged
+# networks reach 1e2 where the best is 1e-5), so their regret is normalised on log10 of the loss,
+# where a step from 1e-4 to 1e-5 weighs as much as one from 1e-3 to 1e-4; accuracies on their own scale.
+TABLE_FAMILIES: dict[str, tuple[str, str, bool, str]] = {
+    "hpobench": ("HPOBench", "val_acc", True, "linear"),
+    "hpolib": ("HPOLib", "val_loss", False, "log"),
+    "nasbench201": ("NASBench201", "val_acc", True, "linear"),
+}
+
+
+def is_table_name(name: object) -> bool:
+    """Whether ``name`` names a benchmark table (``family/dataset``), known or not."""
+    return isinstance(name, str) and "/" in name and name.split("/", 1)[0] in TABLE_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,7 @@ def task_of_dataset(dataset: str) -> Task:
     """The task a dataset name implies, before it is prepared (the scale is the data's own); a
     benchmark table's (``hpolib/...``) is its table metric in its direction."""
     if "/" in dataset:
-        _, metric, maximize, _ = FAMILIES[dataset.split("/", 1)[0]]
+        _, metric, maximize, _ = TABLE_FAMILIES[dataset.split("/", 1)[0]]
         return Task("table", metric.removeprefix("val_"), metric, maximize=maximize)
     if dataset in REGRESSION_DATASETS:
         return Task("regression", "mae", "MAE", maximize=False)

@@ -25,16 +25,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pipeline.space.dimensions import ChoiceDimension, Genome, SearchSpace
+from pipeline.task import TABLE_FAMILIES
 
-# family -> (the package's class name, its main metric, higher is better?, regret scale)
-# Regret scale: HPOLib's losses span orders of magnitude (diverged networks reach 1e2 where the best
-# is 1e-5), so their regret is normalised on log10 of the loss, where a step from 1e-4 to 1e-5 weighs
-# as much as one from 1e-3 to 1e-4; accuracies are normalised on their own scale.
-FAMILIES: dict[str, tuple[str, str, bool, str]] = {
-    "hpobench": ("HPOBench", "val_acc", True, "linear"),
-    "hpolib": ("HPOLib", "val_loss", False, "log"),
-    "nasbench201": ("NASBench201", "val_acc", True, "linear"),
-}
+FAMILIES = TABLE_FAMILIES  # family -> (class name, metric, higher is better?, regret scale)
 TIME_METRIC = "train_time"
 
 
@@ -52,10 +45,6 @@ def table_names(family: str | None = None) -> list[str]:
     """Every task name (``family/dataset``), or those of one family, in the package's order."""
     families = [family] if family is not None else list(FAMILIES)
     return [f"{f}/{d}" for f in families for d in _package_class(f).available_dataset_names]
-
-
-def is_table_name(name: str) -> bool:
-    return isinstance(name, str) and name.split("/", 1)[0] in FAMILIES and "/" in name
 
 
 def expand_task_names(names: Sequence[str]) -> list[str]:

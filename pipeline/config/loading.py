@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.benchmarks.tables import is_table_name
 from pipeline.config.sections import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -29,7 +28,7 @@ from pipeline.config.sections import (
 from pipeline.errors import ConfigError
 from pipeline.operators import bind_operator, split_settings
 from pipeline.space import ArchitectureSpace, InfeasibleGenome
-from pipeline.task import REGRESSION_DATASETS
+from pipeline.task import REGRESSION_DATASETS, is_table_name
 
 
 # The images of each dataset (channels, height, width): architecture genomes are checked against them.
