@@ -1,6 +1,7 @@
 # Two commands do all setup on a fresh machine (Python 3.11, git, package registries):
 #   make study   install, then run the whole study (dvc repro) on params.yaml
 #   make test    install, then run the whole test suite
+#   make check   the one-minute check while you work: every test not marked slow (make test runs all)
 #   make studies install, then rebuild the committed larger studies (studies/*/)
 #   make benchmarks  install, then rebuild the benchmark study (studies/benchmarks/: 15 tables, no training)
 #   make ui      open the MLflow UI on the study's runs
@@ -12,7 +13,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: study studies benchmarks test ui install dataset clean-study exp
+.PHONY: study studies benchmarks test check ui install dataset clean-study exp
 
 # What `make exp` shows of `dvc exp show`: the results and params a user compares, readable at 200
 # columns (the full table, every dep and param, is `dvc exp show`).
@@ -58,6 +59,10 @@ exp:
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/python -m pytest -q
+
+# What a change broke, in about a minute: the tests not marked slow (no training, no dvc, no subprocess).
+check: install
+	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
 
 # The classic runs view of each study, then the UI: one worker and no job runner (2 processes, not 10).
 ui: install

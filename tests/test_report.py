@@ -133,6 +133,7 @@ def test_ga_init_rows_appear_only_with_more_than_one_kind():
         "Genetic algorithm", "Grid search", "Random search"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_records_without_init_are_scratch():
     # Missing "init" next to explicit "scratch": still one kind, so no per-kind rows.
     mixed = [{k: v for k, v in r.items() if k != "init"} if i % 2 else {**r, "init": "scratch"}
@@ -251,6 +252,7 @@ def holm(p_values: list[float]) -> list[float]:
     return list(adjusted)
 
 
+@pytest.mark.slow
 def test_the_answer_comes_first_and_its_statistics_match_scipy(tmp_path):
     results, markdown = report_of(tmp_path)
     first = markdown.split("\n\n")[1]  # after the title
@@ -280,6 +282,7 @@ def test_the_answer_comes_first_and_its_statistics_match_scipy(tmp_path):
     assert all(isinstance(v, float) for v in metrics.values())
 
 
+@pytest.mark.slow
 def test_champion_is_chosen_by_validation_and_every_number_links_to_its_run(tmp_path):
     _, markdown = report_of(tmp_path)
     assert "chosen by validation accuracy after retraining (never by test accuracy)" in markdown
@@ -289,6 +292,7 @@ def test_champion_is_chosen_by_validation_and_every_number_links_to_its_run(tmp_
     assert "Git commit: abc123" in markdown and "train.pt: sha256 f00d" in markdown and "seed: 1" in markdown
 
 
+@pytest.mark.slow
 def test_equal_budget_rows_and_curve_data(tmp_path):
     results, markdown = report_of(tmp_path)
     # Every repeat spends 4 evaluations and 4 epochs: at equal budgets each method's mean final best.
@@ -304,6 +308,7 @@ def test_equal_budget_rows_and_curve_data(tmp_path):
     assert curve["ga"][3] == pytest.approx(np.median(FINAL["ga"]))
 
 
+@pytest.mark.slow
 def test_the_html_page_is_self_contained(tmp_path):
     results, _ = report_of(tmp_path)
     page = (results / "report.html").read_text()
@@ -314,6 +319,7 @@ def test_the_html_page_is_self_contained(tmp_path):
     assert '<a href="http://ui/#/experiments/1/runs/ga4stage">' in page
 
 
+@pytest.mark.slow
 def test_time_section_and_ga_notes(tmp_path):
     ga_extra = {"operators": {"selection": "tournament", "weights": "merge"},
                 "phase_reasons": ["phase 0: its share spent", "stagnation"], "rejected": 2}  # fmt: skip
@@ -357,6 +363,7 @@ def test_evaluation_time_table_takes_the_lowest_mae_as_best():
     assert not any("acc" in column for column in table.columns)
 
 
+@pytest.mark.slow
 def test_regression_answer_names_the_lowest_mean_mae_and_its_statistics_match_scipy(tmp_path):
     results, markdown = regression_report_of(tmp_path)
     leader = min(FINAL_MAE, key=lambda m: np.mean(FINAL_MAE[m]))
@@ -396,6 +403,7 @@ def test_regression_answer_names_the_lowest_mean_mae_and_its_statistics_match_sc
     assert not any("acc" in key for key in metrics)
 
 
+@pytest.mark.slow
 def test_regression_champion_is_the_lowest_validation_mae_in_words_of_mae(tmp_path):
     results, markdown = regression_report_of(tmp_path)
     method, repeat = min(((m, i) for m in FINAL_MAE for i in range(len(SEEDS))),
@@ -412,6 +420,7 @@ def test_regression_champion_is_the_lowest_validation_mae_in_words_of_mae(tmp_pa
     assert metrics["champion_test_mae"] == pytest.approx(TEST_MAE["tpe"][repeat])
 
 
+@pytest.mark.slow
 def test_regression_best_so_far_curves_never_rise(tmp_path):
     results, markdown = regression_report_of(tmp_path)
     for name in ("best_so_far_by_evaluations.csv", "best_so_far_by_epochs.csv", "best_so_far_by_time.csv"):
@@ -429,6 +438,7 @@ def test_regression_best_so_far_curves_never_rise(tmp_path):
         assert all(f"{np.mean(FINAL_MAE[m]):.4f}" in line for m in METHODS)
 
 
+@pytest.mark.slow
 def test_the_sensitivity_section_appears_when_the_stage_ran_enabled(tmp_path):
     from pipeline.study.sensitivity_table import plot_sensitivity
 
@@ -465,6 +475,7 @@ def test_the_method_table_counts_evaluations_stopped_early_only_when_fidelity_ra
     assert list(table["stopped early per repeat"]) == ["3.0", "0.0"]
 
 
+@pytest.mark.slow
 def test_the_bayesian_verdict_says_equivalent_for_level_methods_and_better_for_a_clear_gap(tmp_path):
     """The report quotes the Bayesian probabilities of each pair (grid and random lie close in FINAL); the
     GA, far above random in every seed, is better with certainty."""
@@ -481,6 +492,7 @@ def test_the_bayesian_verdict_says_equivalent_for_level_methods_and_better_for_a
     assert "with probability 1.00" in clear
 
 
+@pytest.mark.slow
 def test_two_equal_methods_are_reported_tied_not_crowned(tmp_path):
     """A fitness that makes two methods equal in every seed: the headline says they are practically
     equivalent and names no winner."""
