@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from pipeline.config import loading
 from pipeline.config import (
     ChoiceGene,
     ConfigError,
@@ -115,6 +116,14 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
         for part in parents:
             node = node[part]
         node[last] = value
+
+    return change
+
+
+def _chain(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
+    def change(params: dict) -> None:
+        for each in changes:
+            each(params)
 
     return change
 
@@ -364,6 +373,25 @@ BAD_VARIANTS = [
      ["less than or equal to 100"]),
     ("phases-new-conv-layers-huge", _architecture({"phases": {"new_conv_layers": 1000}}),
      "space.architecture.phases.new_conv_layers", ["less than or equal"]),
+    # seeds: numpy and scikit-learn take seeds below 2**32, so every seed a repeat derives must be
+    ("seed-2-to-the-70", _set("seed", 2**70), "seed", ["less than or equal to 4294967295"]),
+    ("seed-2-to-the-64", _set("seed", 2**64), "seed", ["less than or equal to 4294967295"]),
+    ("repeat-seed-past-2-to-the-32", _chain(_set("seed", 2**32 - 1), _set("study.repeats", 2)), "seed",
+     ["run up to 4294967296", "seed + study.repeats - 1"]),
+    ("listed-seed-past-2-to-the-32", _chain(_set("study.repeats", 2), _set("study.seeds", [1, 2**32])),
+     "study.seeds.1", ["less than or equal to 4294967295"]),
+    ("sensitivity-seed-past-2-to-the-32", _chain(_set("seed", 2**32 - 2), _set("sensitivity.enabled", True),
+                                                 _set("sensitivity.repeats", 3)),
+     "seed", ["sensitivity.repeats - 1"]),
+    # names the tracking store would refuse only after the work is done
+    ("registered-model-empty", _set("champion.registered_model", ""), "champion.registered_model",
+     ["not be empty"]),
+    ("registered-model-blank", _set("champion.registered_model", "   "), "champion.registered_model",
+     ["not be empty"]),
+    ("registered-model-slash", _set("champion.registered_model", "team/model"), "champion.registered_model",
+     ["'/' or ':'"]),
+    ("experiment-10-MB", _set("mlflow.experiment", "x" * 10_000_000), "mlflow.experiment",
+     ["at most 256 characters"]),
     # missing sections
     ("missing-section-ga", _delete("ga"), "ga", ["Field required"]),
     ("missing-section-space", _delete("space"), "space", ["Field required"]),
@@ -612,6 +640,21 @@ def test_load_config_deep_nesting_is_an_error_not_a_crash(tmp_path: Path):
     path.write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_a_params_file_of_megabytes_is_refused_before_parsing(tmp_path: Path, monkeypatch):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(RAW_PARAMS) + "# " + "x" * 10_000_000 + "\n")
+
+    def parser_reached(*args, **kwargs):
+        raise AssertionError("the YAML parser ran: it takes over a minute on 10 MB")
+
+    monkeypatch.setattr(loading.yaml, "load", parser_reached)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "at most 1,000,000 bytes" in message, message
+    assert len(message) < 300
 
 
 def test_load_config_huge_budget_fails_at_load_time(tmp_path: Path):

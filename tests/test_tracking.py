@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -176,3 +180,16 @@ def test_a_store_killed_while_being_created_is_built_again(mlflow_store, monkeyp
     run = tracker.start_run("works")
     tracker.end_run(run)
     assert tracker.client.get_run(run).info.status == "FINISHED"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_ui_listens_on_localhost_whatever_mlflow_host_says():
+    """An inherited MLFLOW_HOST (0.0.0.0, say) must not open the study's runs to the network: make ui
+    pins --host 127.0.0.1, with one worker and no job runner (what `make -n` would run)."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["make", "-n", "-W", ".venv/.installed", "ui"], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_HOST": "0.0.0.0"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    command = next(line for line in done.stdout.splitlines() if " ui " in line and "mlflow" in line)
+    assert "--host 127.0.0.1" in command and "0.0.0.0" not in command, command
+    assert "--workers 1" in command and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in command, command

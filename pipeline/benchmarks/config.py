@@ -22,6 +22,7 @@ from pipeline.config.loading import format_error, invalid, non_finite_errors, re
 from pipeline.config.sections import (
     MAX_EVALUATIONS,
     MAX_POPULATION,
+    MAX_SEED,
     BudgetConfig,
     ChampionConfig,
     DataConfig,
@@ -37,7 +38,6 @@ from pipeline.errors import ConfigError
 from pipeline.operators import bind_operator
 from pipeline.search.registry import method_names
 
-MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are below 2**32
 
 
 class SuiteData(_Section):

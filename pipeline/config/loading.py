@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.config.sections import (
     MAX_BATCH,
     MAX_EPOCHS,
+    MAX_SEED,
     SENSITIVITY_SETTINGS,
     ChoiceGene,
     FloatGene,
@@ -39,6 +40,7 @@ DATASET_IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8), "diab
 # No error message may be huge, whatever the file holds: each value echoed is cut to _MAX_SHOWN characters,
 # each line to _MAX_LINE, and at most _MAX_LINES faults are listed.
 _MAX_SHOWN, _MAX_LINE, _MAX_LINES = 200, 400, 30
+MAX_PARAMS_BYTES = 1_000_000  # params.yaml is a few kB; the limit stops a wrong file before the YAML parser
 _REPR = reprlib.Repr()  # bounded in time too: a huge list is never formatted whole only to be cut
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlist, _REPR.maxdict = 120, 120, 60, 10, 10
 
@@ -124,7 +126,7 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
     if errors:
         raise invalid(source, errors)
     _check_operators(config, source)
-    errors = task_errors(config) + execution_errors(config)
+    errors = seed_errors(config) + task_errors(config) + execution_errors(config)
     if errors:
         raise invalid(source, errors)
     if config.space.kind == "architecture":
@@ -164,6 +166,21 @@ def execution_errors(config: StudyConfig) -> list[str]:
         return [f"execution.evaluator: population trains from scratch; ga.weights: {config.ga.weights} needs "
                 "execution.evaluator: sequential or auto"]  # fmt: skip
     return []
+
+
+def seed_errors(config: StudyConfig) -> list[str]:
+    """Seeds that a repeat or a sensitivity run would derive out of range (numpy and scikit-learn take
+    seeds below 2**32), refused before repeat 0 trains rather than when repeat 1 starts."""
+    errors = []
+    last_seed = max(config.repeat_seeds())
+    if config.study.seeds is None and last_seed > MAX_SEED:
+        errors.append(f"seed: the repeats' seeds run up to {last_seed} (seed + study.repeats - 1); every seed "
+                      f"must be at most {MAX_SEED}")  # fmt: skip
+    last_variant_seed = config.seed + config.sensitivity.repeats - 1
+    if config.sensitivity.enabled and last_variant_seed > MAX_SEED:
+        errors.append(f"seed: the sensitivity runs' seeds run up to {last_variant_seed} (seed + sensitivity.repeats "
+                      f"- 1); every seed must be at most {MAX_SEED}")  # fmt: skip
+    return errors
 
 
 def task_errors(config: StudyConfig) -> list[str]:
@@ -348,6 +365,11 @@ def read_params(path: str | Path) -> Any:
     when it cannot be read or is not YAML."""
     path = Path(path)
     try:
+        # Sized before parsing: YAML takes minutes over a file of many megabytes.
+        size = path.stat().st_size
+        if size > MAX_PARAMS_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes; a params file is at most {MAX_PARAMS_BYTES:,} bytes "
+                              "(is it the right file?)")
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None

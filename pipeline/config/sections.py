@@ -26,6 +26,8 @@ MAX_PHASES = 100  # growth phases; each needs a whole population's evaluations a
 MAX_POPULATION = 10_000  # ga.population_size and ga.survival.immigrants
 MAX_GENERATIONS = MAX_EVALUATIONS  # every generation trains at least one child
 MAX_REPEATS = 1000  # repeats of the whole study (study.repeats): each is a full search per method
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are below 2**32: every seed a repeat uses too
+MAX_NAME = 256  # characters of an MLflow experiment or registered model name (its store's column)
 
 
 class _Section(BaseModel):
@@ -288,7 +290,7 @@ class RepeatsConfig(_Section):
 
     repeats: Annotated[int, Field(ge=1, le=MAX_REPEATS)] = 1
     # One seed per repeat; None: ``seed``, ``seed + 1``, ... (repeat 0 is the single-run study).
-    seeds: list[Annotated[int, Field(ge=0)]] | None = None
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = None
 
     @model_validator(mode="after")
     def _check_seeds(self) -> RepeatsConfig:
@@ -337,7 +339,17 @@ class TPEConfig(_Section):
 class ChampionConfig(_Section):
     epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None  # None: every training image not in validation
-    registered_model: str = "evohpo-champion"
+    registered_model: Annotated[str, Field(max_length=MAX_NAME)] = "evohpo-champion"
+
+    @field_validator("registered_model")
+    @classmethod
+    def _registrable(cls, name: str) -> str:
+        # Refused here, not by the registry after every retraining has run.
+        if not name.strip():
+            raise ValueError("must name the registered model, not be empty")
+        if "/" in name or ":" in name:
+            raise ValueError(f"must not contain '/' or ':' (a models:/<name>@champion URI splits on them), got {name!r}")
+        return name
 
 
 class ReportConfig(_Section):
@@ -349,7 +361,7 @@ class ReportConfig(_Section):
 
 
 class MlflowConfig(_Section):
-    experiment: Annotated[str, Field(min_length=1)]
+    experiment: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
 
 class RayConfig(_Section):
@@ -379,7 +391,7 @@ class ExecutionConfig(_Section):
 
 
 class StudyConfig(_Section):
-    seed: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
     data: DataConfig
     model: ModelConfig = ModelConfig()
     space: SpaceConfig
