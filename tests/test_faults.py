@@ -4,6 +4,7 @@ twice, no run left RUNNING, results equal to an uninterrupted run, one line nami
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import signal
@@ -206,6 +207,61 @@ def test_a_truncated_checkpoint_keeps_its_valid_part_and_no_genome_finishes_twic
     out = capsys.readouterr().out
     assert "3 finished evaluations reused" in out and "2 superseded (record lost)" in out
     assert counter.calls == 7 - 3
+    assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
+    assert_settled(tracking_uri())
+
+
+def test_a_checkpoint_cut_before_a_generations_group_line_settles_that_generations_runs(
+    tmp_path, monkeypatch, prepared_digits, reference, capsys
+):
+    """The cut loses a finished generation's group_run line and its records: the runs under that lost group
+    run (FINISHED ones, and one a kill -9 left RUNNING) must not stay RUNNING nor end FINISHED twice."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    CountingTrainer(monkeypatch, stop_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    groups = [i for i, line in enumerate(lines) if b'"kind":"group_run"' in line]
+    assert len(groups) == 3, "the interrupted search reached its third generation"
+    # cut before generation 1's group line: generation 1 (finished) and 2 (interrupted) are lost
+    lost_group = json.loads(lines[groups[1]])["run_id"]
+    kept = sum(b'"kind":"evaluation"' in line for line in lines[: groups[1]])
+    path.write_bytes(b"\n".join(lines[: groups[1]]) + b"\n")
+    client = MlflowClient(tracking_uri())
+    lost = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{lost_group}'")  # fmt: skip
+    assert [r.info.status for r in lost].count("FINISHED") >= 1
+    client.update_run(lost[0].info.run_id, "RUNNING")  # as a kill -9 leaves it
+    counter = CountingTrainer(monkeypatch)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    out = capsys.readouterr().out
+    assert f"{kept} finished evaluations reused" in out
+    assert counter.calls == 7 - kept
+    assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
+    runs = assert_settled(tracking_uri())
+    assert {r.info.status for r in runs if r.info.run_id == lost_group} == {"KILLED"}
+
+
+def test_a_malformed_checkpoint_entry_keeps_the_valid_prefix_and_the_search_goes_on(
+    tmp_path, monkeypatch, prepared_digits, reference, capsys
+):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    CountingTrainer(monkeypatch, stop_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl"
+    valid = path.read_bytes()
+    for entry in (b'{"kind":"stage_run"}', b'{"kind":"group_run","group":"x","run_id":"abc"}',
+                  b'{"kind":"group_run","group":1}', b'{"kind":"surprise"}'):  # fmt: skip
+        path.write_bytes(valid + entry + b"\n")
+        checkpoint, note = checkpoint_module.Checkpoint.open(path, json.loads(valid.split(b"\n")[0])["fingerprint"])
+        assert "kept the valid part" in note and "is not a checkpoint entry" in note, note
+        assert path.read_bytes() == valid
+    path.write_bytes(valid + b'{"kind":"stage_run"}\n')
+    CountingTrainer(monkeypatch)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert "kept the valid part" in capsys.readouterr().out
     assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
     assert_settled(tracking_uri())
 

@@ -161,11 +161,30 @@ def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
             line = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return lines, valid_bytes, f"line {number} is not valid JSON"
-        if not isinstance(line, dict) or (line.get("kind") == "evaluation" and not _valid_record(line.get("record"))):
+        if not _valid_entry(line, first=number == 1):
             return lines, valid_bytes, f"line {number} is not a checkpoint entry"
         lines.append(line)
         valid_bytes += len(raw) + 1
     return lines, valid_bytes, None
+
+
+def _valid_entry(line: Any, first: bool) -> bool:
+    """Whether a parsed line is an entry ``Checkpoint._apply`` can replay: each kind with its fields
+    of the right type (a header only first; anything else ends the valid prefix)."""
+    if not isinstance(line, dict):
+        return False
+    kind = line.get("kind")
+    if kind == "header":
+        return first
+    if kind == "stage_run":
+        return isinstance(line.get("run_id"), str) and bool(line["run_id"])
+    if kind == "group_run":
+        group = line.get("group")
+        return (isinstance(group, int) and not isinstance(group, bool) and group >= 0
+                and isinstance(line.get("run_id"), str) and bool(line["run_id"]))  # fmt: skip
+    if kind == "evaluation":
+        return _valid_record(line.get("record"))
+    return kind == "complete"
 
 
 def _valid_record(stored: Any) -> bool:

@@ -50,14 +50,17 @@ class SearchTracking:
         - one left RUNNING without a record was interrupted: KILLED (it is retrained);
         - a FINISHED or FAILED one without a record lost it (a damaged checkpoint): KILLED and
           tagged ``superseded`` (it is retrained as a new run);
-        - a group run the checkpoint does not know, left RUNNING: KILLED.
+        - a group run the checkpoint does not know (created just before the kill, or its line lost
+          with a damaged checkpoint): KILLED, and the individuals under it settled by the rules above.
 
         Returns a sentence saying what was settled, or None when nothing was."""
         self.tracker.resume_run(stage_run)
         by_run = {r.run_id: r for r in records if r.run_id is not None}
         counts = {"closed from their records": 0, "marked KILLED": 0, "superseded (record lost)": 0}
-        level = [stage_run, *group_runs]
-        for run in self.tracker.children(level):
+        under_stage = self.tracker.children([stage_run])
+        lost_groups = [r.info.run_id for r in under_stage
+                       if "genome_hash" not in r.data.tags and r.info.run_id not in group_runs]  # fmt: skip
+        for run in under_stage + self.tracker.children([*group_runs, *lost_groups]):
             run_id, status = run.info.run_id, run.info.status
             if run_id in group_runs:
                 continue  # resumed when its generation is replayed
@@ -65,6 +68,10 @@ class SearchTracking:
                 if status == "RUNNING":  # a group run created just before the kill
                     self.tracker.end_run(run_id, "KILLED")
                     counts["marked KILLED"] += 1
+                elif status == "FINISHED":  # a whole generation whose checkpoint lines were lost
+                    self.tracker.set_tags(run_id, {"superseded": "its checkpoint lines were lost; rerun as a new run"})
+                    self.tracker.end_run(run_id, "KILLED")
+                    counts["superseded (record lost)"] += 1
                 continue
             if run_id in by_run:
                 if status == "RUNNING":
