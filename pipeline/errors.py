@@ -34,4 +34,9 @@ class ExecutionError(RuntimeError):
     """Evaluations cannot run where ``execution`` says (a Ray cluster unreachable or gone)."""
 
 
-USER_ERRORS = (ConfigError, DatasetError, TrackingError, SearchFailed, CheckpointError, ExecutionError, FileNotFoundError)
+class OutputError(RuntimeError):
+    """A result file that cannot be written (a full disk, a read-only folder); the message names it."""
+
+
+USER_ERRORS = (ConfigError, DatasetError, TrackingError, SearchFailed, CheckpointError, ExecutionError, OutputError,
+               FileNotFoundError)  # fmt: skip

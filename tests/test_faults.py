@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_config
-from pipeline.errors import CheckpointError, TrackingError
+from pipeline.errors import USER_ERRORS, CheckpointError, OutputError, TrackingError
 from pipeline.study import checkpoint as checkpoint_module
 from pipeline.search.registry import method_names
 from pipeline.study.champion import run_champion_stage
@@ -398,6 +398,32 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_checkpoint_stays_va
         run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert_settled(tracking_uri())
+
+
+def test_a_full_disk_while_marking_a_repeat_done_is_one_line_and_the_rerun_trains_nothing(
+    tmp_path, monkeypatch, prepared_digits, reference
+):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    real_write_text = Path.write_text
+
+    def full_for_the_done_file(self, *args, **kwargs):
+        if self.name.endswith(".done.json.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_for_the_done_file)
+    with pytest.raises(OutputError) as info:
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert isinstance(info.value, USER_ERRORS)
+    done = tmp_path / "ckpt" / "ga_search" / "seed-42.done.json"
+    assert str(info.value).startswith(f"{done}: cannot write (the disk is full)")
+    assert not done.exists() and not done.with_name(done.name + ".tmp").exists()
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    counter = CountingTrainer(monkeypatch)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    assert counter.calls == 0  # every evaluation replayed from the checkpoint
+    assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
     assert_settled(tracking_uri())
 
 
