@@ -381,6 +381,39 @@ def test_unwritable_artifacts_fail_the_champion_before_any_training(tmp_path, mo
     assert trained == []
 
 
+def test_artifacts_unwritable_after_the_start_up_check_is_one_line_and_keeps_the_retrainings(
+    tmp_path, monkeypatch, prepared_digits
+):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    for method in method_names():
+        run_search_stage(method, config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    from pipeline.study import champion
+
+    artifacts = tmp_path / "mlruns" / "artifacts" / "1"
+
+    def read_only(*args, **kwargs):  # what log_model meets once the folder turned read-only
+        raise OSError(errno.EROFS, "Read-only file system", str(artifacts))
+
+    monkeypatch.setattr(champion.mlflow.pytorch, "log_model", read_only)
+    with pytest.raises(TrackingError) as info:
+        run_champion_stage(config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt")
+    message = str(info.value)
+    assert message.startswith(f"{artifacts}: cannot store the champion's model (Read-only file system)"), message
+    assert "\n" not in message and isinstance(info.value, USER_ERRORS)
+    runs = assert_settled(tracking_uri())
+    champion_runs = [r for r in runs if r.data.tags.get("stage") == "champion"]
+    assert [r.info.status for r in champion_runs] == ["FAILED"]
+    monkeypatch.undo()
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    trained = []
+    real_fit = champion.fit_genome
+    monkeypatch.setattr(champion, "fit_genome", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
+    run_champion_stage(config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt")
+    assert trained == []  # every retraining reused
+    assert (tmp_path / "m.pt").is_file()
+    assert_settled(tracking_uri())
+
+
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_checkpoint_stays_valid(
     tmp_path, monkeypatch, prepared_digits
 ):

@@ -5,6 +5,7 @@ logged to MLflow as a model and registered."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
-from pipeline.errors import SearchFailed
+from pipeline.errors import SearchFailed, TrackingError
 from pipeline.jsonio import write_json
 from pipeline.search.registry import method_names
 from pipeline.space import genome_hash, genome_seed
@@ -270,17 +271,26 @@ CHAMPION_ALIAS = "champion"
 
 def _log_model(network: torch.nn.Module, test: TensorSplit, config: StudyConfig, tracker: Tracker, run_id: str) -> dict:
     network = network.cpu().eval()
-    with _fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            network,
-            name="model",
-            # MLflow 3 saves a traced (pt2) graph: tracing needs an example batch, and the
-            # signature is inferred from it.
-            input_example=test.images[:4].numpy(),
-            registered_model_name=config.champion.registered_model,
-            # Explicit requirements: inferring them imports the model in a subprocess, slowly.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+    try:
+        with _fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                network,
+                name="model",
+                # MLflow 3 saves a traced (pt2) graph: tracing needs an example batch, and the
+                # signature is inferred from it.
+                input_example=test.images[:4].numpy(),
+                registered_model_name=config.champion.registered_model,
+                # Explicit requirements: inferring them imports the model in a subprocess, slowly.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+    except OSError as exc:
+        # The artifact store changed under a running stage (full, read-only): the retrained run itself
+        # finished, and every retraining is kept for the next run.
+        tracker.end_run(run_id, "FINISHED")
+        where = exc.filename or "the MLflow artifact store"
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        raise TrackingError(f"{where}: cannot store the champion's model ({why}); the retrainings are kept "
+                            "(checkpoints/champion/) and reused when the stage runs again") from None
     version = getattr(info, "registered_model_version", None)
     if version is not None:
         # The alias follows the newest champion: models:/<name>@champion loads it.
