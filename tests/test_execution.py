@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 # Ray reads its authentication settings when it is imported: token authentication (which Ray 2.59+
@@ -130,6 +131,52 @@ def test_a_killed_worker_process_is_replaced_and_its_evaluation_rerun(tmp_path, 
     assert thread.killed is not None
     assert records == sequential_results["random"][0]
     assert nesting(tmp_path) == sequential_results["random"][1]
+
+
+def _search_with_workers(root: str, prepared: str) -> None:
+    """In a child process: a long random search on two worker processes (killed by the test)."""
+    os.environ["DVC_ROOT"] = root
+    config = config_with({"backend": "local", "workers": 2, "threads_per_evaluation": 1},
+                         budget={"evaluations": 60})  # fmt: skip
+    run_search_stage("random", config, Path(prepared), Path(root) / "results", Path(root) / "ckpt")
+
+
+def test_workers_die_with_a_search_process_killed_by_kill_9(tmp_path, prepared_digits):
+    """What the out-of-memory killer does: kill -9 of the search process alone. Its worker processes
+    (over a GB each in a real study) and multiprocessing's resource tracker must not outlive it."""
+    search_process = multiprocessing.get_context("spawn").Process(
+        target=_search_with_workers, args=(str(tmp_path), str(prepared_digits.folder)))
+    search_process.start()
+    descendants: list = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            descendants = psutil.Process(search_process.pid).children(recursive=True)
+            workers = [p for p in descendants if "resource_tracker" not in " ".join(p.cmdline())]
+            if len(workers) >= 2 and (tmp_path / "ckpt" / "random_search" / "seed-42.jsonl").is_file():
+                break
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        time.sleep(2)  # training
+        os.kill(search_process.pid, signal.SIGKILL)
+        search_process.join()
+
+        def alive(process) -> bool:
+            try:
+                return process.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in descendants) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [p.pid for p in descendants if alive(p)] == []
+    finally:  # nothing left behind, whatever failed
+        for process in [*descendants, psutil.Process(search_process.pid) if search_process.is_alive() else None]:
+            try:
+                process and process.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 # -- Ray: a real local cluster of two nodes -------------------------------------------------------------------------

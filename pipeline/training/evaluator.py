@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -199,7 +200,20 @@ class SequentialEvaluator(_DriverSide):
 _WORKER: dict[str, Any] = {}  # in a worker process: its context and data, loaded once
 
 
-def _start_worker(prepared: str, context: TrainingContext) -> None:
+def _exit_when_orphaned(parent_pid: int, every_seconds: float = 1.0) -> None:
+    """A worker whose parent died without closing the pool (kill -9, the out-of-memory killer) exits
+    within ``every_seconds`` instead of holding its memory for good; portable, unlike prctl."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()
+
+
+def _start_worker(prepared: str, context: TrainingContext, parent_pid: int) -> None:
+    _exit_when_orphaned(parent_pid)
     data = PreparedData.open(prepared)
     device = training_device()
     _WORKER.update(context=context, train=data.load("train").to(device), val=data.load("val").to(device))
@@ -233,7 +247,7 @@ class WorkerPoolEvaluator(_DriverSide):
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(self.prepared, self.context),
+                initializer=_start_worker, initargs=(self.prepared, self.context, os.getpid()),
             )  # fmt: skip
         return self._pool
 
