@@ -367,6 +367,23 @@ def test_a_locked_store_is_retried_then_named_in_one_line(mlflow_store, monkeypa
         tracker.log_metrics(run, {"x": 2.0})
 
 
+def test_mlflows_traceback_for_a_busy_store_is_dropped_and_other_errors_still_show(capfd):
+    """While another writer holds the store past SQLite's 20 s busy timeout, MLflow's session logger
+    prints an ERROR with a chained traceback each time; the tracker retries and names it in one line."""
+    import mlflow.store.db.utils as mlflow_db_utils
+    from sqlalchemy.exc import OperationalError
+
+    logger = mlflow_db_utils._logger
+    for text in ("database is locked", "no such table: runs"):
+        try:
+            raise OperationalError("UPDATE runs SET ...", {}, sqlite3.OperationalError(text))
+        except OperationalError as exc:
+            logger.exception("SQLAlchemy database error. The following exception is caught.\n%s", exc)
+    err = capfd.readouterr().err
+    assert "database is locked" not in err
+    assert "no such table: runs" in err and "Traceback" in err
+
+
 def test_unwritable_artifacts_fail_the_champion_before_any_training(tmp_path, monkeypatch, prepared_digits):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     for method in method_names():  # the champion reads every registered method's results

@@ -7,6 +7,7 @@ correctly from any process, unlike the fluent API's implicit active-run stack.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import subprocess
@@ -135,6 +136,20 @@ def _store_is_busy(exc: BaseException) -> bool:
     """SQLite's answer while another process writes (or recovers after a kill): worth a retry."""
     text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text or "disk i/o error" in text
+
+
+class _BusyStoreNoise(logging.Filter):
+    """MLflow logs a busy SQLite store as an ERROR with a chained traceback (about 90 lines, each
+    time its 20 s busy timeout runs out) before it raises; ``Tracker._call`` retries that error and
+    names it in one line if it lasts, so the log record is dropped. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (error is not None and _store_is_busy(error))
+
+
+# MLflow's session logger (mlflow/store/db/utils.py), where the busy store's traceback is logged.
+logging.getLogger("mlflow.store.db.utils").addFilter(_BusyStoreNoise())
 
 
 class Tracker:
