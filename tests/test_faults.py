@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_config
@@ -473,6 +474,30 @@ def test_a_full_disk_while_marking_a_repeat_done_is_one_line_and_the_rerun_train
     counter = CountingTrainer(monkeypatch)
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     assert counter.calls == 0  # every evaluation replayed from the checkpoint
+    assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
+    assert_settled(tracking_uri())
+
+
+def test_a_full_disk_under_mlruns_is_one_line_and_the_next_run_settles_everything(
+    tmp_path, monkeypatch, prepared_digits, reference
+):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    real_log_batch, calls = MlflowClient.log_batch, {"n": 0}
+
+    def full_after_a_while(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise MlflowException("(sqlite3.OperationalError) database or disk is full\n[SQL: INSERT INTO metrics ...]")
+        return real_log_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", full_after_a_while)
+    with pytest.raises(TrackingError) as info:
+        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    message = str(info.value)
+    assert "the disk is full; free space and run the stage again" in message and "\n" not in message, message
+    assert isinstance(info.value, USER_ERRORS)
+    monkeypatch.setattr(MlflowClient, "log_batch", real_log_batch)
+    run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
     assert_settled(tracking_uri())
 

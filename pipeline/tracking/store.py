@@ -138,6 +138,12 @@ def _store_is_busy(exc: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text or "disk i/o error" in text
 
 
+def _store_is_full(exc: BaseException) -> bool:
+    """SQLite's (or the artifact folder's) answer when the disk under ``mlruns/`` is full."""
+    text = str(exc).lower()
+    return "database or disk is full" in text or "no space left on device" in text
+
+
 class _BusyStoreNoise(logging.Filter):
     """MLflow logs a busy SQLite store as an ERROR with a chained traceback (about 90 lines, each
     time its 20 s busy timeout runs out) before it raises; ``Tracker._call`` retries that error and
@@ -206,6 +212,11 @@ class Tracker:
             try:
                 return method(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - only a busy store is retried; the rest re-raised
+                if _store_is_full(exc):
+                    raise TrackingError(
+                        f"MLflow store {self.uri}: the disk is full; free space and run the stage again (finished "
+                        "evaluations are kept in its checkpoint, and a run left RUNNING is closed then)"
+                    ) from None
                 if not _store_is_busy(exc):
                     raise
                 waited = time.monotonic() - started
@@ -290,7 +301,10 @@ class Tracker:
         try:
             yield
         except BaseException as exc:
-            self.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            try:
+                self.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            except TrackingError:
+                pass  # the store itself failed (full, locked): the next run closes it; the first error is the news
             raise
 
     def resume_run(self, run_id: str) -> None:
