@@ -26,7 +26,7 @@ from pipeline.search.registry import method_names
 from pipeline.study.champion import run_champion_stage
 from pipeline.study.lock import StageLock
 from pipeline.study.search_stage import run_search_stage
-from pipeline.tracking.store import Tracker, tracking_uri
+from pipeline.tracking.store import CHECKPOINT_FOLDER_TAG, Tracker, tracking_uri
 
 from tests.conftest import REPO_ROOT, tiny_params
 from tests.test_reliability import CountingTrainer, comparable
@@ -265,6 +265,26 @@ def test_a_malformed_checkpoint_entry_keeps_the_valid_prefix_and_the_search_goes
     assert "kept the valid part" in capsys.readouterr().out
     assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
     assert_settled(tracking_uri())
+
+
+def test_one_sensitivity_variant_does_not_close_anothers_runs(mlflow_store):
+    """The sensitivity stage runs ``ga_search`` once per variant, each resumed from its own checkpoint
+    folder: a reused variant must not mark a later variant's killed runs KILLED (that variant's resume
+    reopens them and closes each individual from its record). Untagged (older) runs are still closed."""
+    tracker = Tracker("sensitivity")
+    runs = {}
+    for name, folder in (("mine", "/ckpt/mutation_rate-0.5/ga_search"), ("other", "/ckpt/population_size-8/ga_search"),
+                         ("untagged", None)):  # fmt: skip
+        tags = {"stage": "ga_search"} | ({CHECKPOINT_FOLDER_TAG: folder} if folder else {})
+        stage_run = tracker.start_run(f"ga_search {name}", tags=tags)
+        runs[name] = (stage_run, tracker.start_run("individual", parent_id=stage_run))
+    closed = tracker.close_stale_stage_runs("ga_search", keep=set(),
+                                            checkpoint_folder="/ckpt/mutation_rate-0.5/ga_search")  # fmt: skip
+    status = {run_id: MlflowClient(tracker.uri).get_run(run_id).info.status for pair in runs.values() for run_id in pair}
+    assert closed == 4
+    assert [status[r] for r in runs["mine"]] == ["KILLED", "KILLED"]
+    assert [status[r] for r in runs["other"]] == ["RUNNING", "RUNNING"]
+    assert [status[r] for r in runs["untagged"]] == ["KILLED", "KILLED"]
 
 
 # -- store and checkpoint disagree ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pipeline.study.lock import StageLock
 from pipeline.study.runner import SearchRunner, genome_epochs
 from pipeline.task import task_of
 from pipeline.tracking.observer import SearchTracking
-from pipeline.tracking.store import Tracker
+from pipeline.tracking.store import CHECKPOINT_FOLDER_TAG, Tracker
 from pipeline.training.backends import make_evaluator, uses_population
 from pipeline.training.weights import WeightStore
 
@@ -197,7 +197,7 @@ def _run_repeats(
         repeats.append(repeat)
     # Under the lock no other process owns this stage's runs: those left RUNNING were a killed run's.
     resumed = {r.checkpoint.stage_run_id for r in repeats if r.checkpoint is not None} - {None}
-    stale = tracker.close_stale_stage_runs(stage, keep=resumed)
+    stale = tracker.close_stale_stage_runs(stage, keep=resumed, checkpoint_folder=str(folder.resolve()))
     if stale:
         print(f"[{method}] marked {stale} run(s) left RUNNING by an earlier, killed run as KILLED", flush=True)
     (results_dir / stage).mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,8 @@ def _search_once(
             params={"budget": budget, "seed": config.seed, "repeat": repeat.index, "dataset": data.summary["dataset"],
                     "train_size": data.summary["sizes"]["train"], "val_size": data.summary["sizes"]["val"],
                     **strategy.stage_params()},
-            tags={"method": method, "stage": stage, "repeat": repeat.index, "seed": config.seed},
+            tags={"method": method, "stage": stage, "repeat": repeat.index, "seed": config.seed,
+                  CHECKPOINT_FOLDER_TAG: str(folder.resolve())},
             description=f"{spec.label}, repeat {repeat.index} (seed {config.seed}): {budget} evaluations on "
                         f"{data.summary['dataset']}; every evaluated individual is a run below (the GA's under "
                         "its generation); metrics: the search's best.",

@@ -30,6 +30,7 @@ WORKSPACE_TAG = "evohpo.workspace"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # What the UI shows as a run's or an experiment's description.
 DESCRIPTION_TAG = "mlflow.note.content"
+CHECKPOINT_FOLDER_TAG = "checkpoint_folder"  # a stage run's checkpoints (which variant of a stage it is)
 EXPERIMENT_DESCRIPTION = (
     "An evohpo study: one run per search stage and repeat (nested: the GA's generations, then one run "
     "per evaluated individual), the champion's retrainings and the report. The study's params, "
@@ -334,16 +335,21 @@ class Tracker:
         """Ids of the runs still RUNNING directly under any of ``parents`` (not ``parents`` themselves)."""
         return [r.info.run_id for r in self.children(parents, "RUNNING")]
 
-    def close_stale_stage_runs(self, stage: str, keep: set[str]) -> int:
+    def close_stale_stage_runs(self, stage: str, keep: set[str], checkpoint_folder: str | None = None) -> int:
         """Mark KILLED every run of ``stage`` (tag ``stage``, this workspace) that a process now gone
         left RUNNING, and everything still RUNNING under any earlier run of it; ``keep``: the stage
-        run being resumed. Only call it while holding the stage's lock: no live process can own
-        those runs then. Returns how many runs were closed."""
+        run being resumed. With ``checkpoint_folder``, runs tagged with another folder are left
+        alone: the sensitivity stage runs one ``ga_search`` per variant, each resumed from its own
+        checkpoints, and one variant must not close another's. Only call it while holding the
+        stage's lock: no live process can own those runs then. Returns how many runs were closed."""
         where = f"tags.stage = '{stage}' and tags.`{WORKSPACE_TAG}` = '{self.root}'"
         earlier = self._call(self.client.search_runs, [self.experiment_id], filter_string=where, max_results=10_000)
         closed = 0
         for run in earlier:
             if run.info.run_id in keep:
+                continue
+            folder = run.data.tags.get(CHECKPOINT_FOLDER_TAG)
+            if checkpoint_folder is not None and folder is not None and folder != checkpoint_folder:
                 continue
             level = [run.info.run_id]
             while level:  # generations, then individuals
