@@ -39,7 +39,6 @@ from pipeline.operators import bind_operator
 from pipeline.search.registry import method_names
 
 
-
 class SuiteData(_Section):
     # One task or a list: "hpobench/credit_g", a whole family "hpolib/*", or "all" (the 15 tables).
     dataset: Union[str, Annotated[list[str], Field(min_length=1)]]

@@ -77,6 +77,7 @@ def importance_study(frame: pd.DataFrame, dimensions: Sequence[Dimension], maxim
     finished = frame[(frame["status"] == "finished") & frame["val_score"].notna()]
     dims = [d for d in dimensions if GENE_PREFIX + d.name in frame.columns]
     distributions = {d.name: optuna_distribution(d) for d in dims}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line in the report's log
     study = optuna.create_study(direction="maximize" if maximize else "minimize")
     trials = []
     for _, row in finished.iterrows():

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 
+from mlflow.tracking import MlflowClient
+
 from pipeline.tracking.store import DEFAULT_UI, project_root, study_view_url, tracking_uri
 
 
 def main(argv: list[str]) -> int:
-    from mlflow.tracking import MlflowClient
-
     host = argv[0] if argv else DEFAULT_UI
     client = MlflowClient(tracking_uri(project_root()))
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
