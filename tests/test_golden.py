@@ -3,7 +3,8 @@ genomes and fitnesses stored in ``tests/golden/searches.json`` by the code befor
 
 Grid and random genomes, and the GA's first generation, do not depend on fitness: they must match
 on every machine, up to the last bit of a sampled float (numpy's exp and log take CPU-specific
-kernels: a log-uniform draw differed by one ulp between an AVX-512 and another x86 machine). Fitnesses (and so the GA's later genomes) are deterministic on one machine only
+kernels: a log-uniform draw differed by one ulp between an AVX-512 and another x86 machine).
+Fitnesses (and so the GA's later genomes) are deterministic on one machine only
 (CPU kernels differ between machines), so they are compared exactly where the stored machine
 signature matches this one, and elsewhere each fitness within a tolerance over the genomes both share.
 """
