@@ -66,6 +66,16 @@ def config_of(budget: int = 7):
     return parse_config(params)
 
 
+def interrupted_ga_search(tmp_path: Path, monkeypatch, prepared, stop_at: int) -> Path:
+    """The GA stage of ``config_of()`` in a store under ``tmp_path``, interrupted (Ctrl-C) as its
+    ``stop_at``-th training; returns its checkpoint file."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    CountingTrainer(monkeypatch, stop_at=stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        run_search_stage("ga", config_of(), prepared.folder, tmp_path / "results", tmp_path / "ckpt")
+    return tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl"
+
+
 @pytest.fixture
 def reference(tmp_path_factory, prepared_digits):
     """An uninterrupted GA search of ``config_of()``, in a store of its own."""
@@ -178,11 +188,7 @@ def test_a_killed_champion_leaves_nothing_running(tmp_path, monkeypatch, prepare
 def test_an_unreadable_checkpoint_is_one_line_and_the_search_goes_on(
     tmp_path, monkeypatch, prepared_digits, reference, capsys, content
 ):
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    CountingTrainer(monkeypatch, stop_at=4)
-    with pytest.raises(KeyboardInterrupt):
-        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl").write_bytes(content)
+    interrupted_ga_search(tmp_path, monkeypatch, prepared_digits, stop_at=4).write_bytes(content)
     CountingTrainer(monkeypatch)
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     out = capsys.readouterr().out
@@ -194,11 +200,7 @@ def test_an_unreadable_checkpoint_is_one_line_and_the_search_goes_on(
 def test_a_truncated_checkpoint_keeps_its_valid_part_and_no_genome_finishes_twice(
     tmp_path, monkeypatch, prepared_digits, reference, capsys
 ):
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    CountingTrainer(monkeypatch, stop_at=6)
-    with pytest.raises(KeyboardInterrupt):
-        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    path = tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl"
+    path = interrupted_ga_search(tmp_path, monkeypatch, prepared_digits, stop_at=6)
     lines = path.read_bytes().split(b"\n")
     evaluations = [i for i, line in enumerate(lines) if b'"kind":"evaluation"' in line]
     # cut inside the 4th record: the 4th and 5th records are lost, their runs FINISHED in MLflow
@@ -217,11 +219,7 @@ def test_a_checkpoint_cut_before_a_generations_group_line_settles_that_generatio
 ):
     """The cut loses a finished generation's group_run line and its records: the runs under that lost group
     run (FINISHED ones, and one a kill -9 left RUNNING) must not stay RUNNING nor end FINISHED twice."""
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    CountingTrainer(monkeypatch, stop_at=6)
-    with pytest.raises(KeyboardInterrupt):
-        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    path = tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl"
+    path = interrupted_ga_search(tmp_path, monkeypatch, prepared_digits, stop_at=6)
     lines = path.read_bytes().split(b"\n")
     groups = [i for i, line in enumerate(lines) if b'"kind":"group_run"' in line]
     assert len(groups) == 3, "the interrupted search reached its third generation"
@@ -247,11 +245,7 @@ def test_a_checkpoint_cut_before_a_generations_group_line_settles_that_generatio
 def test_a_malformed_checkpoint_entry_keeps_the_valid_prefix_and_the_search_goes_on(
     tmp_path, monkeypatch, prepared_digits, reference, capsys
 ):
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    CountingTrainer(monkeypatch, stop_at=6)
-    with pytest.raises(KeyboardInterrupt):
-        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    path = tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl"
+    path = interrupted_ga_search(tmp_path, monkeypatch, prepared_digits, stop_at=6)
     valid = path.read_bytes()
     for entry in (b'{"kind":"stage_run"}', b'{"kind":"group_run","group":"x","run_id":"abc"}',
                   b'{"kind":"group_run","group":1}', b'{"kind":"surprise"}'):  # fmt: skip
@@ -291,10 +285,7 @@ def test_one_sensitivity_variant_does_not_close_anothers_runs(mlflow_store):
 
 
 def test_a_deleted_store_starts_the_search_afresh_and_says_so(tmp_path, monkeypatch, prepared_digits, capsys):
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    CountingTrainer(monkeypatch, stop_at=3)
-    with pytest.raises(KeyboardInterrupt):
-        run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    interrupted_ga_search(tmp_path, monkeypatch, prepared_digits, stop_at=3)
     for leftover in (tmp_path / "mlruns").glob("mlflow.db*"):
         leftover.unlink()
     # A new stage process opens the store afresh; this one caches store and engine by URI: forget them.
