@@ -5,6 +5,7 @@
 #   make studies install, then rebuild the committed larger studies (studies/*/)
 #   make benchmarks  install, then rebuild the benchmark study (studies/benchmarks/: 15 tables, no training)
 #   make ui      open the MLflow UI on the study's runs
+#   make example-tabular, make example-images   a study of your own CSV table, or image folder and network
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: study studies benchmarks test check ui install dataset clean-study exp
+.PHONY: study studies benchmarks test check ui install dataset clean-study exp example-tabular example-images
 
 # What `make exp` shows of `dvc exp show`: the results and params a user compares, readable at 200
 # columns (the full table, every dep and param, is `dvc exp show`).
@@ -69,3 +70,13 @@ ui: install
 	@$(BIN)/python -m pipeline.tracking.ui http://127.0.0.1:$(MLFLOW_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+# The examples of your own data and model (examples/*/): each writes its data with a script (nothing is
+# downloaded), then runs the whole study on it; like studies/*, each is a DVC repository of its own.
+example-tabular: install
+	cd examples/tabular && $(BIN)/python make_data.py && $(BIN)/dvc repro
+	@echo "Report: examples/tabular/results/report.md (and .html)"
+
+example-images: install
+	cd examples/images && $(BIN)/python make_images.py && $(BIN)/dvc repro
+	@echo "Report: examples/images/results/report.md (and .html)"

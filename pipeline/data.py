@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from pipeline.errors import DatasetError
+from pipeline.config.sections import AUTO_MAX_CLASSES
+from pipeline.errors import DatasetError, first_line
 
 if TYPE_CHECKING:
     from pipeline.config.sections import DataConfig
@@ -296,33 +298,314 @@ def load_raw(config: DataConfig, seed: int, download_dir: Path) -> RawDataset:
         return load_digits_dataset(config.test_size, seed)
     if config.dataset == "diabetes":
         return load_diabetes_dataset(config.test_size, seed)
+    if config.dataset == "image_folder":
+        return load_image_folder(config, seed)
     return load_fashion_mnist(config.root, download_dir)
 
 
 def prepare_dataset(config: DataConfig, seed: int, out_dir: Path, download_dir: Path) -> dict:
     """Write ``{train,val,full_train,test}.pt`` and ``dataset.json`` to ``out_dir``; return the JSON."""
+    if config.dataset == "csv":
+        return _write_prepared(prepare_table(config, seed), out_dir)
     raw = load_raw(config, seed, download_dir)
     indices = split_indices(raw.train_labels, config.train_size, config.val_size, seed,
                             stratify=raw.task == "classification")  # fmt: skip
     splits = {name: (raw.train_images[idx], raw.train_labels[idx]) for name, idx in indices.items()}
     splits["test"] = (raw.test_images, raw.test_labels)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checksums = {}
-    for name, (images, labels) in splits.items():
-        path = out_dir / f"{name}.pt"
-        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, path)
-        checksums[path.name] = _sha256(path)
     if raw.task == "regression":
         summary = {"dataset": raw.name, "seed": seed, **_regression_statistics(*splits["train"])}
     else:
         summary = _image_statistics(raw, splits, seed)
-    summary |= {
-        "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()},
-        "sources": raw.sources,
+    return _write_prepared(PreparedSplits(splits, summary | {"sources": raw.sources}), out_dir)
+
+
+@dataclass(frozen=True)
+class PreparedSplits:
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (inputs, labels or targets)
+    summary: dict  # dataset.json without sizes and file checksums
+
+
+def _write_prepared(prepared: PreparedSplits, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checksums = {}
+    for name, (images, labels) in prepared.splits.items():
+        path = out_dir / f"{name}.pt"
+        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, path)
+        checksums[path.name] = _sha256(path)
+    summary = {key: value for key, value in prepared.summary.items() if key != "sources"} | {
+        "sizes": {name: int(len(labels)) for name, (_, labels) in prepared.splits.items()},
+        "sources": prepared.summary["sources"],
         "files": checksums,  # checked on every load: a corrupt split fails loudly, not silently
     }
     (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Your data: a CSV table (data.dataset: csv), a folder of images (image_folder)
+
+
+def _read_csv(path: str, key: str) -> pd.DataFrame:
+    """A CSV table, or a ``DatasetError`` naming ``key`` and the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise DatasetError(f"{key}: {path} does not exist (or is not a file); point {key} at your CSV table")
+    try:
+        frame = pd.read_csv(file, skipinitialspace=True)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{key}: {path} is not a readable CSV table ({first_line(exc)})") from None
+    if frame.empty:
+        raise DatasetError(f"{key}: {path} has no rows")
+    return frame
+
+
+def _is_number_text(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def table_task(target: pd.Series, declared: str) -> str:
+    """``data.task`` resolved: auto is classification for a text or true/false target, or an
+    integer one with at most ``AUTO_MAX_CLASSES`` distinct values; else regression."""
+    if declared != "auto":
+        return declared
+    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
+        return "classification"
+    whole = pd.api.types.is_integer_dtype(target) or bool((target.dropna() % 1 == 0).all())
+    return "classification" if whole and target.nunique() <= AUTO_MAX_CLASSES else "regression"
+
+
+def _table_columns(frame: pd.DataFrame, config: DataConfig, path: str) -> list[str]:
+    columns = [str(c) for c in frame.columns]
+    if config.target not in columns:
+        raise DatasetError(f"data.target: column {config.target!r} is not in {path} (its columns: "
+                           f"{', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''})")  # fmt: skip
+    features = config.features or [c for c in columns if c != config.target]
+    missing = [c for c in features if c not in columns]
+    if missing:
+        raise DatasetError(f"data.features: {', '.join(map(repr, missing))} not in {path}")
+    if not features:
+        raise DatasetError(f"data.features: {path} has no column besides the target {config.target!r}")
+    return features
+
+
+def _column_kinds(frame: pd.DataFrame, features: list[str], path: str) -> dict[str, str]:
+    """Each feature: numeric (standardised) or categorical (one-hot); refuses a numeric column with
+    a non-numeric value and empty cells, naming the column and the row."""
+    kinds = {}
+    for column in features:
+        values = frame[column]
+        empty = values.isna()
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0]) + 2  # the file's line: a header, then 1-based rows
+            raise DatasetError(f"data.features: column {column!r} of {path} has {int(empty.sum())} empty value(s) "
+                               f"(first on line {row}); fill or drop them")  # fmt: skip
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            numeric = values.map(_is_number_text)
+            if numeric.mean() >= 0.5:  # mostly numbers: the rest are typos, not categories
+                row = int(np.flatnonzero(~numeric.to_numpy())[0])
+                raise DatasetError(f"data.features: column {column!r} of {path} is numeric but line {row + 2} holds "
+                                   f"{str(values.iloc[row])[:50]!r}")  # fmt: skip
+            kinds[column] = "categorical"
+        else:
+            kinds[column] = "numeric"
+    return kinds
+
+
+def _table_targets(frame: pd.DataFrame, config: DataConfig, task: str, path: str,
+                   classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    target = frame[config.target]
+    if target.isna().any():
+        raise DatasetError(f"data.target: column {config.target!r} of {path} has {int(target.isna().sum())} empty "
+                           "value(s); drop those rows")  # fmt: skip
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
+            bad = next(v for v in target if not _is_number_text(v))
+            raise DatasetError(f"data.target: column {config.target!r} of {path} holds {str(bad)[:50]!r}, but a "
+                               "regression target must be numbers (or set data.task: classification)")  # fmt: skip
+        return target.to_numpy(dtype=np.float32).copy(), []  # writable: pandas hands out read-only views
+    labels = target.astype(str)
+    if classes is None:
+        classes = sorted(labels.unique())
+        if len(classes) < 2:
+            raise DatasetError(f"data.target: column {config.target!r} of {path} has one class ({classes[0]!r}); "
+                               "classification needs two or more")  # fmt: skip
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise DatasetError(f"data.test_path: {path} has class(es) {unknown[:5]} that the training table lacks")
+    index = {name: code for code, name in enumerate(classes)}
+    return labels.map(index).to_numpy(dtype=np.int64).copy(), classes
+
+
+def _encode(frame: pd.DataFrame, kinds: dict[str, str], categories: dict[str, list[str]]) -> np.ndarray:
+    """Features as float32 ``[N, 1, F]`` (a one-row image): numeric columns as they are (standardised
+    on loading), each categorical one as one-hot columns of the training split's categories (an
+    unseen category: all zeros)."""
+    parts = []
+    for column, kind in kinds.items():
+        if kind == "numeric":
+            parts.append(frame[column].to_numpy(dtype=np.float64)[:, None])
+        else:
+            values = frame[column].astype(str).to_numpy()
+            parts.append((values[:, None] == np.array(categories[column])[None, :]).astype(np.float64))
+    return np.concatenate(parts, axis=1).astype(np.float32)[:, None, :]
+
+
+def prepare_table(config: DataConfig, seed: int) -> PreparedSplits:
+    """A user's CSV table as prepared splits: a seeded (stratified, for classes) split into search
+    training, validation and test (``data.test_path``'s table, when given), numeric features
+    standardised and categorical ones one-hot encoded, both fitted on the search-time training split only."""
+    frame = _read_csv(config.path, "data.path")
+    if len(frame) < 4:
+        raise DatasetError(f"data.path: {config.path} has {len(frame)} row(s); too few to split into training, "
+                           "validation and test")  # fmt: skip
+    features = _table_columns(frame, config, config.path)
+    kinds = _column_kinds(frame, features, config.path)
+    task = table_task(frame[config.target], config.task)
+    targets, classes = _table_targets(frame, config, task, config.path)
+    sources = {config.path: _sha256(Path(config.path))}
+    stratify = targets if task == "classification" else None
+    if config.test_path is not None:
+        test_frame = _read_csv(config.test_path, "data.test_path")
+        _table_columns(test_frame, config, config.test_path)
+        test_targets, _ = _table_targets(test_frame, config, task, config.test_path, classes or None)
+        pool = np.arange(len(frame))
+        sources[config.test_path] = _sha256(Path(config.test_path))
+    else:
+        try:
+            pool, test_rows = train_test_split(np.arange(len(frame)), test_size=config.test_size, stratify=stratify,
+                                               random_state=seed)  # fmt: skip
+        except ValueError as exc:  # a class with one row cannot be stratified
+            raise DatasetError(f"data.path: {config.path}: cannot split off a stratified test set ({exc})") from None
+        test_frame, test_targets = frame.iloc[np.sort(test_rows)], targets[np.sort(test_rows)]
+        pool = np.sort(pool)
+    try:
+        indices = {name: pool[idx] for name, idx in split_indices(targets[pool], config.train_size, config.val_size,
+                                                                   seed, stratify=task == "classification").items()}  # fmt: skip
+    except ValueError as exc:
+        raise DatasetError(f"data.val_size: cannot split {config.path} ({exc})") from None
+    train = frame.iloc[indices["train"]]
+    categories = {c: sorted(train[c].astype(str).unique()) for c, kind in kinds.items() if kind == "categorical"}
+    splits = {name: (_encode(frame.iloc[rows], kinds, categories), targets[rows]) for name, rows in indices.items()}
+    splits["test"] = (_encode(test_frame, kinds, categories), test_targets)
+    numeric = np.array([kind == "numeric" for kind, column in _expanded(kinds, categories)])
+    flat = splits["train"][0][:, 0, :].astype(np.float64)
+    std = flat.std(axis=0)
+    summary = {
+        "dataset": "csv",
+        "seed": seed,
+        "task": task,
+        "image_shape": [1, 1, int(flat.shape[1])],
+        "classes": classes,
+        "mean": 0.0,  # the images' statistics, unused: features are standardised one by one
+        "std": 1.0,
+        # Numeric columns standardised with the search-time training split's statistics; one-hot columns as they are.
+        "feature_mean": np.where(numeric, flat.mean(axis=0), 0.0).tolist(),
+        "feature_std": np.where(numeric & (std > 0), std, 1.0).tolist(),
+        "feature_names": [column for _, column in _expanded(kinds, categories)],
+        "sources": sources,
+    }
+    if task == "regression":
+        train_targets = splits["train"][1].astype(np.float64)
+        summary |= {"target_mean": float(train_targets.mean()),
+                    "target_std": float(train_targets.std()) if train_targets.std() > 0 else 1.0}  # fmt: skip
+    else:
+        summary["class_counts"] = {name: np.bincount(labels, minlength=len(classes)).tolist()
+                                   for name, (_, labels) in splits.items()}  # fmt: skip
+    return PreparedSplits(splits, summary)
+
+
+def _expanded(kinds: dict[str, str], categories: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(kind, name) of each encoded column: ``column`` or ``column=category``."""
+    return [(kind, column) if kind == "numeric" else (kind, f"{column}={value}")
+            for column, kind in kinds.items() for value in ([None] if kind == "numeric" else categories[column])]  # fmt: skip
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _image_folder_samples(folder: Path, classes: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+    """torchvision's ``ImageFolder`` listing of ``folder``: (file, class index) pairs and the classes."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    try:
+        found, _ = find_classes(str(folder))
+        if classes is not None:
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise DatasetError(f"data.path: {folder} has class folder(s) {unknown[:5]} that train/ lacks")
+            found = classes
+        index = {name: code for code, name in enumerate(found)}
+        samples = make_dataset(str(folder), index, extensions=IMAGE_EXTENSIONS, allow_empty=classes is not None)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"data.path: {folder}: {first_line(exc)} (one folder per class, holding "
+                           f"{', '.join(IMAGE_EXTENSIONS[:3])}... images)") from None  # fmt: skip
+    return samples, found
+
+
+def _decode_images(samples: list[tuple[str, int]], config: DataConfig) -> np.ndarray:
+    """Every image decoded once, converted to grey or RGB and resized to ``data.image_size``:
+    ``uint8 [N, H, W]`` (grey) or ``[N, 3, H, W]``."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width = config.image_size
+    mode = "L" if config.channels == 1 else "RGB"
+    decoded = []
+    for file, _ in samples:
+        try:
+            with Image.open(file) as image:
+                pixels = np.asarray(image.convert(mode).resize((width, height), Image.Resampling.BILINEAR))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DatasetError(f"data.path: {file} is not a readable image ({first_line(exc)})") from None
+        decoded.append(pixels if mode == "L" else pixels.transpose(2, 0, 1))
+    return np.stack(decoded).astype(np.uint8)
+
+
+def _folder_digest(samples: list[tuple[str, int]], root: Path) -> str:
+    digest = hashlib.sha256()
+    for file, label in samples:
+        digest.update(f"{Path(file).relative_to(root)}:{label}".encode())
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()
+
+
+def load_image_folder(config: DataConfig, seed: int) -> RawDataset:
+    """A user's images in torchvision's ``ImageFolder`` layout under ``data.path``: ``train/<class>/``
+    and optionally ``test/<class>/`` (else a seeded, stratified ``data.test_size`` of train/)."""
+    root = Path(config.path)
+    if not (root / "train").is_dir():
+        what = "does not exist" if not root.exists() else "has no train/ folder"
+        raise DatasetError(f"data.path: {config.path} {what}; an image folder holds train/<class>/<image> "
+                           "(and optionally test/<class>/<image>), one folder per class")  # fmt: skip
+    train_samples, classes = _image_folder_samples(root / "train")
+    if len(classes) < 2:
+        raise DatasetError(f"data.path: {root / 'train'} has one class folder ({classes[0]!r}); classification "
+                           "needs two or more")  # fmt: skip
+    images = _decode_images(train_samples, config)
+    labels = np.array([label for _, label in train_samples], dtype=np.int64)
+    sources = {f"{config.path}/train": _folder_digest(train_samples, root)}
+    if (root / "test").is_dir():
+        test_samples, _ = _image_folder_samples(root / "test", classes)
+        if not test_samples:
+            raise DatasetError(f"data.path: {root / 'test'} holds no images; fill it or remove it")
+        test_images, test_labels = _decode_images(test_samples, config), np.array([label for _, label in test_samples])
+        sources[f"{config.path}/test"] = _folder_digest(test_samples, root)
+        train_images, train_labels = images, labels
+    else:
+        try:
+            train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=config.test_size, stratify=labels,
+                                                   random_state=seed)  # fmt: skip
+        except ValueError as exc:
+            raise DatasetError(f"data.path: {root / 'train'}: cannot split off a stratified test set ({exc})") from None
+        train_images, train_labels = images[np.sort(train_idx)], labels[np.sort(train_idx)]
+        test_images, test_labels = images[np.sort(test_idx)], labels[np.sort(test_idx)]
+    return RawDataset(
+        name="image_folder", train_images=train_images, train_labels=train_labels, test_images=test_images,
+        test_labels=test_labels.astype(np.int64), classes=classes, sources=sources,
+    )  # fmt: skip
 
 
 def _regression_statistics(features: np.ndarray, targets: np.ndarray) -> dict:
@@ -347,7 +630,8 @@ def _image_statistics(raw: RawDataset, splits: dict, seed: int) -> dict:
     return {
         "dataset": raw.name,
         "seed": seed,
-        "image_shape": [1, *raw.train_images.shape[1:]],
+        # Grey images are stored [N, H, W], colour ones [N, C, H, W].
+        "image_shape": list(raw.train_images.shape[1:]) if raw.train_images.ndim == 4 else [1, *raw.train_images.shape[1:]],
         "classes": raw.classes,
         # Normalisation statistics from the search-time training split only (no leak from val/test).
         "mean": float(train_pixels.mean()),
@@ -396,7 +680,7 @@ def summary_problem(summary: object) -> str | None:
         return "image_shape must be three positive integers"
     if not summary["classes"] and summary.get("task") != "regression":
         return "classes is empty"
-    if summary.get("task") == "regression":
+    if summary.get("task") == "regression" or "feature_mean" in summary:
         width = shape[2]
         for key in ("feature_mean", "feature_std"):
             values = summary.get(key)
@@ -404,6 +688,7 @@ def summary_problem(summary: object) -> str | None:
                 return f"{key} must be {width} numbers"
         if not all(v > 0 for v in summary["feature_std"]):
             return "feature_std must be > 0"
+    if summary.get("task") == "regression":
         if not all(isinstance(summary.get(key), float) for key in ("target_mean", "target_std")):
             return "target_mean and target_std must be numbers"
         if not summary["target_std"] > 0:
@@ -464,17 +749,18 @@ class PreparedData:
             raise DatasetError(f"{path}: cannot load ({type(exc).__name__}); run `dvc repro -f prepare`") from None
         images, labels = stored["images"], stored["labels"]
         regression = self.summary.get("task") == "regression"
+        table = "feature_mean" in self.summary  # rows of features (diabetes, a CSV table), not pixels
         if limit is not None and limit < len(labels):
             keep, _ = train_test_split(np.arange(len(labels)), train_size=limit,
                                        stratify=None if regression else labels.numpy(), random_state=seed)  # fmt: skip
             keep = torch.from_numpy(np.sort(keep))
             images, labels = images[keep], labels[keep]
-        if regression:
+        if table:
             features = (images.float() - torch.tensor(self.summary["feature_mean"])) / torch.tensor(self.summary["feature_std"])
-            targets = (labels.float() - self.summary["target_mean"]) / self.summary["target_std"]
+            targets = (labels.float() - self.summary["target_mean"]) / self.summary["target_std"] if regression else labels
             return TensorSplit(features.float().unsqueeze(1), targets)
         normalised = (images.float().div_(255.0).sub_(self.summary["mean"])).div_(self.summary["std"])
-        return TensorSplit(normalised.unsqueeze(1), labels)
+        return TensorSplit(normalised.unsqueeze(1) if normalised.ndim == 3 else normalised, labels)
 
 
 class TensorBatches:

@@ -85,6 +85,8 @@ class Task:
 CLASSIFICATION = Task("classification", "acc", "accuracy", maximize=True)
 # The datasets whose targets are numbers, not classes (scikit-learn's bundled diabetes data).
 REGRESSION_DATASETS = ("diabetes",)
+# Datasets whose examples are rows of features, not images (a CSV table, any task).
+TABLE_DATASETS = ("diabetes", "csv")
 
 
 def task_of(summary: dict) -> Task:
@@ -94,12 +96,13 @@ def task_of(summary: dict) -> Task:
     return CLASSIFICATION
 
 
-def task_of_dataset(dataset: str) -> Task:
+def task_of_dataset(dataset: str, declared: str = "auto") -> Task:
     """The task a dataset name implies, before it is prepared (the scale is the data's own); a
-    benchmark table's (``hpolib/...``) is its table metric in its direction."""
+    benchmark table's (``hpolib/...``) is its table metric in its direction. ``declared``: a CSV
+    table's ``data.task`` (``auto`` is resolved by ``prepare``: see ``with_prepared_task``)."""
     if "/" in dataset:
         _, metric, maximize, _ = TABLE_FAMILIES[dataset.split("/", 1)[0]]
         return Task("table", metric.removeprefix("val_"), metric, maximize=maximize)
-    if dataset in REGRESSION_DATASETS:
+    if dataset in REGRESSION_DATASETS or declared == "regression":
         return Task("regression", "mae", "MAE", maximize=False)
     return CLASSIFICATION

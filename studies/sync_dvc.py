@@ -1,5 +1,6 @@
-"""Write each committed study's ``dvc.yaml`` from the project's: the same stages, run inside the
-study's folder on its own ``params.yaml``, so ``cd studies/<name> && dvc repro`` rebuilds it (each study is a DVC repository of its own).
+"""Write each committed study's ``dvc.yaml`` (and each example's, ``examples/<name>/``) from the project's:
+the same stages, run inside the study's folder on its own ``params.yaml``, so ``cd studies/<name> &&
+dvc repro`` rebuilds it (each study is a DVC repository of its own).
 
 Code paths (``pipeline/``, ``stages/``) point back to the repository root; data, results,
 checkpoints and models stay inside the study's folder. MLflow runs go to the project's store
@@ -25,14 +26,26 @@ def _to_root(path: str) -> str:
     return f"../../{path}" if path.startswith(CODE_PREFIXES) else path
 
 
-def study_stages(project: dict) -> dict:
-    """The project's stages with code paths relative to ``studies/<name>/``."""
+def _defined(params: dict, dep: str) -> bool:
+    """Whether an interpolated dep (``${data.path}``) names a key the study's params set."""
+    node: object = params
+    for part in dep.removeprefix("${").removesuffix("}").split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, str)
+
+
+def study_stages(project: dict, params: dict | None = None) -> dict:
+    """The project's stages with code paths relative to ``studies/<name>/`` (or ``examples/<name>/``);
+    an interpolated dep (``${data.path}``, ``${model.source}``) only where the study's params set it
+    (a built-in dataset has no file to track, and DVC cannot interpolate a missing key)."""
     stages = {}
     for name, stage in project["stages"].items():
         stage = dict(stage)
         words = stage["cmd"].split()
         stage["cmd"] = " ".join(_to_root(w) for w in words)
-        stage["deps"] = [_to_root(d) for d in stage["deps"]]
+        stage["deps"] = [_to_root(d) for d in stage["deps"] if not d.startswith("${") or _defined(params or {}, d)]
         # Plain outputs, not DVC metrics: `dvc metrics show` at the root stays the default study's
         # (ask for a study's by path: dvc metrics show studies/<name>/results/ga_search.json).
         if "metrics" in stage:
@@ -42,8 +55,8 @@ def study_stages(project: dict) -> dict:
     return {"stages": stages}
 
 
-def rendered(project: dict) -> str:
-    return HEADER + yaml.safe_dump(study_stages(project), sort_keys=False)
+def rendered(project: dict, params: dict | None = None) -> str:
+    return HEADER + yaml.safe_dump(study_stages(project, params), sort_keys=False)
 
 
 def is_suite(folder: Path) -> bool:
@@ -52,7 +65,9 @@ def is_suite(folder: Path) -> bool:
 
 
 def study_folders() -> list[Path]:
-    return sorted(p.parent for p in (ROOT / "studies").glob("*/params.yaml") if not is_suite(p.parent))
+    """The committed trained studies, and the examples of your data and model (same stages)."""
+    found = [*(ROOT / "studies").glob("*/params.yaml"), *(ROOT / "examples").glob("*/params.yaml")]
+    return sorted(p.parent for p in found if not is_suite(p.parent))
 
 
 def suite_folders() -> list[Path]:
@@ -118,9 +133,10 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def main(argv: list[str]) -> int:
-    text = rendered(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    project = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     stale = []
-    targets = [(folder, text) for folder in study_folders()] + [(folder, rendered_suite()) for folder in suite_folders()]
+    targets = [(folder, rendered(project, yaml.safe_load((folder / "params.yaml").read_text())))
+               for folder in study_folders()] + [(folder, rendered_suite()) for folder in suite_folders()]
     for folder, text in targets:
         target = folder / "dvc.yaml"
         if "--check" in argv:

@@ -34,8 +34,10 @@ settings.load_profile("evohpo")
 def tiny_params() -> dict:
     """params.yaml shrunk to seconds: digits, a small network, a 6-evaluation budget."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"] = {"dataset": "digits", "root": None, "train_size": 400, "val_size": 200, "test_size": 0.2}
-    params["model"] = {"conv_channels": [4, 8], "hidden_units": 16}
+    params["data"] = {"dataset": "digits", "root": None, "path": "data/source", "train_size": 400, "val_size": 200,
+                      "test_size": 0.2}  # fmt: skip
+    params["model"] = {"conv_channels": [4, 8], "hidden_units": 16, "builder": None,
+                       "source": "pipeline/training/models.py"}  # fmt: skip
     params["space"]["genes"]["epochs"] = {"type": "int", "low": 1, "high": 2}
     params["space"]["genes"]["learning_rate"] = {"type": "float", "low": 1.0e-3, "high": 0.3, "log": True}
     params["budget"]["evaluations"] = 6

@@ -93,6 +93,19 @@ def test_the_committed_studies_run_the_projects_stages():
             assert stage["cmd"] == STAGES[name]["cmd"].replace("stages/", "../../stages/")
 
 
+def test_your_data_and_builder_are_deps_of_the_stages_that_read_them():
+    """``${data.path}`` reruns prepare (and, through its output, everything after); ``${model.source}``
+    reruns the searches and the champion but not prepare. A study without the keys (a built-in
+    dataset in studies/) gets neither, as DVC cannot interpolate a missing key."""
+    users = {name for name, stage in STAGES.items() if "${model.source}" in stage["deps"]}
+    assert users == {"ga_search", "grid_search", "random_search", "tpe_search", "ga_sensitivity", "champion"}
+    assert [name for name, stage in STAGES.items() if "${data.path}" in stage["deps"]] == ["prepare"]
+    sync = _load_sync()
+    project = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    assert "${data.path}" not in sync.rendered(project, {"data": {"dataset": "digits"}})
+    assert "- ${data.path}" in sync.rendered(project, {"data": {"path": "table.csv"}})
+
+
 def test_the_studies_check_sees_a_stale_study(tmp_path):
     sync = _load_sync()
     project = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())

@@ -42,6 +42,7 @@ def make_study_repo(repo: Path, params_changes: dict | None = None) -> Path:
         shutil.copytree(REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO_ROOT / name, repo / name)
+    shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")  # ${data.path}: built-ins read nothing
     (repo / "mlruns").mkdir()
     shutil.copy(REPO_ROOT / "mlruns" / ".gitignore", repo / "mlruns" / ".gitignore")
     params = tiny_params()

@@ -229,6 +229,39 @@ def test_a_search_on_ray_equals_the_local_one(method, ray_cluster, tmp_path, mon
     assert not ray.is_initialized()  # the stage disconnected; the cluster stays up for the next
 
 
+# A user's builder in a file of its own (written to the test's folder, outside the repository): Ray's
+# workers get its code from the driver, not from the file.
+USER_BUILDER = """
+from torch import nn
+
+
+def build(genome, input_shape, outputs):
+    channels, height, width = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, genome["units"]), nn.Tanh(),
+                         nn.Linear(genome["units"], outputs))
+"""
+
+
+def custom_builder_with_adam(folder: Path, execution: dict):
+    builder = folder / "user_model.py"
+    folder.mkdir(parents=True, exist_ok=True)
+    builder.write_text(USER_BUILDER)
+    genes = {"units": {"type": "choice", "values": [8, 16, 32]}}
+    return config_with(execution, model={"builder": f"{builder}:build", "source": str(builder)},
+                       train={"optimizer": "adam", "lr_schedule": "cosine"},
+                       space={"genes": {**tiny_params()["space"]["genes"], **genes}})  # fmt: skip
+
+
+def test_a_custom_builder_with_adam_on_ray_equals_one_process(ray_cluster, tmp_path, monkeypatch, prepared_digits):
+    local = search("ga", custom_builder_with_adam(tmp_path / "code", SEQUENTIAL), tmp_path / "local", prepared_digits,
+                   monkeypatch)  # fmt: skip
+    on_ray = search("ga", custom_builder_with_adam(tmp_path / "code", ray_execution(ray_cluster)), tmp_path / "ray",
+                    prepared_digits, monkeypatch)  # fmt: skip
+    assert on_ray == local
+    assert all(r["status"] == "finished" for r in local)
+    assert len({r["genome"]["units"] for r in local}) > 1  # the builder's own gene is searched
+
+
 def ray_task_pids() -> list[int]:
     """Ray names a worker process ``ray::<function>`` while it runs that task."""
     listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout

@@ -1,7 +1,8 @@
 """Soak: at least 20 ``kill -9``s of the process group at random moments across the search stages
 and the champion, each followed by another ``dvc repro``, while another process reads the MLflow
 store; at the end the results equal an uninterrupted run's, no genome is FINISHED twice within a
-stage run, and nothing is left RUNNING."""
+stage run, and nothing is left RUNNING. The same, with fewer kills, on three more paths: worker
+processes (where no worker may outlive its search), multi-fidelity and the GA sensitivity stage."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import tiny_params
 from tests.test_e2e import make_study_repo, sh
 from tests.test_reliability import comparable
 
@@ -29,12 +32,37 @@ SEARCHES = ["ga_search", "grid_search", "random_search", "tpe_search"]
 CHANGES = {"budget": {"evaluations": 8}}
 
 
+class SoakPath(NamedTuple):
+    changes: dict  # params on top of the tiny study's
+    stage: str  # the stage killed
+    kills: int  # how many kills land in it
+    seconds: float  # the kills come up to this long after the search's first line (its repeat 0 starting)
+
+
+TINY_GENES = tiny_params()["space"]["genes"]
+PATHS = {
+    "workers": SoakPath({"budget": {"evaluations": 6}, "execution": {"workers": 2, "threads_per_evaluation": 1}},
+                        "ga_search", 5, 10.0),
+    "fidelity": SoakPath({"budget": {"evaluations": 6}, "fidelity": {"rungs": [1, 2], "eta": 2},
+                          "space": {"genes": {**TINY_GENES, "epochs": {"type": "int", "low": 2, "high": 3}}}},
+                         "ga_search", 5, 8.0),
+    "sensitivity": SoakPath({"budget": {"evaluations": 5},
+                             "sensitivity": {"enabled": True, "repeats": 1, "population_size": [3, 4], "generations": [],
+                                             "mutation_rate": [], "noise_level": []}},
+                            "ga_sensitivity", 5, 10.0),
+}  # fmt: skip
+
+
+def checkpoint_folder(repo: Path, stage: str) -> Path:
+    return repo / "checkpoints" / ("sensitivity" if stage == "ga_sensitivity" else stage)
+
+
 def forget_finished_work(repo: Path, stage: str) -> None:
-    """What a stage reuses when forced: a finished repeat's results, and finished retrainings. Gone,
-    a forced run trains again (afresh after a finished run, resumed after a killed one): the kill
-    lands in training."""
-    folder = repo / "checkpoints" / stage
-    for done in folder.glob("*.done.json") if stage != "champion" else folder.glob("*.json"):
+    """What a stage reuses when forced: a finished repeat's results (of each sensitivity variant's
+    search too), and finished retrainings. Gone, a forced run trains again (afresh after a finished
+    run, resumed after a killed one): the kill lands in training."""
+    folder = checkpoint_folder(repo, stage)
+    for done in folder.rglob("*.done.json") if stage != "champion" else folder.glob("*.json"):
         done.unlink()
 
 
@@ -44,9 +72,48 @@ def _env() -> dict:
     return env
 
 
-def kill_during(repo: Path, stage: str, rng: random.Random) -> bool:
+def processes_of(repo: Path) -> dict[int, tuple[int, str]]:
+    """Live processes working in ``repo`` (their folder, or their command line, names it): pid ->
+    (parent pid, command line). Zombies, dead but not yet reaped, hold nothing and are left out."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z" and (cwd == str(repo) or cwd.startswith(f"{repo}/") or str(repo) in command):
+            found[int(proc.name)] = (int(parent), command)
+    return found
+
+
+def assert_nothing_outlives_the_kill(repo: Path, grace_seconds: float = 30.0) -> None:
+    """No process of the killed run (a worker, the resource tracker, the stage) still alive once
+    ``grace_seconds`` have passed: orphaned workers exit on their own, within a second once started
+    (one orphaned while still importing torch finishes that first: seconds on a busy machine).
+    Those left are killed, then named."""
+    deadline = time.monotonic() + grace_seconds
+    while (left := processes_of(repo)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"alive {grace_seconds:g} s after the kill: {left}"
+
+
+def kill_during(repo: Path, stage: str, rng: random.Random, after: str | None = None,
+                seconds: tuple[float, float] = (0.5, 7.0), only_the_stage: bool = False) -> bool:  # fmt: skip
     """Run ``dvc repro -f -s <stage>``, and ``kill -9`` its whole process group at a random moment
-    once the stage has started. Returns whether the kill came before the stage ended."""
+    (``seconds`` after the line ``after``; by default once the stage has started). With
+    ``only_the_stage``, only the stage's process is killed (as the out-of-memory killer would):
+    its worker processes are orphaned, and DVC reports the failure. Returns whether the kill came
+    before the stage ended."""
     forget_finished_work(repo, stage)
     process = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=_env(), start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -55,17 +122,26 @@ def kill_during(repo: Path, stage: str, rng: random.Random) -> bool:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if f"Running stage '{stage}'" in lines.get(timeout=1):
+            if (after or f"Running stage '{stage}'") in lines.get(timeout=1):
                 break
         except queue.Empty:
             if process.poll() is not None:
                 break
-    time.sleep(rng.uniform(0.5, 7.0))  # python start-up, data loading, training, MLflow writes: anywhere
+    delay = rng.uniform(*seconds)
+    time.sleep(delay)  # python start-up, data loading, training, MLflow writes: anywhere
     if process.poll() is not None:
+        print(f"{stage} ended before the kill {delay:.1f} s in", flush=True)
         return False
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return True
+    print(f"kill -9 {'the stage' if only_the_stage else 'all'} of {stage} {delay:.1f} s in: "
+          f"{len(processes_of(repo))} process(es)", flush=True)
+    if not only_the_stage:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return True
+    stage_process = [pid for pid, (parent, _) in processes_of(repo).items() if parent == process.pid]
+    for pid in stage_process:
+        os.kill(pid, signal.SIGKILL)
+    return process.wait() != 0
 
 
 class StoreReader(threading.Thread):
@@ -87,6 +163,22 @@ class StoreReader(threading.Thread):
                 pass
 
 
+def soak_rng() -> random.Random:
+    seed = int(os.environ.get("EVOHPO_SOAK_SEED", time.time_ns() % 100_000))
+    print(f"soak seed {seed} (EVOHPO_SOAK_SEED reruns it)")
+    return random.Random(seed)
+
+
+def compared(repo: Path, stage: str) -> dict:
+    """What must equal an uninterrupted run's: the search's results, or each sensitivity variant's
+    and the sensitivity table's rows."""
+    if stage != "ga_sensitivity":
+        return {stage: comparable(repo / "results", stage.removesuffix("_search"))}
+    folder = repo / "results" / "sensitivity"
+    variants = {v.name: comparable(v, "ga") for v in sorted(folder.iterdir()) if v.is_dir()}
+    return variants | {"rows": json.loads((folder / "summary.json").read_text())["rows"]}
+
+
 def descendants(client: MlflowClient, experiment: str, run_id: str) -> list:
     found, level = [], [run_id]
     while level:
@@ -97,10 +189,22 @@ def descendants(client: MlflowClient, experiment: str, run_id: str) -> list:
     return found
 
 
+def assert_runs_settled(repo: Path, experiment_name: str, stages: list[str]) -> None:
+    """Nothing left RUNNING in the experiment, and no genome FINISHED twice under one stage run."""
+    client = MlflowClient(f"sqlite:///{repo}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(experiment_name).experiment_id
+    runs = client.search_runs([experiment], max_results=50_000)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    stage_runs = [r for r in runs if r.data.tags.get("stage") in stages]
+    assert stage_runs, f"no run of {stages} in {experiment_name}"
+    for stage_run in stage_runs:
+        finished = [r.data.tags["genome_hash"] for r in descendants(client, experiment, stage_run.info.run_id)
+                    if r.info.status == "FINISHED" and "genome_hash" in r.data.tags]  # fmt: skip
+        assert len(finished) == len(set(finished)), f"a genome FINISHED twice under {stage_run.info.run_name}"
+
+
 def test_twenty_kill_9s_then_dvc_repro_equals_an_uninterrupted_run(tmp_path):
-    seed = int(os.environ.get("EVOHPO_SOAK_SEED", time.time_ns() % 100_000))
-    print(f"soak seed {seed} (EVOHPO_SOAK_SEED reruns it)")
-    rng = random.Random(seed)
+    rng = soak_rng()
     reference = make_study_repo(tmp_path / "reference", CHANGES)
     sh("dvc", "repro", cwd=reference)
     repo = make_study_repo(tmp_path / "killed", CHANGES)
@@ -121,18 +225,48 @@ def test_twenty_kill_9s_then_dvc_repro_equals_an_uninterrupted_run(tmp_path):
     assert kills >= 20, f"only {kills} kills landed in {tries} tries"
     assert reader.reads > 10
 
-    for method in ("ga", "grid", "random", "tpe"):
-        assert comparable(repo / "results", method) == comparable(reference / "results", method), method
+    for stage in SEARCHES:
+        assert compared(repo, stage) == compared(reference, stage), stage
     ours, theirs = (json.loads((r / "results" / "champion_details.json").read_text())["champion"] for r in (repo, reference))
     assert (ours["method"], ours["test_acc"], ours["genome_hash"]) == (theirs["method"], theirs["test_acc"], theirs["genome_hash"])
+    assert_runs_settled(repo, "tiny", [*SEARCHES, "champion"])
+    assert "Traceback" not in result.stdout + result.stderr
 
-    client = MlflowClient(f"sqlite:///{repo}/mlruns/mlflow.db")
-    experiment = client.get_experiment_by_name("tiny").experiment_id
-    runs = client.search_runs([experiment], max_results=50_000)
-    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
-    stage_runs = [r for r in runs if r.data.tags.get("stage") in (*SEARCHES, "champion")]
-    for stage_run in stage_runs:
-        finished = [r.data.tags["genome_hash"] for r in descendants(client, experiment, stage_run.info.run_id)
-                    if r.info.status == "FINISHED" and "genome_hash" in r.data.tags]  # fmt: skip
-        assert len(finished) == len(set(finished)), f"a genome FINISHED twice under {stage_run.info.run_name}"
+
+@pytest.mark.parametrize("path", PATHS)
+def test_kill_9s_on_another_path_then_dvc_repro_equals_an_uninterrupted_run(tmp_path, path):
+    """Kills from the search's first line on (its workers, rungs or variants at work); with workers,
+    every other kill takes the stage's process alone, and no process may outlive any kill."""
+    changes, stage, wanted, seconds = PATHS[path]
+    rng = soak_rng()
+    T0 = time.monotonic()  # TIMING
+    reference = make_study_repo(tmp_path / "reference", changes)
+    sh("dvc", "repro", stage, cwd=reference)
+    print(f"TIMING reference {time.monotonic() - T0:.0f}")  # TIMING
+    repo = make_study_repo(tmp_path / "killed", changes)
+    sh("dvc", "repro", "prepare", cwd=repo)
+    reader = StoreReader(repo / "mlruns" / "mlflow.db")
+    reader.start()
+
+    kills, tries = 0, 0
+    while kills < wanted and tries < 3 * wanted:
+        if path == "workers" and tries % 2:  # the stage's process alone, once its workers have trained
+            kills += kill_during(repo, stage, rng, after="] eval ", seconds=(0.0, 2.0), only_the_stage=True)
+        else:
+            kills += kill_during(repo, stage, rng, after="repeat 0 (seed", seconds=(0.0, seconds))
+        tries += 1
+        assert_nothing_outlives_the_kill(repo)
+    print(f"TIMING kills {time.monotonic() - T0:.0f}")  # TIMING
+    result = sh("dvc", "repro", stage, cwd=repo)  # resumes from the checkpoints
+    print(f"TIMING final {time.monotonic() - T0:.0f}")  # TIMING
+    reader.stop.set()
+    assert kills >= wanted, f"only {kills} kills landed in {tries} tries"
+    assert reader.reads > 10
+    assert_nothing_outlives_the_kill(repo)
+
+    ours, theirs = compared(repo, stage), compared(reference, stage)
+    assert len(ours) == (3 if path == "sensitivity" else 1)  # two variants searched, and the table
+    assert ours == theirs
+    sensitivity = stage == "ga_sensitivity"
+    assert_runs_settled(repo, "tiny-sensitivity" if sensitivity else "tiny", ["ga_search"])
     assert "Traceback" not in result.stdout + result.stderr

@@ -18,8 +18,10 @@ from pipeline.config.sections import (
     MAX_BATCH,
     MAX_EPOCHS,
     MAX_SEED,
+    OPTIMIZERS,
     SENSITIVITY_SETTINGS,
     ChoiceGene,
+    DataConfig,
     FloatGene,
     IntGene,
     OperatorConfig,
@@ -29,12 +31,22 @@ from pipeline.config.sections import (
 from pipeline.errors import ConfigError
 from pipeline.operators import bind_operator, split_settings
 from pipeline.space import ArchitectureSpace, InfeasibleGenome
-from pipeline.task import REGRESSION_DATASETS, is_table_name
+from pipeline.task import REGRESSION_DATASETS, TABLE_DATASETS, is_table_name
 
 
 # The images of each dataset (channels, height, width): architecture genomes are checked against them.
 # Input shapes by dataset, to check architecture genomes before any data is read (diabetes: 10 features, one row).
 DATASET_IMAGE_SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8), "diabetes": (1, 1, 10)}
+
+
+def input_shape(data: DataConfig) -> tuple[int, int, int]:
+    """The network's input (channels, height, width) as far as params tell it: a CSV table's width
+    is known once prepared (1 stands in; its networks have fc layers only)."""
+    if data.dataset == "image_folder":
+        return (data.channels, *data.image_size)  # type: ignore[return-value]
+    if data.dataset == "csv":
+        return (1, 1, 1)
+    return DATASET_IMAGE_SHAPES[data.dataset]
 
 
 # No error message may be huge, whatever the file holds: each value echoed is cut to _MAX_SHOWN characters,
@@ -122,7 +134,7 @@ def parse_config(raw: Any, source: str = "params.yaml") -> StudyConfig:
         config = StudyConfig.model_validate(raw)
     except ValidationError as exc:
         raise invalid(source, [format_error(e) for e in exc.errors()]) from None
-    errors = gene_errors(config.space)
+    errors = gene_errors(config.space, config.model.custom) + own_data_errors(config)
     if errors:
         raise invalid(source, errors)
     _check_operators(config, source)
@@ -186,22 +198,40 @@ def seed_errors(config: StudyConfig) -> list[str]:
 def task_errors(config: StudyConfig) -> list[str]:
     """Settings that do not fit the dataset's task (classification or regression), by key."""
     target = config.ga.termination.target_fitness
-    if config.data.dataset not in REGRESSION_DATASETS:
-        if target is not None and target > 1:
-            return [f"ga.termination.target_fitness: {target} is an accuracy here (data.dataset="
-                    f"{config.data.dataset}): at most 1"]  # fmt: skip
-        return []
+    data = config.data
+    classification = data.dataset not in REGRESSION_DATASETS and not (data.dataset == "csv" and data.task != "classification")
+    if classification and target is not None and target > 1:
+        return [f"ga.termination.target_fitness: {target} is an accuracy here (data.dataset="
+                f"{data.dataset}): at most 1"]  # fmt: skip
     conv = config.space.layers.conv_layers.max
-    if config.space.kind == "architecture" and conv > 0:
+    if data.dataset in TABLE_DATASETS and config.space.kind == "architecture" and conv > 0:
         # A table's features are one row: a convolution has nothing to slide over.
-        return [f"space.architecture.conv_layers.max: must be 0 for data.dataset={config.data.dataset} (a table; "
+        return [f"space.architecture.conv_layers.max: must be 0 for data.dataset={data.dataset} (a table; "
                 f"the network is a multilayer perceptron of fc layers), got {conv}"]  # fmt: skip
     return []
 
 
+def own_data_errors(config: StudyConfig) -> list[str]:
+    """A user's data or builder that params alone show to be wrong, by key (the files themselves are
+    read, and refused by key, at prepare and when the searches start)."""
+    errors = []
+    data, model = config.data, config.model
+    if data.dataset in ("csv", "image_folder") and data.root is not None:
+        errors.append(f"data.root: the FashionMNIST folder; with data.dataset: {data.dataset} your data is data.path")
+    if data.dataset != "csv" and data.task != "auto":
+        errors.append(f"data.task: only read with data.dataset: csv (data.dataset is {data.dataset})")
+    if model.custom and model.builder.split(":", 1)[0].endswith(".py"):  # type: ignore[union-attr]
+        builder_file = Path(model.builder.split(":", 1)[0])  # type: ignore[union-attr]
+        source = Path(model.source)
+        if source != builder_file and source not in builder_file.parents:
+            errors.append(f"model.source: must be the builder's file {builder_file} or a folder holding it, so that "
+                          f"editing it reruns the searches (got {model.source})")  # fmt: skip
+    return errors
+
+
 def _check_architecture(config: StudyConfig, source: str) -> None:
     try:
-        ArchitectureSpace.from_config(config.space, DATASET_IMAGE_SHAPES[config.data.dataset])
+        ArchitectureSpace.from_config(config.space, input_shape(config.data))
     except InfeasibleGenome as exc:
         raise invalid(source, [f"space.architecture.conv_layers.min: {exc}"]) from None
 
@@ -217,9 +247,11 @@ _GENE_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "epochs": ((IntGene, ChoiceGene), lambda v: _is_int(v) and 1 <= v <= MAX_EPOCHS,
                f"an integer >= 1 and <= {MAX_EPOCHS}"),  # fmt: skip
     "noise_level": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "optimizer": ((ChoiceGene,), lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
 }
 # Genes the evaluator can do without (a fixed value from `train` stands in).
-_OPTIONAL_GENES = {"noise_level"}
+_OPTIONAL_GENES = {"noise_level", "optimizer", "momentum", "weight_decay"}
+TRAINING_GENES = frozenset(_GENE_RULES)  # every other gene of a space is the model builder's
 
 
 def _is_number(value: Any) -> bool:
@@ -230,13 +262,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def gene_errors(space: SpaceConfig) -> list[str]:
-    """Genes the evaluator cannot train with, each as ``space.genes.<name>[.<field>]: why``."""
+def gene_errors(space: SpaceConfig, custom_builder: bool = False) -> list[str]:
+    """Genes the evaluator cannot train with, each as ``space.genes.<name>[.<field>]: why``. With a
+    user's model builder (``custom_builder``), every other gene is the builder's, any name."""
     errors = []
     for name in space.genes:
-        if name not in _GENE_RULES:
+        if name not in _GENE_RULES and not custom_builder:
             errors.append(f"space.genes.{name}: unknown gene{_did_you_mean(name, _GENE_RULES)}; "
-                          f"the evaluator knows {list(_GENE_RULES)}")  # fmt: skip
+                          f"the evaluator knows {list(_GENE_RULES)} (any other gene needs your own "
+                          "model.builder, which receives every gene)")  # fmt: skip
     for name, (types, valid, wanted) in _GENE_RULES.items():
         gene = space.genes.get(name)
         if gene is None:

@@ -28,6 +28,8 @@ MAX_GENERATIONS = MAX_EVALUATIONS  # every generation trains at least one child
 MAX_REPEATS = 1000  # repeats of the whole study (study.repeats): each is a full search per method
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are below 2**32: every seed a repeat uses too
 MAX_NAME = 256  # characters of an MLflow experiment or registered model name (its store's column)
+MAX_IMAGE_SIDE = 1024  # pixels: image_folder images are resized to data.image_size, held in memory
+AUTO_MAX_CLASSES = 20  # data.task: auto takes an integer target with at most this many values for classes
 
 
 class _Section(BaseModel):
@@ -37,11 +39,35 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     # fashion_mnist, digits: classification (fitness: validation accuracy); diabetes: regression
     # (scikit-learn's bundled table; fitness: validation mean absolute error, lower is better).
-    dataset: Literal["fashion_mnist", "digits", "diabetes"] = "fashion_mnist"
+    # csv: your table (data.path, data.target); image_folder: your images (torchvision's ImageFolder layout).
+    dataset: Literal["fashion_mnist", "digits", "diabetes", "csv", "image_folder"] = "fashion_mnist"
     root: str | None = None
+    # Your data (csv: a file; image_folder: a folder with train/ and optionally test/): a DVC dependency of
+    # prepare (dvc.yaml interpolates ${data.path}), so replacing it reruns the study. Unused by the built-ins.
+    path: Annotated[str, Field(min_length=1)] = "data/source"
+    target: Annotated[str, Field(min_length=1)] | None = None  # csv: the column to predict
+    features: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None  # csv; None: all but the target
+    # csv: classification or regression; auto: classification for a text, true/false or integer target with
+    # at most AUTO_MAX_CLASSES distinct values, else regression.
+    task: Literal["auto", "classification", "regression"] = "auto"
+    test_path: Annotated[str, Field(min_length=1)] | None = None  # csv: a fixed test table; None: split off test_size
+    image_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]], Field(min_length=2, max_length=2)] = [28, 28]
+    channels: Literal[1, 3] = 1  # image_folder: grey (1) or RGB (3)
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None
     val_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] = 10_000
-    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits and diabetes: no official test set
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2  # digits, diabetes, csv, image_folder without a test set
+
+    @model_validator(mode="after")
+    def _check_own_data(self) -> DataConfig:
+        if self.dataset == "csv" and self.target is None:
+            raise ValueError("dataset: csv needs target: the name of the column to predict")
+        if self.dataset != "csv":
+            given = [k for k in ("target", "features", "test_path") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: read only with dataset: csv (dataset is {self.dataset})")
+        if self.features is not None and self.target in self.features:
+            raise ValueError(f"features lists the target column {self.target!r}")
+        return self
 
 
 class FloatGene(_Section):
@@ -201,6 +227,28 @@ class ModelConfig(_Section):
         list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=2, max_length=2)
     ] = [32, 64]
     hidden_units: Annotated[int, Field(gt=0, le=MAX_UNITS)] = 128
+    # Who builds each genome's network: null, the built-in of space.kind (hyperparameters: the studies' CNN
+    # above; architecture: the genome's own layers); or your function, "path/to/file.py:function" or
+    # "package.module:function", called as function(genome, input_shape, outputs) -> torch.nn.Module.
+    builder: Annotated[str, Field(pattern=r"^[^:\s]+:[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    # What DVC tracks of the builder (dvc.yaml interpolates ${model.source}): its file or package folder,
+    # so editing it reruns the searches and the champion.
+    source: Annotated[str, Field(min_length=1)] = "pipeline/training/models.py"
+
+    @property
+    def custom(self) -> bool:
+        """A user's builder, not one of the built-ins."""
+        return self.builder is not None and self.builder not in BUILTIN_BUILDERS.values()
+
+
+# The built-in builders by space.kind, named as a user's are (pipeline/training/models.py).
+BUILTIN_BUILDERS = {
+    "hyperparameters": "pipeline.training.models:study_cnn",
+    "architecture": "pipeline.training.models:architecture_network",
+}
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 class EarlyStoppingConfig(_Section):
@@ -219,6 +267,13 @@ class TrainConfig(_Section):
     # (benchmarks/RESULTS.md). Same seed, other scores than the default layout (other rounding, and dropout
     # masks of conv outputs drawn in another memory order), as deterministic.
     channels_last: bool = False
+    # The optimiser and learning-rate schedule of every fit (a gene named `optimizer` overrides the
+    # optimiser). The studies': SGD with StepLR(lr_step_size, lr_gamma). cosine: annealed to 0 over each
+    # genome's epochs. momentum and weight_decay: used when the space has no gene of that name.
+    optimizer: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
+    lr_schedule: Literal["step", "cosine", "none"] = "step"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0  # SGD only; Adam and AdamW keep their default betas
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
 
 
 class OperatorConfig(_Section):
@@ -412,6 +467,19 @@ class StudyConfig(_Section):
         if self.study.seeds is not None:
             return list(self.study.seeds)
         return [self.seed + k for k in range(self.study.repeats)]
+
+    @property
+    def builder(self) -> str:
+        """The model builder every fit calls: ``model.builder``, or the built-in of ``space.kind``."""
+        return self.model.builder or BUILTIN_BUILDERS[self.space.kind]
+
+    def with_prepared_task(self, summary: dict[str, Any]) -> StudyConfig:
+        """A CSV study's ``data.task: auto`` as ``prepare`` resolved it (in the prepared data's summary),
+        so each method knows which way its fitness points before training."""
+        if self.data.dataset != "csv" or self.data.task != "auto":
+            return self
+        task = "regression" if summary.get("task") == "regression" else "classification"
+        return self.model_copy(update={"data": self.data.model_copy(update={"task": task})})
 
     def for_repeat(self, repeat_seed: int) -> StudyConfig:
         """This config with ``seed`` set to one repeat's seed (the search's and the trainings' seed)."""

@@ -63,7 +63,7 @@ def method_names() -> list[str]:
 def _build_ga(config: StudyConfig, space: Space) -> Any:
     return GeneticSearch(
         space, config.ga, budget=config.budget.evaluations, seed=config.seed, phases=config.space.layers.phases,
-        maximize=task_of_dataset(config.data.dataset).maximize, rank_by_rung=config.fidelity.ranking == "rung",
+        maximize=task_of_dataset(config.data.dataset, config.data.task).maximize, rank_by_rung=config.fidelity.ranking == "rung",
     )
 
 

@@ -21,7 +21,7 @@ from pipeline.errors import SearchFailed, TrackingError
 from pipeline.jsonio import write_json
 from pipeline.search.registry import method_names
 from pipeline.space import genome_hash, genome_seed
-from pipeline.study.checkpoint import fingerprint, platform_signature
+from pipeline.study.checkpoint import fingerprint, platform_signature, source_digest
 from pipeline.study.lock import StageLock
 from pipeline.study.layout import repeat_files
 from pipeline.tracking.observer import mlflow_params
@@ -29,7 +29,7 @@ from pipeline.tracking.store import Tracker
 from pipeline.training.fit import fit_genome, training_device
 from pipeline.training.lit_module import DivergedError
 from pipeline.task import Task, task_of
-from pipeline.training.models import NetworkBuilder, network_builder
+from pipeline.training.models import BuilderSource, NetworkBuilder, check_builder, network_builder
 
 
 def load_repeat_summaries(results_dir: Path, config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
@@ -49,6 +49,7 @@ def retrain_fingerprint(config: StudyConfig, data_summary: dict, genome: dict, s
     """What a full-fidelity retraining depends on; the same one is never trained twice."""
     return fingerprint({
         "genome": genome, "seed": seed, "data": data_summary, "model": config.model.model_dump(),
+        "builder_source": source_digest(config.model),
         "space_kind": config.space.kind, "train": config.train.model_dump(),
         "champion": {"epochs": config.champion.epochs, "train_size": config.champion.train_size},
         "platform": platform_signature(),
@@ -144,7 +145,10 @@ def _run_champion_stage(
         "test": data.load("test").to(training_device()),
     }
     task = task_of(data.summary)
-    build = network_builder(config.space.kind, config.model, data.image_shape, task.outputs(data.num_classes))
+    builder = BuilderSource.for_study(config)
+    build = network_builder(builder, config.model, data.image_shape, task.outputs(data.num_classes))
+    first_best = next(s["best_genome"] for repeats in summaries.values() for s in repeats if "best_genome" in s)
+    check_builder(builder, config.model, first_best, data.image_shape, task.outputs(data.num_classes))
     stage_run = tracker.start_run(
         "champion",
         params={"epochs": config.champion.epochs, "train_size": len(splits["train"]), "test_size": len(splits["test"]),

@@ -24,11 +24,14 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pipeline
 from pipeline.errors import CheckpointError
 from pipeline.evaluation import EvaluationRecord
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import ModelConfig
 
 FORMAT_VERSION = 2
 
@@ -40,6 +43,24 @@ def code_version() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def source_digest(model: ModelConfig) -> str | None:
+    """A hash of a user's model builder's code (``model.source``: its file, or every file of its
+    folder): an edited builder must not reuse results of the old one. None for the built-ins (their
+    code is the library's, in ``code_version``)."""
+    if not model.custom:
+        return None
+    root = Path(model.source)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
     return digest.hexdigest()[:16]
 
 

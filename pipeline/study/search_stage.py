@@ -21,7 +21,7 @@ from pipeline.search.fidelity import expected_epochs
 from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
-from pipeline.study.checkpoint import Checkpoint, fingerprint, platform_signature
+from pipeline.study.checkpoint import Checkpoint, fingerprint, platform_signature, source_digest
 from pipeline.study.layout import repeat_files
 from pipeline.study.lock import StageLock
 from pipeline.study.runner import SearchRunner, genome_epochs
@@ -29,6 +29,7 @@ from pipeline.task import task_of
 from pipeline.tracking.observer import SearchTracking
 from pipeline.tracking.store import CHECKPOINT_FOLDER_TAG, Tracker
 from pipeline.training.backends import make_evaluator, uses_population
+from pipeline.training.models import BuilderSource, check_builder
 from pipeline.training.weights import WeightStore
 
 SHARED_SECTIONS = ("model", "space", "budget", "train", "fidelity")
@@ -45,7 +46,15 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
     population = uses_population(config, get_method(method).weight_rule(config))
     sections["evaluator"] = "population" if population else "sequential"
     sections["platform"] = platform_signature()
+    sections["builder_source"] = source_digest(config.model)
     return fingerprint(sections)
+
+
+def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> None:
+    """The study's model builder on a genome of the space (seeded), before anything trains."""
+    genome = space.sample(np.random.default_rng(config.seed))
+    task = task_of(data.summary)
+    check_builder(BuilderSource.for_study(config), config.model, genome, data.image_shape, task.outputs(data.num_classes))
 
 
 def epoch_cost(config: StudyConfig) -> Callable[[Proposal], float]:
@@ -183,7 +192,9 @@ def _run_repeats(
     stage = f"{method}_search"
     tracker = Tracker(config.mlflow.experiment)
     data = PreparedData.open(prepared_dir)
+    config = config.with_prepared_task(data.summary)
     space = make_space(config.space, data.image_shape)
+    check_builder_on(config, data, space)  # a user's builder that fails, before anything trains
     val_key = task_of(data.summary).val_key
     folder = checkpoint_dir / stage
     repeats = []

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.config import parse_config
 from pipeline.config.loading import variant_params
 from pipeline.config.sections import SENSITIVITY_SETTINGS, StudyConfig
+from pipeline.data import PreparedData
 from pipeline.jsonio import write_json
 from pipeline.study.checkpoint import fingerprint
 from pipeline.study.search_stage import run_search_stage
@@ -63,7 +64,8 @@ def run_sensitivity_stage(
         summary: dict[str, Any] = {"enabled": False}
         write_json(results_dir / "summary.json", summary)
         return summary
-    task = task_of_dataset(config.data.dataset)
+    config = config.with_prepared_task(PreparedData.open(prepared_dir).summary)
+    task = task_of_dataset(config.data.dataset, config.data.task)
     searched: dict[str, tuple[str, list[dict[str, Any]]]] = {}  # variant key -> its folder, its repeats
     rows = []
     for variant in variants(config):

@@ -28,7 +28,7 @@ from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback, evalu
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import CLASSIFICATION, Task, task_of
 from pipeline.training.fit import fit_genome, training_device
-from pipeline.training.models import freeze_conv_layers, network_builder
+from pipeline.training.models import BuilderSource, NetworkBuilder, freeze_conv_layers, network_builder
 from pipeline.training.weights import WeightStore, inherit_weights, merge_weights, transferable_fraction
 
 if TYPE_CHECKING:
@@ -60,14 +60,19 @@ class TrainingContext:
     weights: str = "none"  # the rule children start from their parents' weights by
     threads: int | None = None  # torch threads of one fit; None: leave the process's setting
     task: Task = CLASSIFICATION  # the loss, and the validation metric that is the fitness
+    builder: BuilderSource | None = None  # who builds the networks; None: the built-in of space_kind
 
     @classmethod
     def for_study(cls, config: StudyConfig, data: PreparedData, weights: str = "none") -> TrainingContext:
         """The context of a study's searches: its space, network, training settings and threads."""
         return cls(
             config.space.kind, config.model, config.train, config.seed, data.image_shape, data.num_classes, weights,
-            config.execution.threads_per_evaluation, task_of(data.summary),
+            config.execution.threads_per_evaluation, task_of(data.summary), BuilderSource.for_study(config),
         )  # fmt: skip
+
+    def network_builder(self) -> NetworkBuilder:
+        """genome -> its freshly initialised network."""
+        return network_builder(self.builder or self.space_kind, self.model_config, self.image_shape, self.task.outputs(self.num_classes))
 
 
 def train_proposal(
@@ -94,8 +99,7 @@ def _train(
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     genome = proposal.genome
     seed = genome_seed(context.study_seed, genome)
-    build = network_builder(context.space_kind, context.model_config, context.image_shape,
-                            context.task.outputs(context.num_classes))  # fmt: skip
+    build = context.network_builder()
     started = time.perf_counter()
     initial: dict[str, Any] = {"init": "scratch", "transferred_fraction": 0.0}
     try:

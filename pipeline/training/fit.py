@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from pipeline.data import TensorBatches, TensorSplit
 from pipeline.space import Genome
 from pipeline.task import CLASSIFICATION, Task
-from pipeline.training.lit_module import EPOCH_METRICS_KEY, LitClassifier
+from pipeline.training.lit_module import EPOCH_METRICS_KEY, LitClassifier, training_settings
 from pipeline.training.models import NetworkBuilder
 
 if TYPE_CHECKING:
@@ -101,16 +101,7 @@ def fit_genome(
             prepare_network(network)
         if train_config.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in network.modules()):
             network = network.to(memory_format=torch.channels_last)  # the parameters' values are kept
-        module = LitClassifier(
-            network,
-            learning_rate=genome["learning_rate"],
-            momentum=genome["momentum"],
-            weight_decay=genome["weight_decay"],
-            lr_step_size=train_config.lr_step_size,
-            lr_gamma=train_config.lr_gamma,
-            noise_level=genome.get("noise_level", train_config.noise_level),
-            task=task,
-        )
+        module = LitClassifier(network, task=task, **training_settings(genome, train_config))
         trainer = make_trainer(epochs or genome["epochs"], train_config.early_stopping, task)
         # Epoch e's batch order is drawn from seed + e: a resumed fit continues at the saved epoch.
         first_epoch = saved_epochs(resume_from) if resume_from is not None else 0

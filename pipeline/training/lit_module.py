@@ -1,15 +1,21 @@
-"""The LightningModule every evaluation trains: SGD with the genome's settings and StepLR, on the
-task's loss (cross-entropy, or squared error on standardised targets), scored by the task's metric."""
+"""The LightningModule every evaluation trains: the genome's optimiser (the studies' SGD, or Adam,
+AdamW) and learning-rate schedule (the studies' StepLR, cosine annealing or none), on the task's loss
+(cross-entropy, or squared error on standardised targets), scored by the task's metric."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from pipeline.task import CLASSIFICATION, Task
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import TrainConfig
 
 
 # Keys this module adds to a Lightning checkpoint, so a resumed fit continues bit-equal.
@@ -34,6 +40,9 @@ class LitClassifier(pl.LightningModule):
         lr_gamma: float = 0.7,
         noise_level: float = 0.0,
         task: Task = CLASSIFICATION,
+        optimizer: str = "sgd",
+        lr_schedule: str = "step",
+        total_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.network = network
@@ -44,6 +53,9 @@ class LitClassifier(pl.LightningModule):
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
         self.noise_level = noise_level
+        self.optimizer_name = optimizer
+        self.lr_schedule = lr_schedule
+        self.total_epochs = total_epochs  # cosine anneals over the genome's epochs, whatever rung a fit stops at
         self._train_loss_sum = 0.0
         self._train_count = 0
         # Per-epoch summary, filled at the end of each training epoch: train_loss, val_loss, the
@@ -107,8 +119,37 @@ class LitClassifier(pl.LightningModule):
             torch.cuda.set_rng_state_all(checkpoint[CUDA_RNG_KEY])
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's documented return shape
-        optimizer = torch.optim.SGD(
-            self.parameters(), lr=self.learning_rate, momentum=self.momentum, weight_decay=self.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(
+                self.parameters(), lr=self.learning_rate, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        else:  # Adam and AdamW with their default betas: momentum is SGD's
+            kind = torch.optim.Adam if self.optimizer_name == "adam" else torch.optim.AdamW
+            optimizer = kind(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        if self.lr_schedule == "none":
+            return optimizer
+        if self.lr_schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.total_epochs, 1))
+        else:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def optimizer_of(genome: Mapping[str, Any], train_config: TrainConfig) -> str:
+    """The optimiser a genome trains with: its ``optimizer`` gene, else ``train.optimizer``."""
+    return str(genome.get("optimizer", train_config.optimizer))
+
+
+def training_settings(genome: Mapping[str, Any], train_config: TrainConfig) -> dict[str, Any]:
+    """``LitClassifier``'s settings for a genome: its genes, ``train``'s values for the genes it lacks."""
+    return {
+        "learning_rate": genome["learning_rate"],
+        "momentum": genome.get("momentum", train_config.momentum),
+        "weight_decay": genome.get("weight_decay", train_config.weight_decay),
+        "lr_step_size": train_config.lr_step_size,
+        "lr_gamma": train_config.lr_gamma,
+        "noise_level": genome.get("noise_level", train_config.noise_level),
+        "optimizer": optimizer_of(genome, train_config),
+        "lr_schedule": train_config.lr_schedule,
+        "total_epochs": int(genome["epochs"]),
+    }

@@ -28,23 +28,24 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from pipeline.config.loading import TRAINING_GENES
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import Task
 from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal
 from pipeline.training.fit import make_trainer, training_device
-from pipeline.training.models import network_builder
+from pipeline.training.lit_module import optimizer_of
 
 # The fused update in training_step is the optimiser: Lightning's note that there is none is expected.
 warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`.*")
 
 
 def group_key(genome: dict[str, Any]) -> tuple:
-    """Members that can train together: the same layers (an architecture genome's, or the fixed
-    network's) and the same batch size."""
-    layers = tuple(repr(genome.get(part)) for part in ("conv", "fc"))
-    return (*layers, genome["batch_size"])
+    """Members that can train together: the same network (an architecture genome's layers, a user's
+    builder's genes, or the fixed network) and the same batch size and optimiser."""
+    network = tuple((name, repr(value)) for name, value in genome.items() if name not in TRAINING_GENES)
+    return (*network, genome["batch_size"], genome.get("optimizer"))
 
 
 def has_batch_norm(network: nn.Module) -> bool:
@@ -245,8 +246,7 @@ def train_group(
 ) -> tuple[list[Member], float]:
     """Train the proposals at ``positions`` together; their members (history, failure, weights) and
     the seconds the group's fit took."""
-    build = network_builder(context.space_kind, context.model_config, context.image_shape,
-                            context.task.outputs(context.num_classes))  # fmt: skip
+    build = context.network_builder()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     members, networks = [], []
     for position in positions:
@@ -255,8 +255,9 @@ def train_group(
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # the initial weights it gets alone
             networks.append(build(genome))
-        members.append(Member(position, genome, seed, genome["epochs"], genome["learning_rate"], genome["momentum"],
-                              genome["weight_decay"]))  # fmt: skip
+        momentum, weight_decay = (genome.get(name, getattr(context.train_config, name))
+                                  for name in ("momentum", "weight_decay"))  # fmt: skip
+        members.append(Member(position, genome, seed, genome["epochs"], genome["learning_rate"], momentum, weight_decay))
     seeds = [m.seed for m in members]
     module = PopulationModule(networks, members, train, context)
     trainer = make_trainer(max(m.epochs for m in members))
@@ -328,8 +329,10 @@ class PopulationEvaluator(_DriverSide):
             yield position, record
 
     def _vectorisable(self, proposal: Proposal) -> bool:
-        build = network_builder(self.context.space_kind, self.context.model_config, self.context.image_shape,
-                                self.context.task.outputs(self.context.num_classes))  # fmt: skip
+        if optimizer_of(proposal.genome, self.context.train_config) != "sgd" or \
+                self.context.train_config.lr_schedule != "step":
+            return False  # the fused update is SGD with StepLR: Adam, AdamW and other schedules train one by one
+        build = self.context.network_builder()
         try:
             return not has_batch_norm(build(proposal.genome))
         except Exception:  # noqa: BLE001 - an unbuildable genome fails in the member-by-member path
