@@ -5,6 +5,7 @@ refused by key before any training."""
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipeline.config import parse_config
 from pipeline.config.sections import DataConfig, TrainConfig
 from pipeline.data import PreparedData, prepare_dataset, table_task
 from pipeline.errors import ConfigError, DatasetError
+from pipeline.space import make_space
 from pipeline.study.search_stage import run_search_stage
 from pipeline.training.fit import fit_genome
 from pipeline.training.lit_module import LitClassifier, training_settings
@@ -221,7 +223,7 @@ BAD_BUILDERS = {
     "cannot import": ("import not_a_module_anywhere\n", "cannot import", "ModuleNotFoundError", 1),
     "syntax error": ("def build(genome, input_shape, outputs)\n    return None\n", "cannot import", "SyntaxError", 1),
     "raises": ("def build(genome, input_shape, outputs):\n    x = 1\n    raise ValueError('no such width')\n",
-               "failed on a sampled genome", "ValueError: no such width", 3),
+               "failed: ", "ValueError: no such width", 3),
     "wrong output shape": ("from torch import nn\ndef build(genome, input_shape, outputs):\n"
                            "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(outputs + 1))\n",
                            "outputs of shape (2, 4)", "the task needs (2, 3)", None),
@@ -362,3 +364,26 @@ def test_a_file_builder_travels_as_code_to_where_the_file_is_not(tmp_path):
     (tmp_path / "driver" / "net.py").unlink()
     network = network_builder(received, parse_config(tiny_params()).model, (1, 4, 4), 3)({"width": 4})
     assert network(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
+
+
+def test_a_builder_failing_on_one_genome_mid_study_records_it_failed_with_the_users_line(tmp_path, monkeypatch,
+                                                                                       prepared_digits):  # fmt: skip
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    params = tiny_params()
+    params["space"]["genes"]["width"] = {"type": "choice", "values": [4, 8]}
+    params["model"] |= {"builder": f"{tmp_path / 'net.py'}:build", "source": str(tmp_path / "net.py")}
+    config = parse_config(params)
+    # The width the start-up check's genome does not have fails: the search starts, then meets it.
+    checked = make_space(config.space, (1, 8, 8)).sample(np.random.default_rng(config.seed))["width"]
+    failing = 12 - checked
+    (tmp_path / "net.py").write_text(GOOD_BUILDER.replace("def build(genome, input_shape, outputs):\n", (
+        "def build(genome, input_shape, outputs):\n"
+        f"    if genome['width'] == {failing}:\n        raise RuntimeError('width {failing} is not built')\n")))
+    summaries = run_search_stage("random", config, prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+    history = json.loads((tmp_path / "results" / "random_search" / "seed-42_history.json").read_text())
+    failed = [e for e in history["evaluations"] if e["genome"]["width"] == failing]
+    assert failed and all(e["status"] == "failed" for e in failed)
+    line = (tmp_path / "net.py").read_text().splitlines().index(f"        raise RuntimeError('width {failing} is not built')") + 1
+    assert all(f"{tmp_path / 'net.py'}:{line}: RuntimeError: width {failing}" in e["failure"] for e in failed)
+    assert all(e["status"] == "finished" for e in history["evaluations"] if e["genome"]["width"] == checked)
+    assert summaries[0]["best_genome"]["width"] == checked  # the search went on and kept its results

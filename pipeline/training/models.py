@@ -290,10 +290,19 @@ def network_builder(
     builder = load_builder(source)
     if source.reference in BUILTINS:
         return lambda genome: builder(genome, image_shape, num_classes, model_config)
-    return lambda genome: _checked(builder(dict(genome), tuple(image_shape), num_classes), source)
+    return lambda genome: _built_by_user(builder, genome, image_shape, num_classes, source)
 
 
-def _checked(network: Any, source: BuilderSource) -> nn.Module:
+def _built_by_user(
+    builder: Callable[..., Any], genome: Mapping[str, Any], image_shape: tuple[int, int, int], outputs: int,
+    source: BuilderSource,
+) -> nn.Module:
+    """A user's builder called; what it raises becomes one line with the user's file and line (the
+    evaluation's FAILED reason in MLflow)."""
+    try:
+        network = builder(dict(genome), tuple(image_shape), outputs)
+    except Exception as exc:  # noqa: BLE001 - whatever the user's code raises
+        raise BuilderError(f"model.builder: {source.reference} failed: {_user_error(exc, source)}") from exc
     if not isinstance(network, nn.Module):
         raise BuilderError(f"model.builder: {source.reference} returned {type(network).__name__}, not a torch.nn.Module")
     return network
