@@ -31,6 +31,7 @@ TINY = {
 }
 TINY_GENES = {"tabular": {"epochs": {"type": "int", "low": 1, "high": 3}},
               "images": {"epochs": {"type": "int", "low": 1, "high": 2}}}  # fmt: skip
+TINY_DATA = {"tabular": {}, "images": {"train_size": 300, "val_size": 100}}
 DATA_SCRIPT = {"tabular": "make_data.py", "images": "make_images.py"}
 
 
@@ -49,6 +50,7 @@ def example_repo(root: Path, name: str) -> Path:
     for section, values in TINY.items():
         params[section] = {**params[section], **values}
     params["space"]["genes"] |= TINY_GENES[name]
+    params["data"] |= TINY_DATA[name]
     (example / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
