@@ -11,17 +11,32 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from pipeline.space.dimensions import Genome, genome_hash, genome_seed
 
 
 @dataclass(frozen=True)
+class Resume:
+    """How far to train and from where (a rung of multi-fidelity): to ``epochs`` (None: the genome's
+    epochs gene), continuing the training state saved at ``resume_from`` (None: from scratch, or from
+    the parents' weights), saving the state reached to ``save_to``. Paths on a file system every
+    worker shares (this machine's, or a Ray cluster's shared storage)."""
+
+    epochs: int | None = None
+    resume_from: Path | None = None
+    save_to: Path | None = None
+
+
+@dataclass(frozen=True)
 class Proposal:
-    """A genome a strategy wants evaluated, with how its MLflow run is named and tagged.
+    """A genome a strategy wants evaluated, with how its MLflow run is named and tagged: the one
+    request every evaluator serves.
 
     ``parents`` are genome hashes, fitter first: with ``ga.weights`` the child starts from their
-    trained weights. ``freeze_conv`` leading conv layers stay frozen (phased growth).
+    trained weights. ``freeze_conv`` leading conv layers stay frozen (phased growth). ``resume``:
+    train only to a rung, or on from a rung's saved state (None: the genome's epochs, from scratch).
     """
 
     genome: Genome
@@ -29,6 +44,7 @@ class Proposal:
     tags: Mapping[str, Any] = field(default_factory=dict)
     parents: tuple[str, ...] = ()
     freeze_conv: int = 0
+    resume: Resume | None = None
 
     @functools.cached_property
     def genome_hash(self) -> str:
@@ -127,6 +143,11 @@ class Evaluator(Protocol):
 
     def close(self) -> None:
         """Release workers; the evaluator is not used again."""
+
+
+def concurrency_of(evaluator: Any) -> int:
+    """How many evaluations an evaluator trains at once (its ``concurrency``; 1 when it does not say)."""
+    return max(1, int(getattr(evaluator, "concurrency", 1)))
 
 
 def evaluate_in_order(

@@ -36,7 +36,12 @@ from tests.conftest import tiny_params  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-COMPARED = ("genome", "genome_hash", "status", "val_score", "val_loss", "train_loss", "epochs", "init", "index")
+COMPARED = ("genome", "genome_hash", "status", "val_score", "val_loss", "train_loss", "epochs", "init", "index", "rung",
+            "stopped_early")  # fmt: skip
+# Rungs scheduled over the evaluator: synchronous successive halving gives the same records on any of them.
+FIDELITY = {"fidelity": {"rungs": [1], "eta": 2}}
+METHODS = {"ga": {}, "random": {}, "ga-merge": {"ga": {"weights": "merge"}}, "ga-fidelity": FIDELITY,
+           "random-fidelity": FIDELITY}  # fmt: skip
 
 
 def config_with(execution: dict, **changes):
@@ -78,7 +83,7 @@ def sequential_results(tmp_path_factory, prepared_digits):
     """The reference: one process, one thread per evaluation."""
     results = {}
     with pytest.MonkeyPatch.context() as monkeypatch:
-        for method, changes in (("ga", {}), ("random", {}), ("ga-merge", {"ga": {"weights": "merge"}})):
+        for method, changes in METHODS.items():
             root = tmp_path_factory.mktemp(f"sequential-{method}")
             config = config_with(SEQUENTIAL, **changes)
             results[method] = (search(method.split("-")[0], config, root, prepared_digits, monkeypatch), nesting(root))
@@ -88,13 +93,36 @@ def sequential_results(tmp_path_factory, prepared_digits):
 # -- worker processes on this machine -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["ga", "random", "ga-merge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_two_worker_processes_give_the_sequential_study(method, tmp_path, monkeypatch, prepared_digits, sequential_results):
-    changes = {"ga": {"weights": "merge"}} if method == "ga-merge" else {}
-    config = config_with({"backend": "local", "workers": 2, "threads_per_evaluation": 1}, **changes)
+    config = config_with({"backend": "local", "workers": 2, "threads_per_evaluation": 1}, **METHODS[method])
     records = search(method.split("-")[0], config, tmp_path, prepared_digits, monkeypatch)
     assert records == sequential_results[method][0]
     assert nesting(tmp_path) == sequential_results[method][1]
+    if "fidelity" in method:
+        assert {r["stopped_early"] for r in records} == {True, False}  # some rungs stopped, some promoted
+
+
+@pytest.mark.parametrize("method", ["ga-fidelity", "random-fidelity"])
+def test_synchronous_rungs_on_the_population_evaluator_give_the_sequential_study(
+    method, tmp_path, monkeypatch, prepared_digits, sequential_results
+):
+    config = config_with({**SEQUENTIAL, "evaluator": "population"}, **METHODS[method])
+    records = search(method.split("-")[0], config, tmp_path, prepared_digits, monkeypatch)
+    assert records == sequential_results[method][0]
+
+
+def test_asynchronous_rungs_on_two_workers_finish_every_candidate_at_a_rung_it_reached(tmp_path, monkeypatch,
+                                                                                      prepared_digits):  # fmt: skip
+    config = config_with({"backend": "local", "workers": 2, "threads_per_evaluation": 1},
+                         fidelity={"rungs": [1], "eta": 2, "mode": "asynchronous"})  # fmt: skip
+    records = search("random", config, tmp_path, prepared_digits, monkeypatch)
+    assert len(records) == 7 and all(r["status"] == "finished" for r in records)
+    for record in records:
+        full = record["genome"]["epochs"]
+        assert len(record["epochs"]) == (1 if record["stopped_early"] else full)
+        assert record["rung"] == (0 if record["stopped_early"] or full == 1 else 1)
+    assert not any((tmp_path / "ckpt").rglob("*.ckpt"))  # no training state outlives its batch
 
 
 def kill_one(find_pids, delay: float = 1.5) -> threading.Thread:
@@ -220,10 +248,10 @@ def test_the_cluster_has_two_nodes(ray_cluster):
         ray.shutdown()
 
 
-@pytest.mark.parametrize("method", ["ga", "random", "ga-merge"])
+@pytest.mark.parametrize("method", ["ga", "random", "ga-merge", "ga-fidelity"])
 def test_a_search_on_ray_equals_the_local_one(method, ray_cluster, tmp_path, monkeypatch, prepared_digits, sequential_results):
-    changes = {"ga": {"weights": "merge"}} if method == "ga-merge" else {}
-    records = search(method.split("-")[0], config_with(ray_execution(ray_cluster), **changes), tmp_path, prepared_digits, monkeypatch)
+    config = config_with(ray_execution(ray_cluster), **METHODS[method])
+    records = search(method.split("-")[0], config, tmp_path, prepared_digits, monkeypatch)
     assert records == sequential_results[method][0]
     assert nesting(tmp_path) == sequential_results[method][1]  # stage -> generation -> individual, as locally
     assert not ray.is_initialized()  # the stage disconnected; the cluster stays up for the next

@@ -69,6 +69,7 @@ def test_resume_with_dropout_layers_continues_the_dropout_stream(prepared_digits
 # ----------------------------------------------------------------------------------------------------------------------
 # the plan of rungs, successive halving and ranking (no training)
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 
@@ -122,6 +123,11 @@ def scored(position: int, epochs: int, score: float, status: str = "finished") -
     return EvaluationRecord({"p": position}, str(position), 0, status, score, 0.0, 0.0, 0.0, history)
 
 
+def one_by_one(train_to):
+    """A rung's jobs trained one after another, in order, by ``train_to(position, rung, epochs)``."""
+    return lambda jobs: {position: train_to(position, rung, epochs) for position, rung, epochs in jobs}
+
+
 def test_successive_halving_promotes_the_top_third_of_each_rung_and_stops_the_rest():
     final_scores = [0.5, 0.9, 0.2, 0.7, 0.8, 0.1, 0.6, 0.3, 0.4]
     calls = []
@@ -131,7 +137,7 @@ def test_successive_halving_promotes_the_top_third_of_each_rung_and_stops_the_re
         return scored(position, epochs, final_scores[position] * epochs / 9)
 
     plans = [(1, 3, 9)] * 9
-    records = successive_halving(plans, 3, train_to)
+    records = successive_halving(plans, 3, one_by_one(train_to))
     assert [c for c in calls if c[1] == 0] == [(p, 0, 1) for p in range(9)]
     assert [c for c in calls if c[1] == 1] == [(1, 1, 3), (3, 1, 3), (4, 1, 3)]  # the top 3 of 9
     assert [c for c in calls if c[1] == 2] == [(1, 2, 9)]  # the top 1 of 3
@@ -145,16 +151,15 @@ def test_a_member_that_is_done_at_a_rung_is_complete_and_never_takes_a_promotion
     # to the best of those with epochs left. A failed member is never promoted.
     plans = [(1,), (1, 3), (1, 3), (1, 3)]
     scores = {0: 0.99, 1: 0.5, 2: 0.6}
-    records = successive_halving(
-        plans, 3, lambda p, rung, epochs: scored(p, epochs, scores[p]) if p != 3 else scored(p, epochs, 0, "failed")
-    )
+    records = successive_halving(plans, 3, one_by_one(
+        lambda p, rung, epochs: scored(p, epochs, scores[p]) if p != 3 else scored(p, epochs, 0, "failed")))
     assert [(r.rung, r.stopped_early, r.status) for r in records] == [
         (0, False, "finished"), (0, True, "finished"), (1, False, "finished"), (0, False, "failed"),
     ]  # fmt: skip
 
 
 def test_early_stopping_before_a_rung_ends_a_member_as_complete():
-    records = successive_halving([(2, 4)], 3, lambda p, rung, epochs: scored(p, 1, 0.5))  # stopped after 1 of 2
+    records = successive_halving([(2, 4)], 3, one_by_one(lambda p, rung, epochs: scored(p, 1, 0.5)))  # stopped after 1 of 2
     assert records[0].rung == 0 and not records[0].stopped_early
 
 
@@ -187,8 +192,9 @@ def test_failed_members_stay_last():
         ({"rungs": []}, {}, "fidelity.rungs: give at least one rung"),
         ({"rungs": [1], "eta": 1}, {}, "fidelity.eta"),
         ({"rungs": [1], "ranking": "age"}, {}, "fidelity.ranking"),
-        ({"rungs": [1]}, {"workers": 2}, "fidelity.rungs: multi-fidelity resumes each promoted individual"),
-        ({"rungs": [1]}, {"evaluator": "population"}, "fidelity.rungs: multi-fidelity resumes"),
+        ({"rungs": [1], "mode": "eager"}, {}, "fidelity.mode"),
+        ({"rungs": [1], "mode": "asynchronous"}, {"evaluator": "population"},
+         "fidelity.mode: asynchronous hands one candidate at a time to each free worker"),
     ],
 )
 def test_bad_fidelity_settings_are_refused_by_key(fidelity, execution, message):
@@ -211,9 +217,9 @@ def test_an_epoch_budget_must_be_positive():
 
 from pipeline.evaluation import Proposal  # noqa: E402
 from pipeline.config import FidelityConfig  # noqa: E402
-from pipeline.training import fidelity as fidelity_module  # noqa: E402
-from pipeline.training.evaluator import SequentialEvaluator, TrainingContext  # noqa: E402
-from pipeline.training.fidelity import FidelityEvaluator  # noqa: E402
+from pipeline.training import evaluator as evaluator_module  # noqa: E402
+from pipeline.training.evaluator import SequentialEvaluator, TrainingContext, WorkerPoolEvaluator  # noqa: E402
+from pipeline.training.fidelity import RungScheduledEvaluator  # noqa: E402
 from pipeline.training.weights import WeightStore  # noqa: E402
 
 BATCH = [
@@ -226,9 +232,9 @@ def context_of(data, weights="none"):
     return TrainingContext("hyperparameters", SMALL_MODEL, TrainConfig(), 0, data.image_shape, data.num_classes, weights)
 
 
-def halving(data, folder, fingerprint="f1", weights="none", store=None):
-    return FidelityEvaluator(data, context_of(data, weights), FidelityConfig(rungs=[1, 2], eta=3), folder, fingerprint,
-                             store)  # fmt: skip
+def halving(data, folder, fingerprint="f1", weights="none", store=None, mode="synchronous"):
+    inner = SequentialEvaluator(data, context_of(data, weights), store)
+    return RungScheduledEvaluator(inner, FidelityConfig(rungs=[1, 2], eta=3, mode=mode), folder, fingerprint)
 
 
 def records_of(evaluator, genomes, parents=()):
@@ -264,15 +270,15 @@ def test_a_batch_killed_between_rungs_resumes_without_training_a_finished_rung(
     prepared_digits, tmp_path, one_go, monkeypatch
 ):
     fits = []
-    real = fidelity_module.train_proposal
+    real = evaluator_module.train_proposal
 
-    def counted(proposal, context, train, val, parents, resume):
-        fits.append((proposal.name, resume.epochs))
+    def counted(proposal, context, train, val, parents, resume=None):
+        fits.append((proposal.name, proposal.resume.epochs))
         if kill_at is not None and len(fits) == kill_at:
             raise KeyboardInterrupt  # killed in the first fit of the second rung
         return real(proposal, context, train, val, parents, resume)
 
-    monkeypatch.setattr(fidelity_module, "train_proposal", counted)
+    monkeypatch.setattr(evaluator_module, "train_proposal", counted)
     kill_at = 5
     with pytest.raises(KeyboardInterrupt):
         records_of(halving(prepared_digits, tmp_path / "rungs"), BATCH)
@@ -290,6 +296,59 @@ def test_a_batch_killed_between_rungs_resumes_without_training_a_finished_rung(
     fits.clear()
     records_of(halving(prepared_digits, tmp_path / "clean", fingerprint="f2"), BATCH)
     assert len(fits) == 6  # 4 + 1 + 1: every rung trained afresh
+
+
+class KilledAfter:
+    """An evaluator that dies (``KeyboardInterrupt``, as a kill) once ``results`` records have come back;
+    it notes every request it is handed as (genome hash, epochs)."""
+
+    def __init__(self, inner, results=None):
+        self.inner, self.results, self.requests = inner, results, []
+        self.concurrency = inner.concurrency
+
+    def evaluate(self, proposals, on_start=None):
+        self.requests += [(p.genome_hash, p.resume.epochs) for p in proposals]
+        for count, item in enumerate(self.inner.evaluate(proposals, on_start), start=1):
+            yield item
+            if count == self.results:
+                raise KeyboardInterrupt
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.mark.slow
+def test_a_kill_mid_rung_on_two_workers_resumes_without_training_a_finished_rung(prepared_digits, tmp_path, one_go):
+    config = FidelityConfig(rungs=[1, 2], eta=3)
+
+    def on_two_workers(results=None):
+        inner = WorkerPoolEvaluator(prepared_digits, dataclasses.replace(context_of(prepared_digits), threads=1),
+                                    workers=2)  # fmt: skip
+        return KilledAfter(inner, results)
+
+    killed = on_two_workers(results=1)  # the first rung's first result is in; the other worker is mid-rung
+    with pytest.raises(KeyboardInterrupt):
+        records_of(RungScheduledEvaluator(killed, config, tmp_path / "rungs", "f"), BATCH)
+    killed.close()
+    (kept,) = [h for h, rungs in kept_rungs(tmp_path / "rungs").items() if rungs == [0]]
+    resumed = on_two_workers()
+    try:
+        records = records_of(RungScheduledEvaluator(resumed, config, tmp_path / "rungs", "f"), BATCH)
+    finally:
+        resumed.close()
+    first_rung = [h for h, epochs in resumed.requests if epochs == 1]
+    assert kept not in first_rung and len(first_rung) == len(BATCH) - 1  # the finished rung is not trained again
+    clean = records_of(halving(prepared_digits, tmp_path / "clean"), BATCH)
+    strip = ("train_seconds",)
+    assert [{k: v for k, v in r.to_dict().items() if k not in strip} for r in records] == [
+        {k: v for k, v in r.to_dict().items() if k not in strip} for r in clean
+    ]
+
+
+def kept_rungs(state_dir):
+    """Genome hash -> the rungs whose records are kept under ``state_dir``."""
+    return {folder.name: sorted(int(f.stem.split("-")[1]) for f in folder.glob("rung-*.json"))
+            for folder in state_dir.iterdir() if folder.is_dir()}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -310,8 +369,6 @@ def build(data, genome):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # the epoch budget, and a whole search stage with fidelity
-
-import dataclasses  # noqa: E402
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -381,3 +438,137 @@ def test_tpe_is_told_a_member_stopped_early_as_pruned_at_its_rung_score():
     first, second = study.trials
     assert first.state == optuna.trial.TrialState.PRUNED and first.intermediate_values == {1: 0.4}
     assert second.state == optuna.trial.TrialState.COMPLETE and second.value == 0.7
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# asynchronous halving (ASHA): its promotions against a reference simulation on recorded scores
+
+import heapq  # noqa: E402
+import random as stdlib_random  # noqa: E402
+
+from pipeline.search.fidelity import AsynchronousHalving  # noqa: E402
+
+
+def reference_asha(plans, eta, score, workers):
+    """Li et al. (2018), Algorithm 2, simulated on a clock: a job of rung k takes as long as its epochs
+    beyond rung k-1. ``get_job`` looks for a promotable candidate from the top rung down (in the top
+    floor(|rung|/eta), not yet promoted, with a further rung and its rung's epochs trained), else
+    starts a new one; once nothing runs and none is left to start, a rung's top max(1, |rung|//eta)
+    may go on (the batch ends as successive halving's does). Returns the promotions in order
+    ((position, from rung, |rung| then)) and each candidate's last rung."""
+    rungs = [[] for _ in range(max(map(len, plans)))]  # (score, position) reported per rung
+    promoted = [set() for _ in rungs]
+    promotions, last_rung, started, running, clock = [], {}, 0, [], 0.0
+
+    def get_job(draining):
+        for k in range(len(rungs) - 2, -1, -1):
+            size = max(1, len(rungs[k]) // eta) if draining else len(rungs[k]) // eta
+            best = sorted(rungs[k], key=lambda sp: (-sp[0], sp[1]))[:size]
+            for value, position in best:
+                if position not in promoted[k] and k + 1 < len(plans[position]) and value > -math.inf:
+                    promoted[k].add(position)
+                    promotions.append((position, k, len(rungs[k])))
+                    return position, k + 1
+        return None
+
+    while True:
+        while len(running) < workers:
+            job = get_job(False)
+            if job is None and started < len(plans):
+                job, started = (started, 0), started + 1
+            if job is None and not running:
+                job = get_job(True)
+            if job is None:
+                break
+            position, rung = job
+            took = plans[position][rung] - (plans[position][rung - 1] if rung else 0)
+            heapq.heappush(running, (clock + took, position, rung))
+        if not running:
+            break
+        clock, position, rung = heapq.heappop(running)
+        rungs[rung].append((score(position, plans[position][rung]), position))
+        last_rung[position] = rung
+    return promotions, [last_rung[p] for p in range(len(plans))]
+
+
+def simulate(plans, eta, score, workers):
+    """``AsynchronousHalving`` driven on the same clock."""
+    schedule, running, clock = AsynchronousHalving(plans, eta), [], 0.0
+    while True:
+        while len(running) < workers and (job := schedule.next_job()) is not None:
+            position, rung, epochs = job
+            took = epochs - (plans[position][rung - 1] if rung else 0)
+            heapq.heappush(running, (clock + took, position, rung))
+        if not running:
+            break
+        clock, position, rung = heapq.heappop(running)
+        epochs = plans[position][rung]
+        schedule.report(position, rung, scored(position, epochs, score(position, epochs)))
+    return schedule.promotions, [r.rung for r in schedule.records()]
+
+
+def recorded_scores(seed):
+    """Scores that cross between rungs (a slow starter may end best), fixed per (candidate, epochs)."""
+    rng = stdlib_random.Random(seed)
+    table = {}
+    return lambda position, epochs: table.setdefault((position, epochs), round(rng.random(), 3))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_asynchronous_halving_promotes_as_a_reference_asha_on_the_same_scores(workers, seed):
+    rng = stdlib_random.Random(100 + seed)
+    plans = [rung_epochs([1, 3, 9], rng.choice([1, 3, 5, 9, 12])) for _ in range(rng.randint(4, 14))]
+    score_a, score_b = recorded_scores(seed), recorded_scores(seed)
+    for plan_position in range(len(plans)):  # both tables hold the same values, whatever order asks first
+        for epochs in plans[plan_position]:
+            score_a(plan_position, epochs), score_b(plan_position, epochs)
+    expected = reference_asha(plans, 3, score_a, workers)
+    assert simulate(plans, 3, score_b, workers) == expected
+    assert expected[0], "the scores promote no candidate: the test shows nothing"
+
+
+def test_asynchronous_halving_promotes_before_a_rung_is_complete():
+    """With 9 candidates and eta 3 the best of the first three goes on at once, before the other six
+    have trained a rung (successive halving would wait for all nine)."""
+    plans = [(1, 3)] * 9
+    schedule = AsynchronousHalving(plans, 3)
+    for position in range(3):
+        assert schedule.next_job() == (position, 0, 1)
+    for position, value in zip(range(3), (0.2, 0.9, 0.5)):
+        schedule.report(position, 0, scored(position, 1, value))
+    assert schedule.next_job() == (1, 1, 3)  # promoted at 3 of 9 reports
+    assert schedule.promotions == [(1, 0, 3)]
+
+
+class TableEvaluator(FunctionEvaluator):
+    """Scores a rung request from a table of (candidate, epochs): no training, one history entry per
+    epoch trained so far (``Resume.epochs``)."""
+
+    def __init__(self, score):
+        super().__init__(lambda genome: 0.0)
+        self.table_score = score
+        self.requests = []
+
+    def score(self, proposal):
+        epochs = proposal.resume.epochs
+        self.requests.append((proposal.genome["p"], epochs, proposal.resume.resume_from is not None))
+        value = self.table_score(proposal.genome["p"], epochs)
+        return EvaluationRecord(proposal.genome, proposal.genome_hash, 0, "finished", value, 0.0, 0.0, 0.0,
+                                [{"val_acc": value}] * epochs)  # fmt: skip
+
+
+def test_rungs_scheduled_asynchronously_over_an_evaluator_match_the_reference_on_one_worker(tmp_path):
+    rng = stdlib_random.Random(7)
+    genomes = [{"p": p, "epochs": rng.choice([1, 3, 9])} for p in range(10)]
+    plans = [rung_epochs([1, 3], g["epochs"]) for g in genomes]
+    score = recorded_scores(3)
+    promotions, last_rungs = reference_asha(plans, 3, score, workers=1)
+    inner = TableEvaluator(score)
+    evaluator = RungScheduledEvaluator(inner, FidelityConfig(rungs=[1, 3], eta=3, mode="asynchronous"),
+                                       tmp_path / "rungs", "f")  # fmt: skip
+    records = records_of(evaluator, genomes)
+    assert [r.rung for r in records] == last_rungs
+    assert promotions, "the scores promote no candidate: the test shows nothing"
+    trained_on = [(p, epochs) for p, epochs, resumed in inner.requests if resumed]
+    assert trained_on == [(p, plans[p][rung + 1]) for p, rung, _ in promotions]  # each promotion, in order

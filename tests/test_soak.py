@@ -36,20 +36,31 @@ class SoakPath(NamedTuple):
     changes: dict  # params on top of the tiny study's
     stage: str  # the stage killed
     kills: int  # how many kills land in it
-    seconds: float  # the kills come up to this long after the search's first line (its repeat 0 starting)
+    # Where the kills come, taken in turn: at most `seconds` after the first output line holding `after`;
+    # of the whole process group, or with `only_the_stage` of the stage's process alone.
+    moments: tuple[tuple[str, float, bool], ...]  # (after, seconds, only_the_stage)
 
 
 TINY_GENES = tiny_params()["space"]["genes"]
 PATHS = {
+    # Anywhere from the search's start (workers starting, training, finishing); the stage alone once they train.
     "workers": SoakPath({"budget": {"evaluations": 6}, "execution": {"workers": 2, "threads_per_evaluation": 1}},
-                        "ga_search", 5, 10.0),
+                        "ga_search", 4, (("repeat 0 (seed", 10.0, False), ("] eval ", 2.0, True))),
+    # Within the first generations' successive halving (rung 1, then the promoted ones on from their state).
     "fidelity": SoakPath({"budget": {"evaluations": 6}, "fidelity": {"rungs": [1, 2], "eta": 2},
                           "space": {"genes": {**TINY_GENES, "epochs": {"type": "int", "low": 2, "high": 3}}}},
-                         "ga_search", 5, 6.0),
+                         "ga_search", 5, (("repeat 0 (seed", 4.0, False),)),
+    # Rungs on two workers: anywhere, then the stage's process alone while the workers train a rung.
+    "fidelity-workers": SoakPath({"budget": {"evaluations": 6}, "fidelity": {"rungs": [1, 2], "eta": 2},
+                                  "execution": {"workers": 2, "threads_per_evaluation": 1},
+                                  "space": {"genes": {**TINY_GENES, "epochs": {"type": "int", "low": 2, "high": 3}}}},
+                                 "ga_search", 4, (("repeat 0 (seed", 10.0, False), ("repeat 0 (seed", 8.0, True))),
+    # In the first variant's search, then in the second's (the first finished, or reused).
     "sensitivity": SoakPath({"budget": {"evaluations": 5},
                              "sensitivity": {"enabled": True, "repeats": 1, "population_size": [3, 4],
                                              "generations": [], "mutation_rate": [], "noise_level": []}},
-                            "ga_sensitivity", 5, 10.0),
+                            "ga_sensitivity", 5, (("] population_size-3: ", 5.0, False),
+                                                  ("] population_size-4: ", 4.0, False))),
 }  # fmt: skip
 
 
@@ -236,9 +247,9 @@ def test_twenty_kill_9s_then_dvc_repro_equals_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_kill_9s_on_another_path_then_dvc_repro_equals_an_uninterrupted_run(tmp_path, path):
-    """Kills from the search's first line on (its workers, rungs or variants at work); with workers,
+    """Kills while the workers, the rungs or the variants are at work (``PATHS``); with workers,
     every other kill takes the stage's process alone, and no process may outlive any kill."""
-    changes, stage, wanted, seconds = PATHS[path]
+    changes, stage, wanted, moments = PATHS[path]
     rng = soak_rng()
     reference = make_study_repo(tmp_path / "reference", changes)
     sh("dvc", "repro", stage, cwd=reference)
@@ -249,10 +260,8 @@ def test_kill_9s_on_another_path_then_dvc_repro_equals_an_uninterrupted_run(tmp_
 
     kills, tries = 0, 0
     while kills < wanted and tries < 3 * wanted:
-        if path == "workers" and tries % 2:  # the stage's process alone, once its workers have trained
-            kills += kill_during(repo, stage, rng, after="] eval ", seconds=(0.0, 2.0), only_the_stage=True)
-        else:
-            kills += kill_during(repo, stage, rng, after="repeat 0 (seed", seconds=(0.0, seconds))
+        after, seconds, only_the_stage = moments[tries % len(moments)]
+        kills += kill_during(repo, stage, rng, after, (0.0, seconds), only_the_stage)
         tries += 1
         assert_nothing_outlives_the_kill(repo)
     result = sh("dvc", "repro", stage, cwd=repo)  # resumes from the checkpoints

@@ -164,11 +164,10 @@ def table_dataset_errors(raw: dict) -> list[str]:
 def execution_errors(config: StudyConfig) -> list[str]:
     """An evaluator asked for that cannot run the study as set, by key."""
     execution = config.execution
-    if config.fidelity.enabled and (execution.backend != "local" or execution.workers > 1
-                                    or execution.evaluator == "population"):  # fmt: skip
-        return ["fidelity.rungs: multi-fidelity resumes each promoted individual in this process; it needs "
-                "execution.backend: local, execution.workers: 1 and execution.evaluator: auto or sequential (got "
-                f"{execution.backend}, {execution.workers}, {execution.evaluator})"]  # fmt: skip
+    if config.fidelity.enabled and config.fidelity.mode == "asynchronous" and execution.evaluator == "population":
+        return ["fidelity.mode: asynchronous hands one candidate at a time to each free worker, and a population "
+                "trains a batch at once: use fidelity.mode: synchronous with execution.evaluator: population, or "
+                "execution.evaluator: auto or sequential"]  # fmt: skip
     if execution.evaluator != "population":
         return []
     if execution.backend != "local" or execution.workers > 1:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.search.fidelity import expected_epochs, rung_epochs
+
 
 # Upper bounds: generous for any study this pipeline runs, yet a typo (an extra 0 or three) is refused
 # when params.yaml is read, not found after days of training or an out-of-memory network.
@@ -192,9 +194,10 @@ class BudgetConfig(_Section):
 
 
 class FidelityConfig(_Section):
-    """Multi-fidelity by successive halving over each batch (a GA generation, the grid's or random
-    search's list): every candidate trains to the first rung, the top 1/eta go on to the next from
-    their saved training state, up to their full epochs; the others stop with their rung's score."""
+    """Multi-fidelity over each batch (a GA generation, TPE's batch, the grid's or random search's
+    list): every candidate trains to the first rung, the top 1/eta go on to the next from their saved
+    training state, up to their full epochs; the others stop with their rung's score. Scheduled over
+    whichever evaluator ``execution`` asks for (this process, a population, workers, Ray)."""
 
     # Whole numbers: epochs (e.g. [1, 3, 9]); else fractions of each genome's epochs (e.g. [0.25, 0.5]).
     # Each genome's last rung is its full epochs. None: every candidate trains all its epochs.
@@ -202,6 +205,9 @@ class FidelityConfig(_Section):
     eta: Annotated[int, Field(ge=2, le=100)] = 3  # the top 1/eta of a rung are promoted
     # rung: a member stopped at a lower rung ranks below every member that went further; score: by score alone.
     ranking: Literal["rung", "score"] = "rung"
+    # synchronous: successive halving (a rung trains whole, then is ranked; the same records on any
+    # evaluator); asynchronous: ASHA (a free worker promotes at once; not reproducible with workers).
+    mode: Literal["synchronous", "asynchronous"] = "synchronous"
 
     @field_validator("rungs")
     @classmethod
@@ -220,6 +226,14 @@ class FidelityConfig(_Section):
     @property
     def enabled(self) -> bool:
         return self.rungs is not None
+
+    def plan(self, epochs: int) -> tuple[int, ...]:
+        """The epochs at which a genome of ``epochs`` epochs is scored (its last rung: all of them)."""
+        return rung_epochs(self.rungs or [epochs], epochs)
+
+    def expected_epochs(self, epochs: int) -> float:
+        """What a candidate of ``epochs`` epochs costs on average (what an epoch budget admits it for)."""
+        return float(epochs) if self.rungs is None else expected_epochs(self.rungs, epochs, self.eta)
 
 
 class ModelConfig(_Section):

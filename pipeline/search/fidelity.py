@@ -1,23 +1,28 @@
-"""Multi-fidelity by successive halving (as Hyperband and ASHA do for random search, DEHB for
-differential evolution): every candidate of a batch trains to the first rung, the top 1/eta of
-each rung continue to the next from their saved training state, up to their full epochs; the
-others stop with the score of the rung they reached.
+"""Multi-fidelity: rungs scheduled over any evaluator (as Hyperband and ASHA do for random search,
+DEHB for differential evolution). Every candidate of a batch trains to the first rung; the top 1/eta
+of a rung go on to the next from their saved training state, up to their full epochs; the others
+stop with the score of the rung they reached. Two schedules:
 
-torch-free: training to a rung is a callback (``pipeline.training.fidelity`` trains and resumes).
+- ``synchronous`` (successive halving): a rung's candidates all train, then the rung is ranked;
+  the records are the same whatever trains them (one process, workers, Ray, a population).
+- ``asynchronous`` (ASHA, Li et al. 2018): whenever a worker is free, the best candidate of the
+  highest rung that is in the top 1/eta of those that reached it goes on; else a new candidate
+  starts. No worker waits for a rung's stragglers; with more than one worker the promotions depend
+  on which training finishes first, so they are not reproducible run to run (with one they are).
+
+torch-free: training is the evaluator's (a ``Proposal`` with a ``Resume``: to a rung's epochs, from
+the previous rung's saved state, saving its own).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.evaluation import EvaluationRecord
-
-# train_to(position, rung, epochs) -> the record of that candidate trained to ``epochs`` epochs
-TrainTo = Callable[[int, int, int], EvaluationRecord]
 
 
 def rung_epochs(rungs: Sequence[float], epochs: int) -> tuple[int, ...]:
@@ -47,37 +52,121 @@ def expected_epochs(rungs: Sequence[float], epochs: int, eta: int) -> float:
     return float(sum(step / eta**level for level, step in enumerate(steps)))
 
 
-def successive_halving(plans: Sequence[tuple[int, ...]], eta: int, train_to: TrainTo) -> list[EvaluationRecord]:
-    """Train candidates rung by rung; ``plans[i]`` is candidate i's ``rung_epochs``.
+# One rung of one candidate to train: (its position in the batch, the rung, that rung's epochs).
+RungJob = tuple[int, int, int]
+# train_rung(jobs) -> each job's record, by position: one rung of several candidates, trained at once.
+TrainRung = Callable[[list[RungJob]], Mapping[int, EvaluationRecord]]
 
-    At each rung every candidate still in trains to its rung's epochs (``train_to``), in position
-    order; of those that have further rungs and finished, the top ``promoted_count`` of the rung's
-    candidates by fitness go on (ties: the earlier position). Returns one record per candidate: the
-    last rung it trained, with ``rung`` set and ``stopped_early`` when it had epochs left. A candidate
-    that early stopping ended before its rung's epochs is complete.
+
+def can_go_on(record: EvaluationRecord, plan: tuple[int, ...], rung: int) -> bool:
+    """Whether a candidate that reached ``rung`` may be promoted: it has a further rung, finished, and
+    early stopping did not end it before the rung's epochs."""
+    return rung + 1 < len(plan) and record.finished and len(record.epochs) >= plan[rung]
+
+
+def successive_halving(plans: Sequence[tuple[int, ...]], eta: int, train_rung: TrainRung) -> list[EvaluationRecord]:
+    """Train candidates rung by rung, synchronously; ``plans[i]`` is candidate i's ``rung_epochs``.
+
+    At each rung every candidate still in trains to its rung's epochs, all in one ``train_rung``
+    call; of those that can go on (``can_go_on``), the top ``promoted_count`` of the rung's candidates
+    by fitness go on (ties: the earlier position). Returns one record per candidate: the last rung it
+    trained, with ``rung`` set and ``stopped_early`` when it had epochs left.
     """
     records: dict[int, EvaluationRecord] = {}
     reached: dict[int, int] = {}
     alive = list(range(len(plans)))
     rung = 0
     while alive:
+        trained = train_rung([(position, rung, plans[position][rung]) for position in alive])
         for position in alive:
-            records[position] = train_to(position, rung, plans[position][rung])
+            records[position] = trained[position]
             reached[position] = rung
-        going_on = [
-            p for p in alive
-            if rung + 1 < len(plans[p]) and records[p].finished and len(records[p].epochs) >= plans[p][rung]
-        ]  # fmt: skip
+        going_on = [p for p in alive if can_go_on(records[p], plans[p], rung)]
         ranked = sorted(going_on, key=lambda p: -records[p].fitness)  # stable: ties keep position order
         promoted = set(ranked[: promoted_count(len(alive), eta)])
         alive = [p for p in alive if p in promoted]
         rung += 1
+    return final_records(plans, records, reached)
+
+
+def final_records(
+    plans: Sequence[tuple[int, ...]], records: Mapping[int, EvaluationRecord], reached: Mapping[int, int]
+) -> list[EvaluationRecord]:
+    """Each candidate's record of the last rung it reached, with ``rung`` and ``stopped_early`` set (a
+    candidate that early stopping ended before its rung's epochs is complete, not stopped)."""
     finished = []
     for position, plan in enumerate(plans):
-        record = records[position]
-        stopped = record.finished and len(record.epochs) < plan[-1] and len(record.epochs) >= plan[reached[position]]
-        finished.append(replace(record, rung=reached[position], stopped_early=stopped))
+        record, rung = records[position], reached[position]
+        stopped = record.finished and len(record.epochs) < plan[-1] and len(record.epochs) >= plan[rung]
+        finished.append(replace(record, rung=rung, stopped_early=stopped))
     return finished
+
+
+class AsynchronousHalving:
+    """ASHA's bookkeeping for one batch of candidates (torch-free, no clock: the caller says when a
+    job ends). ``next_job`` is asked whenever a worker is free:
+
+    - from the highest rung down, a candidate that reached that rung, can go on (``can_go_on``), has
+      not been promoted from it, and is among the top ``floor(n / eta)`` of the ``n`` candidates that
+      have reported there (by fitness; ties: the earlier position) is promoted to the next rung;
+    - else the next candidate not yet started trains its first rung;
+    - else, once nothing is running (the batch has nowhere else to go), a rung's top
+      ``promoted_count(n, eta)`` (at least one, as successive halving) may go on: a finite batch ends
+      as successive halving's does, with at least one candidate at its full epochs.
+
+    ``promotions`` lists ``(position, from rung, candidates reported at that rung)`` in order.
+    """
+
+    def __init__(self, plans: Sequence[tuple[int, ...]], eta: int) -> None:
+        self.plans, self.eta = list(plans), eta
+        depth = max((len(plan) for plan in plans), default=0)
+        self.reported: list[dict[int, EvaluationRecord]] = [{} for _ in range(depth)]
+        self.promoted: list[set[int]] = [set() for _ in range(depth)]
+        self.promotions: list[tuple[int, int, int]] = []
+        self.running: set[int] = set()
+        self.started = 0
+
+    def next_job(self) -> RungJob | None:
+        """The job a free worker takes now, or None: wait for a report, or, with nothing running, the
+        batch is done."""
+        for rung in reversed(range(len(self.reported) - 1)):
+            position = self._promotable(rung, draining=False)
+            if position is not None:
+                return self._start(position, rung + 1)
+        if self.started < len(self.plans):
+            self.started += 1
+            return self._start(self.started - 1, 0)
+        if not self.running:
+            for rung in reversed(range(len(self.reported) - 1)):
+                position = self._promotable(rung, draining=True)
+                if position is not None:
+                    return self._start(position, rung + 1)
+        return None
+
+    def report(self, position: int, rung: int, record: EvaluationRecord) -> None:
+        self.running.discard(position)
+        self.reported[rung][position] = record
+
+    def records(self) -> list[EvaluationRecord]:
+        """Each candidate's record of the last rung it reached (``final_records``)."""
+        reached = {p: max(r for r in range(len(self.reported)) if p in self.reported[r]) for p in range(len(self.plans))}
+        return final_records(self.plans, {p: self.reported[r][p] for p, r in reached.items()}, reached)
+
+    def _promotable(self, rung: int, draining: bool) -> int | None:
+        reported = self.reported[rung]
+        top = promoted_count(len(reported), self.eta) if draining else len(reported) // self.eta
+        ranked = sorted(reported, key=lambda p: (-reported[p].fitness, p))[:top]
+        for position in ranked:
+            if position not in self.promoted[rung] and can_go_on(reported[position], self.plans[position], rung):
+                return position
+        return None
+
+    def _start(self, position: int, rung: int) -> RungJob:
+        if rung > 0:
+            self.promoted[rung - 1].add(position)
+            self.promotions.append((position, rung - 1, len(self.reported[rung - 1])))
+        self.running.add(position)
+        return position, rung, self.plans[position][rung]
 
 
 def rung_ranked_fitness(fitness: np.ndarray, levels: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.errors import SearchFailed
 from pipeline.evaluation import EvaluationRecord, Proposal
-from pipeline.search.fidelity import expected_epochs
 from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
@@ -59,12 +58,10 @@ def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> Non
 
 def epoch_cost(config: StudyConfig) -> Callable[[Proposal], float]:
     """What a proposal costs ``budget.epochs`` when admitted: its epochs, or with multi-fidelity the
-    epochs successive halving trains a candidate on average."""
-    fidelity = config.fidelity
-    if fidelity.rungs is None:
+    epochs its rungs train a candidate on average."""
+    if not config.fidelity.enabled:
         return genome_epochs
-    rungs, eta = fidelity.rungs, fidelity.eta
-    return lambda proposal: expected_epochs(rungs, int(proposal.genome["epochs"]), eta)
+    return lambda proposal: config.fidelity.expected_epochs(int(proposal.genome["epochs"]))
 
 
 def search_summary(

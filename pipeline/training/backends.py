@@ -11,7 +11,7 @@ from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.evaluation import Evaluator
 from pipeline.training.evaluator import SequentialEvaluator, TrainingContext, WorkerPoolEvaluator
-from pipeline.training.fidelity import FidelityEvaluator
+from pipeline.training.fidelity import RungScheduledEvaluator
 from pipeline.training.population import PopulationEvaluator
 from pipeline.training.ray_backend import RayEvaluator
 from pipeline.training.weights import WeightStore
@@ -20,9 +20,12 @@ from pipeline.training.weights import WeightStore
 def uses_population(config: StudyConfig, weight_rule: str) -> bool:
     """Whether the study's searches train populations at once: asked for, or ``auto`` where it pays
     (a GPU: on a CPU a population ran 0.4-1.0x the same members one after another; see
-    benchmarks/RESULTS.md). Never with weight reuse, worker processes or Ray."""
+    benchmarks/RESULTS.md). Never with weight reuse, worker processes or Ray; with multi-fidelity only
+    when asked for (its rungs train one by one: a rung saves and resumes a state of its own)."""
     execution = config.execution
-    if execution.evaluator == "sequential" or weight_rule != "none" or config.fidelity.enabled:
+    if execution.evaluator == "sequential" or weight_rule != "none":
+        return False
+    if config.fidelity.enabled and execution.evaluator != "population":
         return False
     if execution.backend != "local" or execution.workers > 1:
         return False
@@ -37,14 +40,22 @@ def make_evaluator(
     fidelity_state: tuple[Path, str] | None = None,
 ) -> Evaluator:
     """``fidelity_state``: where multi-fidelity keeps each rung's training state, and the
-    fingerprint of what they depend on (``fidelity.rungs`` set)."""
+    fingerprint of what they depend on (``fidelity.rungs`` set): the rungs are then scheduled over
+    the evaluator ``execution`` asks for."""
+    if not config.fidelity.enabled:
+        return _training_evaluator(config, data, weight_rule, weight_store)
+    if fidelity_state is None:
+        raise ValueError("fidelity.rungs is set: make_evaluator needs fidelity_state (folder, fingerprint)")
+    folder, fingerprint = fidelity_state
+    inner = _training_evaluator(config, data, weight_rule, weight_store)
+    return RungScheduledEvaluator(inner, config.fidelity, folder, fingerprint)
+
+
+def _training_evaluator(
+    config: StudyConfig, data: PreparedData, weight_rule: str, weight_store: WeightStore | None
+) -> Evaluator:
     execution = config.execution
     context = TrainingContext.for_study(config, data, weight_rule)
-    if config.fidelity.enabled:
-        if fidelity_state is None:
-            raise ValueError("fidelity.rungs is set: make_evaluator needs fidelity_state (folder, fingerprint)")
-        folder, fingerprint = fidelity_state
-        return FidelityEvaluator(data, context, config.fidelity, folder, fingerprint, weight_store)
     if execution.backend == "ray":
         return RayEvaluator(data, context, weight_store, ray_config=execution.ray)
     if execution.workers > 1:

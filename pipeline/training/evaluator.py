@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 
 from pipeline.data import PreparedData, TensorSplit
-from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback, evaluate_in_order
+from pipeline.evaluation import EvaluationRecord, Proposal, Resume, StartCallback, evaluate_in_order
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import CLASSIFICATION, Task, task_of
 from pipeline.training.fit import fit_genome, training_device
@@ -35,16 +35,6 @@ if TYPE_CHECKING:
     from pipeline.config.sections import ModelConfig, StudyConfig, TrainConfig
 
 StateDict = Mapping[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Multi-fidelity: train to ``epochs`` (None: the genome's), continuing the training state saved
-    at ``resume_from``, and save the state reached to ``save_to``."""
-
-    epochs: int | None = None
-    resume_from: Path | None = None
-    save_to: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -81,13 +71,14 @@ def train_proposal(
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     """One individual: its record (failed for any exception inside its training: divergence, out of
     memory, a network its genome cannot build), and its trained weights on the CPU when the weight
-    rule keeps them. A kill (``KeyboardInterrupt``, ``SystemExit``) propagates. The process's torch
-    thread count is as it was afterwards: a later fit in this process must not depend on this one."""
+    rule keeps them. ``resume`` (default: the proposal's own): how far to train, from which saved
+    state. A kill (``KeyboardInterrupt``, ``SystemExit``) propagates. The process's torch thread
+    count is as it was afterwards: a later fit in this process must not depend on this one."""
     previous = torch.get_num_threads()
     if context.threads is not None and previous != context.threads:
         torch.set_num_threads(context.threads)
     try:
-        return _train(proposal, context, train, val, parents, resume or Resume())
+        return _train(proposal, context, train, val, parents, resume or proposal.resume or Resume())
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
@@ -243,17 +234,19 @@ class WorkerPoolEvaluator(_DriverSide):
         if context.threads is None:
             context = dataclasses.replace(context, threads=max(1, (os.cpu_count() or 1) // workers))
         super().__init__(context, weight_store)
-        self.workers = workers
+        self.workers = self.concurrency = workers
         self.prepared = str(Path(data.folder).resolve())
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()  # asynchronous rungs submit from one thread per worker
 
     def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(self.prepared, self.context, os.getpid()),
-            )  # fmt: skip
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker, initargs=(self.prepared, self.context, os.getpid()),
+                )  # fmt: skip
+            return self._pool
 
     def evaluate(
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
@@ -299,6 +292,7 @@ class WorkerPoolEvaluator(_DriverSide):
             return self._executor().submit(_train_in_worker, proposal, parents)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None

@@ -294,7 +294,8 @@ def member_record(member: Member, seconds: float, task: Task) -> EvaluationRecor
 class PopulationEvaluator(_DriverSide):
     """Trains each group of a batch (``plan_groups``) in one fit, here; a group of one, a network
     with BatchNorm, or a group whose fit fails as a whole trains member by member as
-    ``SequentialEvaluator`` does. Weight reuse (``ga.weights``) is not supported."""
+    ``SequentialEvaluator`` does, and so does a rung of multi-fidelity (it saves and resumes a
+    training state of its own). Weight reuse (``ga.weights``) is not supported."""
 
     def __init__(self, data: PreparedData, context: TrainingContext, *, max_group_size: int = 16) -> None:
         if context.weights != "none":
@@ -329,6 +330,8 @@ class PopulationEvaluator(_DriverSide):
             yield position, record
 
     def _vectorisable(self, proposal: Proposal) -> bool:
+        if proposal.resume is not None:
+            return False  # a rung of multi-fidelity saves or resumes its own training state: trained alone
         if optimizer_of(proposal.genome, self.context.train_config) != "sgd" or \
                 self.context.train_config.lr_schedule != "step":
             return False  # the fused update is SGD with StepLR: Adam, AdamW and other schedules train one by one
