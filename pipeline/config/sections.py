@@ -11,8 +11,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.search.fidelity import expected_epochs, rung_epochs
-
 
 # Upper bounds: generous for any study this pipeline runs, yet a typo (an extra 0 or three) is refused
 # when params.yaml is read, not found after days of training or an out-of-memory network.
@@ -226,14 +224,6 @@ class FidelityConfig(_Section):
     @property
     def enabled(self) -> bool:
         return self.rungs is not None
-
-    def plan(self, epochs: int) -> tuple[int, ...]:
-        """The epochs at which a genome of ``epochs`` epochs is scored (its last rung: all of them)."""
-        return rung_epochs(self.rungs or [epochs], epochs)
-
-    def expected_epochs(self, epochs: int) -> float:
-        """What a candidate of ``epochs`` epochs costs on average (what an epoch budget admits it for)."""
-        return float(epochs) if self.rungs is None else expected_epochs(self.rungs, epochs, self.eta)
 
 
 class ModelConfig(_Section):

@@ -17,6 +17,7 @@ from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.errors import SearchFailed
 from pipeline.evaluation import EvaluationRecord, Proposal
+from pipeline.search.fidelity import expected_epochs
 from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
@@ -59,9 +60,11 @@ def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> Non
 def epoch_cost(config: StudyConfig) -> Callable[[Proposal], float]:
     """What a proposal costs ``budget.epochs`` when admitted: its epochs, or with multi-fidelity the
     epochs its rungs train a candidate on average."""
-    if not config.fidelity.enabled:
+    fidelity = config.fidelity
+    if fidelity.rungs is None:
         return genome_epochs
-    return lambda proposal: config.fidelity.expected_epochs(int(proposal.genome["epochs"]))
+    rungs, eta = fidelity.rungs, fidelity.eta
+    return lambda proposal: expected_epochs(rungs, int(proposal.genome["epochs"]), eta)
 
 
 def search_summary(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from pipeline.evaluation import EvaluationRecord, Evaluator, Proposal, Resume, StartCallback, concurrency_of
 from pipeline.jsonio import write_json
-from pipeline.search.fidelity import AsynchronousHalving, RungJob, successive_halving
+from pipeline.search.fidelity import AsynchronousHalving, RungJob, rung_epochs, successive_halving
 
 if TYPE_CHECKING:
     from pipeline.config.sections import FidelityConfig
@@ -72,7 +72,7 @@ class RungScheduledEvaluator:
         return self.stats.slots
 
     def plan(self, proposal: Proposal) -> tuple[int, ...]:
-        return self.fidelity.plan(int(proposal.genome["epochs"]))
+        return rung_epochs(self.fidelity.rungs, int(proposal.genome["epochs"]))
 
     def evaluate(
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
