@@ -51,7 +51,7 @@ class DataConfig(_Section):
     # at most AUTO_MAX_CLASSES distinct values, else regression.
     task: Literal["auto", "classification", "regression"] = "auto"
     test_path: Annotated[str, Field(min_length=1)] | None = None  # csv: a fixed test table; None: split off test_size
-    image_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]], Field(min_length=2, max_length=2)] = [28, 28]
+    image_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]], Field(min_length=2, max_length=2)] = [28, 28]  # image_folder: [height, width] every image is resized to
     channels: Literal[1, 3] = 1  # image_folder: grey (1) or RGB (3)
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None
     val_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] = 10_000
@@ -72,9 +72,9 @@ class DataConfig(_Section):
 
 class FloatGene(_Section):
     type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
+    low: float  # the smallest value
+    high: float  # the largest value (above low)
+    log: bool = False  # sampled and mutated on a log scale (low > 0)
 
     @model_validator(mode="after")
     def _check_range(self) -> FloatGene:
@@ -87,9 +87,9 @@ class FloatGene(_Section):
 
 class IntGene(_Section):
     type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
+    low: int  # the smallest value
+    high: int  # the largest value (not below low)
+    log: bool = False  # sampled and mutated on a log scale (low > 0)
 
     @model_validator(mode="after")
     def _check_range(self) -> IntGene:
@@ -102,7 +102,7 @@ class IntGene(_Section):
 
 class ChoiceGene(_Section):
     type: Literal["choice"]
-    values: Annotated[list[Union[bool, int, float, str]], Field(min_length=1)]
+    values: Annotated[list[Union[bool, int, float, str]], Field(min_length=1)]  # the values it may take, distinct
 
     @model_validator(mode="after")
     def _check_unique(self) -> ChoiceGene:
@@ -118,8 +118,10 @@ ACTIVATIONS = ("relu", "leaky_relu", "swish", "sigmoid")
 
 
 class LengthRange(_Section):
-    min: Annotated[int, Field(ge=0)]
-    max: Annotated[int, Field(ge=0, le=MAX_LAYERS)]
+    """How many layers of a kind a genome has, from min to max."""
+
+    min: Annotated[int, Field(ge=0)]  # fewest layers
+    max: Annotated[int, Field(ge=0, le=MAX_LAYERS)]  # most layers
 
     @model_validator(mode="after")
     def _check_order(self) -> LengthRange:
@@ -131,45 +133,49 @@ class LengthRange(_Section):
 class ConvChoices(_Section):
     """The values each convolutional gene may take (the studies' blueprint by default)."""
 
-    filters: Annotated[list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=1)] = [8, 16, 32, 64]
-    kernel_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [3, 5, 7]
-    stride: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [1, 2]
-    padding: Annotated[list[Annotated[int, Field(ge=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [0, 1]
-    pool_size: Annotated[list[Annotated[int, Field(ge=2, le=MAX_GEOMETRY)] | None], Field(min_length=1)] = [None, 2, 3]
-    pool_type: Annotated[list[Literal["max", "avg"]], Field(min_length=1)] = ["max", "avg"]
-    activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]
-    batch_norm: Annotated[list[bool], Field(min_length=1)] = [False, True]
-    skip: Annotated[list[bool], Field(min_length=1)] = [False, True]
+    filters: Annotated[list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=1)] = [8, 16, 32, 64]  # output channels a conv layer may have
+    kernel_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [3, 5, 7]  # kernel sizes
+    stride: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [1, 2]  # strides
+    padding: Annotated[list[Annotated[int, Field(ge=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [0, 1]  # paddings
+    pool_size: Annotated[list[Annotated[int, Field(ge=2, le=MAX_GEOMETRY)] | None], Field(min_length=1)] = [None, 2, 3]  # pooling after the layer: null (none) or its window
+    pool_type: Annotated[list[Literal["max", "avg"]], Field(min_length=1)] = ["max", "avg"]  # max or average pooling
+    activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]  # activations
+    batch_norm: Annotated[list[bool], Field(min_length=1)] = [False, True]  # with or without BatchNorm
+    skip: Annotated[list[bool], Field(min_length=1)] = [False, True]  # with or without a residual connection (where shapes allow)
 
 
 class FcChoices(_Section):
+    """The values each fully connected gene may take."""
+
     units: Annotated[list[Annotated[int, Field(gt=0, le=MAX_UNITS)]], Field(min_length=1)] = [
         8, 16, 32, 64, 128, 256, 512,
-    ]  # fmt: skip
-    activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]
-    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [0.1, 0.2, 0.25]
+    ]  # fmt: skip  # units a layer may have
+    activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]  # activations
+    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [0.1, 0.2, 0.25]  # dropout rates after the layer
 
 
 class PhasesConfig(_Section):
     """Phased growth: after each phase the best genome's conv genes are kept, new ones appended."""
 
-    count: Annotated[int, Field(ge=1, le=MAX_PHASES)] = 1
+    count: Annotated[int, Field(ge=1, le=MAX_PHASES)] = 1  # phases; 1: no growth
     new_conv_layers: Annotated[int, Field(ge=1, le=MAX_LAYERS)] = 1  # at most this many conv genes appended per phase
     freeze_transferred: bool = True  # with ga.weights inherit/merge: train only the new layers
 
 
 class ArchitectureConfig(_Section):
-    conv_layers: LengthRange = LengthRange(min=1, max=4)
-    fc_layers: LengthRange = LengthRange(min=1, max=2)
-    conv: ConvChoices = ConvChoices()
-    fc: FcChoices = FcChoices()
-    phases: PhasesConfig = PhasesConfig()
+    """The network as genes (space.kind architecture): layers, their settings and phased growth."""
+
+    conv_layers: LengthRange = LengthRange(min=1, max=4)  # conv layers per genome
+    fc_layers: LengthRange = LengthRange(min=1, max=2)  # fully connected layers per genome
+    conv: ConvChoices = ConvChoices()  # what each conv layer may be
+    fc: FcChoices = FcChoices()  # what each fully connected layer may be
+    phases: PhasesConfig = PhasesConfig()  # phased growth
 
 
 class SpaceConfig(_Section):
-    kind: Literal["hyperparameters", "architecture"] = "hyperparameters"
+    kind: Literal["hyperparameters", "architecture"] = "hyperparameters"  # the optimiser's genes only, or the network too
     genes: dict[str, GeneConfig]  # the optimiser genes (both kinds); the network itself only for architecture
-    architecture: ArchitectureConfig | None = None
+    architecture: ArchitectureConfig | None = None  # architecture: the layers' genes (null: the defaults below)
 
     @model_validator(mode="after")
     def _check_kind(self) -> SpaceConfig:
@@ -185,7 +191,7 @@ class SpaceConfig(_Section):
 
 
 class BudgetConfig(_Section):
-    evaluations: Annotated[int, Field(gt=0, le=MAX_EVALUATIONS)]
+    evaluations: Annotated[int, Field(gt=0, le=MAX_EVALUATIONS)]  # trainings per method and repeat
     # Training epochs of all individuals summed (with fidelity, only the epochs actually trained): compute,
     # equal for methods with and without early stopping of bad individuals. None: evaluations only.
     epochs: Annotated[int, Field(gt=0, le=MAX_EVALUATIONS * MAX_EPOCHS)] | None = None
@@ -227,10 +233,11 @@ class FidelityConfig(_Section):
 
 
 class ModelConfig(_Section):
+    # The studies' CNN (space.kind hyperparameters): filters of its two conv layers.
     conv_channels: Annotated[
         list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=2, max_length=2)
     ] = [32, 64]
-    hidden_units: Annotated[int, Field(gt=0, le=MAX_UNITS)] = 128
+    hidden_units: Annotated[int, Field(gt=0, le=MAX_UNITS)] = 128  # the studies' CNN: units of its hidden layer
     # Who builds each genome's network: null, the built-in of space.kind (hyperparameters: the studies' CNN
     # above; architecture: the genome's own layers); or your function, "path/to/file.py:function" or
     # "package.module:function", called as function(genome, input_shape, outputs) -> torch.nn.Module.
@@ -257,13 +264,13 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 class EarlyStoppingConfig(_Section):
     patience: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1  # epochs without val_acc improvement before stopping
-    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    min_delta: Annotated[float, Field(ge=0)] = 0.0  # the least change that counts as an improvement
 
 
 class TrainConfig(_Section):
-    lr_step_size: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = 1
-    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.7
-    eval_batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 1000
+    lr_step_size: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = 1  # StepLR: epochs between learning-rate cuts
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.7  # StepLR: the factor of each cut
+    eval_batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 1000  # images per validation and test batch
     # Std of Gaussian noise added to training images (data augmentation); a gene `noise_level` overrides.
     noise_level: Annotated[float, Field(ge=0)] = 0.0
     early_stopping: EarlyStoppingConfig | None = None  # None: every individual trains all its epochs
@@ -277,7 +284,7 @@ class TrainConfig(_Section):
     optimizer: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
     lr_schedule: Literal["step", "cosine", "none"] = "step"
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0  # SGD only; Adam and AdamW keep their default betas
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0  # L2 penalty (AdamW: decoupled) where no gene sets it
 
 
 class OperatorConfig(_Section):
@@ -303,15 +310,15 @@ class TerminationConfig(_Section):
 
     # Generations in all, the initial one included.
     generations: Annotated[int, Field(ge=1, le=MAX_GENERATIONS)] | None = None
-    wall_clock_seconds: Annotated[float, Field(gt=0)] | None = None
+    wall_clock_seconds: Annotated[float, Field(gt=0)] | None = None  # stop after this long on the search's clock
     # Stop once reached, in the task's metric: an accuracy to reach, or an error (MAE) to get down to.
     target_fitness: Annotated[float, Field(gt=0)] | None = None
     stagnation: Annotated[int, Field(ge=1, le=MAX_GENERATIONS)] | None = None  # generations without a better best
 
 
 class GAConfig(_Section):
-    population_size: Annotated[int, Field(ge=2, le=MAX_POPULATION)]
-    elites: Annotated[int, Field(ge=0)] = 1
+    population_size: Annotated[int, Field(ge=2, le=MAX_POPULATION)]  # genomes per generation
+    elites: Annotated[int, Field(ge=0)] = 1  # the best, carried unchanged into the next generation
     survival: SurvivalConfig = SurvivalConfig()
     selection: OperatorConfig = OperatorConfig(name="truncation", fraction=0.5)
     crossover: OperatorConfig = OperatorConfig(name="uniform", swap_prob=0.5)
@@ -398,7 +405,7 @@ class TPEConfig(_Section):
 class ChampionConfig(_Section):
     epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None  # None: every training image not in validation
-    registered_model: Annotated[str, Field(max_length=MAX_NAME)] = "evohpo-champion"
+    registered_model: Annotated[str, Field(max_length=MAX_NAME)] = "evohpo-champion"  # the MLflow registered model
 
     @field_validator("registered_model")
     @classmethod
@@ -412,6 +419,8 @@ class ChampionConfig(_Section):
 
 
 class ReportConfig(_Section):
+    """How the report compares the methods and where its links point."""
+
     # Region of practical equivalence of the report's Bayesian signed-rank verdicts, in the task's
     # metric (0.005: half a point of accuracy; for MAE, in the target's units).
     rope: Annotated[float, Field(gt=0)] = 0.005
@@ -420,14 +429,14 @@ class ReportConfig(_Section):
 
 
 class MlflowConfig(_Section):
-    experiment: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+    experiment: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]  # the experiment's name in the store
 
 
 class RayConfig(_Section):
     """Where the Ray backend runs and what one evaluation asks of it."""
 
     address: str | None = None  # None: a local Ray instance; "auto", "host:port" or "ray://host:port": a cluster
-    num_cpus: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    num_cpus: Annotated[float, Field(gt=0, le=1024)] = 1.0  # CPUs one evaluation holds (its torch threads)
     num_gpus: Annotated[float, Field(ge=0, le=64)] = 0.0  # fractional: several small fits share a GPU
     max_retries: Annotated[int, Field(ge=0, le=100)] = 2  # of an evaluation whose worker died
 
@@ -450,21 +459,21 @@ class ExecutionConfig(_Section):
 
 
 class StudyConfig(_Section):
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
-    data: DataConfig
-    model: ModelConfig = ModelConfig()
-    space: SpaceConfig
-    budget: BudgetConfig
-    train: TrainConfig = TrainConfig()
-    ga: GAConfig
-    tpe: TPEConfig = TPEConfig()
-    champion: ChampionConfig
-    mlflow: MlflowConfig
-    study: RepeatsConfig = RepeatsConfig()
-    execution: ExecutionConfig = ExecutionConfig()
-    sensitivity: SensitivityConfig = SensitivityConfig()
-    fidelity: FidelityConfig = FidelityConfig()
-    report: ReportConfig = ReportConfig()
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]  # the study's seed: data split, searches, initial weights (repeat 0)
+    data: DataConfig  # the dataset and its splits
+    model: ModelConfig = ModelConfig()  # the network every genome trains (or the user's builder)
+    space: SpaceConfig  # the search space: the genes every method searches
+    budget: BudgetConfig  # what every method may spend per repeat: the same for all of them
+    train: TrainConfig = TrainConfig()  # training settings of every fit that no gene sets
+    ga: GAConfig  # the genetic algorithm's settings
+    tpe: TPEConfig = TPEConfig()  # Optuna's TPE sampler's settings
+    champion: ChampionConfig  # each method's best retrained at full fidelity and tested
+    mlflow: MlflowConfig  # the MLflow experiment every run is logged in
+    study: RepeatsConfig = RepeatsConfig()  # repeats of the whole study, each with its own seed
+    execution: ExecutionConfig = ExecutionConfig()  # where evaluations run; never changes results at equal threads
+    sensitivity: SensitivityConfig = SensitivityConfig()  # the GA's own settings varied one at a time
+    fidelity: FidelityConfig = FidelityConfig()  # multi-fidelity: rungs over each batch, for every method
+    report: ReportConfig = ReportConfig()  # the report's statistics and links
 
     def repeat_seeds(self) -> list[int]:
         """The seed of each repeat, in order."""
