@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 
 from pipeline.config import ModelConfig, TrainConfig, load_config  # noqa: E402
-from pipeline.data import FASHION_MNIST_FILES, TensorSplit, locate_fashion_mnist, read_idx  # noqa: E402
+from pipeline.data import TensorSplit, locate_fashion_mnist, read_idx  # noqa: E402
 from pipeline.training.fit import fit_genome  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.training.lit_module import LitClassifier  # noqa: E402

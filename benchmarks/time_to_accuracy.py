@@ -19,7 +19,6 @@ of the search stages, in this process, one training at a time.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

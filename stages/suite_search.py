@@ -2,7 +2,6 @@
 every benchmark table and seed (`python ../../stages/suite_search.py ga`)."""
 
 import sys
-from functools import partial
 from pathlib import Path
 
 from pipeline.benchmarks.config import load_suite

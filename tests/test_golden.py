@@ -12,7 +12,6 @@ signature matches this one, and elsewhere each fitness within a tolerance over t
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_config
-from pipeline.data import PreparedData, prepare_dataset
+from pipeline.data import prepare_dataset
 from pipeline.study.search_stage import run_search_stage
 
 pytestmark = pytest.mark.slow

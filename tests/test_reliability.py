@@ -13,16 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.training import evaluator as evaluate_module
 from pipeline.data import DatasetError, PreparedData
 from pipeline.study.search_stage import run_search_stage
-from pipeline.space import genome_hash
 from pipeline.tracking.store import PARENT_TAG, Tracker, TrackingError, tracking_uri
 from tests.test_e2e import make_study_repo, sh
 

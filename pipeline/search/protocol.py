@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 from pipeline.evaluation import Proposal, Scored
+from pipeline.space.dimensions import Genome
 
 
 @dataclass(frozen=True)

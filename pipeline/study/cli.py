@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config import StudyConfig, load_config
+from pipeline.config import load_config
 from pipeline.errors import USER_ERRORS
 
 
