@@ -6,6 +6,7 @@
 #   make benchmarks  install, then rebuild the benchmark study (studies/benchmarks/: 15 tables, no training)
 #   make ui      open the MLflow UI on the study's runs
 #   make example-tabular, make example-images   a study of your own CSV table, or image folder and network
+#   make docs    build docs/ as a site (MkDocs, strict) into site/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: study studies benchmarks test check ui install dataset clean-study exp example-tabular example-images
+.PHONY: study studies benchmarks test check ui install dataset clean-study exp example-tabular example-images docs
 
 # What `make exp` shows of `dvc exp show`: the results and params a user compares, readable at 200
 # columns (the full table, every dep and param, is `dvc exp show`).
@@ -66,6 +67,11 @@ test: install
 check: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
+
+# The documentation as a site: strict, so a broken link or a page missing from the navigation fails.
+docs: install
+	$(BIN)/python -m pipeline params --markdown > docs/params.md
+	$(BIN)/mkdocs build --strict
 
 # The classic runs view of each study, then the UI: one worker and no job runner (2 processes, not 10).
 ui: install
