@@ -3,6 +3,7 @@ within float tolerance); a diverging member fails alone; groups by architecture 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -145,12 +146,90 @@ def test_auto_trains_populations_on_a_gpu_only(tiny_params_dict, monkeypatch):
 
 
 @pytest.mark.slow
-def test_every_method_searches_with_the_population_evaluator(tiny_params_dict, prepared_digits, mlflow_store, tmp_path):
+@pytest.mark.parametrize("fidelity", [None, {"rungs": [1], "eta": 2}], ids=["full", "rungs"])
+def test_every_method_searches_with_the_population_evaluator(tiny_params_dict, prepared_digits, mlflow_store, tmp_path,
+                                                             fidelity):  # fmt: skip
     tiny_params_dict["execution"] = {**tiny_params_dict["execution"], "evaluator": "population"}
+    if fidelity:
+        tiny_params_dict["fidelity"] = {**tiny_params_dict["fidelity"], **fidelity}
     config = parse_config(tiny_params_dict)
+    stopped = 0
     for method in method_names():
         (summary,) = run_search_stage(method, config, prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
         history = json.loads((tmp_path / "results" / f"{method}_search" / "seed-42_history.json").read_text())
         assert summary["evaluations"] == len(history["evaluations"]) == config.budget.evaluations
-        assert all(r["run_id"] and len(r["epochs"]) == r["genome"]["epochs"] for r in history["evaluations"]
-                   if r["status"] == "finished")  # fmt: skip
+        finished = [r for r in history["evaluations"] if r["status"] == "finished"]
+        assert all(r["run_id"] and len(r["epochs"]) == (1 if r["stopped_early"] else r["genome"]["epochs"])
+                   for r in finished)  # fmt: skip
+        stopped += sum(r["stopped_early"] for r in finished)
+    if fidelity:
+        assert stopped and not any((tmp_path / "ckpt").rglob("*.ckpt"))  # rungs ran; no training state outlives them
+
+
+# -- rungs of multi-fidelity, fused -----------------------------------------------------------------------------------
+
+from pipeline.config import FidelityConfig  # noqa: E402
+from pipeline.training import population as population_module  # noqa: E402
+from pipeline.training.fidelity import RungScheduledEvaluator  # noqa: E402
+from pipeline.training.population import Member, _state_template, read_training_state, write_training_state  # noqa: E402
+
+
+def leaves(tree, path=""):
+    """Every leaf of a nested checkpoint, by its path."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in leaves(value, f"{path}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, value in enumerate(tree) for k, v in leaves(value, f"{path}/{i}").items()}
+    return {path: tree}
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_a_state_written_for_a_member_is_the_one_a_fit_alone_saves(prepared_digits, tmp_path, momentum):
+    context = dataclasses.replace(context_for(prepared_digits), train_config=TrainConfig(eval_batch_size=64))
+    train, val = prepared_digits.load("train"), prepared_digits.load("val")
+    g = genome(0.05, momentum, 0.01, 3)
+    build = network_builder("architecture", context.model_config, context.image_shape, context.num_classes)
+    fit_genome(g, seed=5, build_network=build, train_split=train, val_split=val, train_config=context.train_config,
+               epochs=2, save_to=tmp_path / "alone.ckpt")  # fmt: skip
+    start = read_training_state(tmp_path / "alone.ckpt")
+    member = Member(0, g, 5, 2, 0.05, momentum, 0.01, history=start.history, state=start.weights,
+                    momentum_state=start.momentum, lr_now=start.lr)  # fmt: skip
+    template = _state_template(Proposal(g, "p"), context, train, val)
+    write_training_state(tmp_path / "written.ckpt", template, member, math.ceil(len(train) / 32), math.ceil(len(val) / 64))
+    alone_state, written = (leaves(torch.load(tmp_path / f, weights_only=True)) for f in ("alone.ckpt", "written.ckpt"))
+    assert alone_state.keys() == written.keys()
+    for key, value in alone_state.items():
+        if key.startswith("/evohpo_torch_rng"):
+            continue  # the random state: a group draws from its own (no dropout here: nothing draws)
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, written[key]), key
+        else:
+            assert value == written[key], key
+
+
+def test_rungs_trained_fused_end_as_rungs_trained_alone(prepared_digits, tmp_path, monkeypatch):
+    context = context_for(prepared_digits)
+    genomes = [genome(lr, m, 0.001, 3) for lr, m in ((0.05, 0.9), (0.02, 0.5), (0.1, 0.0), (0.01, 0.9))]
+    fidelity = FidelityConfig(rungs=[1, 2], eta=2)
+    groups = []
+    real = population_module.train_group
+
+    def spied(proposals, positions, *args):
+        groups.append([proposals[p].resume.epochs for p in positions])
+        return real(proposals, positions, *args)
+
+    monkeypatch.setattr(population_module, "train_group", spied)
+    results = {}
+    for name, inner in (("alone", SequentialEvaluator(prepared_digits, context)),
+                        ("fused", PopulationEvaluator(prepared_digits, context))):  # fmt: skip
+        evaluator = RungScheduledEvaluator(inner, fidelity, tmp_path / name, "f")
+        results[name] = dict(evaluator.evaluate(proposals_of(genomes)))
+    assert groups == [[1, 1, 1, 1], [2, 2]]  # the first rung, then the two promoted, each as one fit
+    for position in range(len(genomes)):
+        alone_record, fused = results["alone"][position], results["fused"][position]
+        assert (fused.rung, fused.stopped_early, len(fused.epochs)) == \
+            (alone_record.rung, alone_record.stopped_early, len(alone_record.epochs))  # fmt: skip
+        for grouped, single in zip(fused.epochs, alone_record.epochs):
+            for key in single:
+                assert grouped[key] == pytest.approx(single[key], rel=1e-3, abs=1e-4), (position, key)
+    assert [r.rung for r in results["fused"].values()].count(2) == 1  # the last rung: resumed alone from a fused state

@@ -20,12 +20,12 @@ from pipeline.training.weights import WeightStore
 def uses_population(config: StudyConfig, weight_rule: str) -> bool:
     """Whether the study's searches train populations at once: asked for, or ``auto`` where it pays
     (a GPU: on a CPU a population ran 0.4-1.0x the same members one after another; see
-    benchmarks/RESULTS.md). Never with weight reuse, worker processes or Ray; with multi-fidelity only
-    when asked for (its rungs train one by one: a rung saves and resumes a state of its own)."""
+    benchmarks/RESULTS.md). Never with weight reuse, worker processes, Ray or asynchronous rungs (ASHA
+    hands out one candidate at a time)."""
     execution = config.execution
     if execution.evaluator == "sequential" or weight_rule != "none":
         return False
-    if config.fidelity.enabled and execution.evaluator != "population":
+    if config.fidelity.enabled and config.fidelity.mode == "asynchronous":
         return False
     if execution.backend != "local" or execution.workers > 1:
         return False

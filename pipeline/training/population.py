@@ -12,15 +12,22 @@ trained in a group ends with the weights it ends with alone, within float tolera
 update rounds like ``torch.optim.SGD`` up to the last bits). Dropout masks are drawn from the
 group's generator under ``vmap(randomness="different")``, not from the member's: with dropout the
 members train as well, but not bit for bit as alone.
+
+A rung of multi-fidelity trains fused too: members that share a network and start at the same epoch
+continue from their saved training states (weights, momentum, learning rate, history) and each
+leaves a training state in the format a fit alone saves (a Lightning checkpoint), so any later rung
+may resume it alone or in a group.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
@@ -34,8 +41,8 @@ from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import Task
 from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal
-from pipeline.training.fit import make_trainer, training_device
-from pipeline.training.lit_module import optimizer_of
+from pipeline.training.fit import fit_genome, make_trainer, saved_epochs, training_device
+from pipeline.training.lit_module import EPOCH_METRICS_KEY, optimizer_of
 
 # The fused update in training_step is the optimiser: Lightning's note that there is none is expected.
 warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`.*")
@@ -65,6 +72,67 @@ class Member:
     history: list[dict[str, float]] = field(default_factory=list)
     failure: str | None = None
     state: dict[str, torch.Tensor] | None = None  # its trained weights, once it has left the group
+    # Its momentum buffers (parameter order) and learning rate when it left: what a rung's state keeps.
+    momentum_state: list[torch.Tensor] | None = None
+    lr_now: float | None = None
+
+
+@dataclass
+class SavedStart:
+    """A member's start from a rung's saved training state (``read_training_state``)."""
+
+    weights: dict[str, torch.Tensor]  # the network's state dict
+    momentum: list[torch.Tensor | None]  # SGD's momentum buffer per parameter, in parameter order
+    lr: float  # the learning rate its next epoch trains with
+    history: list[dict[str, float]]  # the epochs trained so far
+
+
+def read_training_state(path: Path) -> SavedStart:
+    """The parts of a fit's saved training state (``fit_genome(save_to=...)``) a population resumes."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    weights = {k.removeprefix("network."): v for k, v in saved["state_dict"].items() if k.startswith("network.")}
+    optimizer = saved["optimizer_states"][0]
+    count = len(optimizer["param_groups"][0]["params"])
+    momentum = [optimizer["state"].get(i, {}).get("momentum_buffer") for i in range(count)]
+    return SavedStart(weights, momentum, float(optimizer["param_groups"][0]["lr"]), list(saved[EPOCH_METRICS_KEY]))
+
+
+def write_training_state(path: Path, template: dict, member: Member, batches: int, val_batches: int) -> None:
+    """Save ``member``'s training state as a fit alone saves it: ``template`` (a fit of the same
+    network, batch size and optimiser) with this member's weights, momentum, learning rate, schedule,
+    history and epoch counters, so ``fit_genome(resume_from=path)`` or a later group resumes it."""
+    epochs = len(member.history)
+    saved = copy.deepcopy(template)
+    saved["state_dict"] = {f"network.{k}": v for k, v in (member.state or {}).items()}
+    saved["epoch"], saved["global_step"] = epochs, epochs * batches
+    loop = saved["loops"]["fit_loop"]
+    loop["epoch_loop.state_dict"]["_batches_that_stepped"] = epochs * batches
+    for counters in (loop["epoch_loop.batch_progress"], loop["epoch_loop.automatic_optimization.optim_progress"]
+                     ["optimizer"]["step"], loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+                     ["zero_grad"]):  # fmt: skip
+        counters["total"] = {k: epochs * batches for k in counters["total"]}
+        counters["current"] = {k: batches for k in counters["current"]}
+    for counters in (loop["epoch_progress"], loop["epoch_loop.scheduler_progress"]):
+        counters["total"] = {k: epochs for k in counters["total"]}
+    loop["epoch_progress"]["current"] = {k: epochs for k in loop["epoch_progress"]["current"]}
+    loop["epoch_loop.scheduler_progress"]["current"] = {k: 1 for k in loop["epoch_loop.scheduler_progress"]["current"]}
+    validation = loop["epoch_loop.val_loop.batch_progress"]  # the last epoch's validation batches
+    validation["total"] = {k: val_batches for k in validation["total"]}
+    validation["current"] = {k: val_batches for k in validation["current"]}
+    optimizer = saved["optimizer_states"][0]
+    group = optimizer["param_groups"][0]
+    group.update(lr=member.lr_now, initial_lr=member.lr, momentum=member.momentum, weight_decay=member.weight_decay)
+    if member.momentum > 0 and member.momentum_state is not None:
+        optimizer["state"] = {i: {"momentum_buffer": b} for i, b in enumerate(member.momentum_state)}
+    else:
+        optimizer["state"] = {}  # torch's SGD keeps no buffer without momentum
+    scheduler = saved["lr_schedulers"][0]
+    scheduler.update(base_lrs=[member.lr], last_epoch=epochs, _step_count=epochs + 1, _last_lr=[member.lr_now])
+    saved[EPOCH_METRICS_KEY] = list(member.history)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(saved, partial)
+    partial.replace(path)  # whole or absent, as a fit alone saves it
 
 
 class _MemberBatches:
@@ -72,9 +140,9 @@ class _MemberBatches:
     gets the ``i``-th batch of ``torch.randperm(n, generator=Generator(seed_k + e))`` (as
     ``TensorBatches`` gives it alone)."""
 
-    def __init__(self, split: TensorSplit, batch_size: int, seeds: Sequence[int]) -> None:
+    def __init__(self, split: TensorSplit, batch_size: int, seeds: Sequence[int], first_epoch: int = 0) -> None:
         self.split, self.batch_size, self.seeds = split, batch_size, list(seeds)
-        self._epoch = 0
+        self._epoch = first_epoch  # a resumed rung continues the members' batch orders
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
@@ -91,8 +159,10 @@ class _MemberBatches:
 class PopulationModule(pl.LightningModule):
     """The members of one group, stacked; trained by hand (manual optimisation, one fused update)."""
 
-    def __init__(self, networks: list[nn.Module], members: list[Member], train: TensorSplit, context: TrainingContext):
+    def __init__(self, networks: list[nn.Module], members: list[Member], train: TensorSplit, context: TrainingContext,
+                 first_epoch: int = 0, momentum: list[list[torch.Tensor | None]] | None = None):  # fmt: skip
         super().__init__()
+        self.first_epoch = first_epoch  # the epochs the members trained before this fit (a resumed rung)
         self.automatic_optimization = False
         self.members = members
         self.active = list(range(len(members)))  # indices into members, in stack order
@@ -107,8 +177,13 @@ class PopulationModule(pl.LightningModule):
         self.params = {k: v.detach().clone() for k, v in params.items()}
         self.buffers_ = {k: v.detach().clone() for k, v in buffers.items()}
         self.momentum_buffers = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        for index, buffers in enumerate(momentum or []):  # a resumed member's saved buffers
+            for key, buffer in zip(self.params, buffers):
+                if buffer is not None:
+                    self.momentum_buffers[key][index] = buffer
         # Double precision, as torch.optim holds them (Python floats); cast where they meet the weights.
-        self.lr = torch.tensor([m.lr for m in members], dtype=torch.float64)
+        # The rate each member's next epoch trains with: its gene's, or a resumed rung's scheduled rate.
+        self.lr = torch.tensor([m.lr if m.lr_now is None else m.lr_now for m in members], dtype=torch.float64)
         self.momentum = torch.tensor([m.momentum for m in members], dtype=torch.float64)
         self.weight_decay = torch.tensor([m.weight_decay for m in members], dtype=torch.float64)
         self._sums: dict[str, torch.Tensor] = {}
@@ -121,6 +196,11 @@ class PopulationModule(pl.LightningModule):
                 store[key] = store[key].to(device)
         self.params = {k: v.requires_grad_(True) for k, v in self.params.items()}
         self.lr, self.momentum, self.weight_decay = (t.to(device) for t in (self.lr, self.momentum, self.weight_decay))
+
+    @property
+    def epoch(self) -> int:
+        """The members' epoch, counted from their first (a resumed rung's fit starts past 0)."""
+        return self.first_epoch + self.current_epoch
 
     @property
     def base(self) -> nn.Module:
@@ -157,7 +237,7 @@ class PopulationModule(pl.LightningModule):
         if diverged.any():
             for k in diverged.nonzero().flatten().tolist():
                 self.members[self.active[k]].failure = (
-                    f"DivergedError: training loss became {losses[k].item()} at epoch {self.current_epoch}, "
+                    f"DivergedError: training loss became {losses[k].item()} at epoch {self.epoch}, "
                     f"batch {batch_idx}"
                 )
             self._keep(~diverged)
@@ -203,7 +283,7 @@ class PopulationModule(pl.LightningModule):
             member = self.members[index]
             val_loss = float(sums["val_loss"][k] / sums["val_count"][k])
             if not math.isfinite(val_loss):
-                member.failure = f"DivergedError: validation loss became {val_loss} at epoch {self.current_epoch}"
+                member.failure = f"DivergedError: validation loss became {val_loss} at epoch {self.epoch}"
                 done.append(False)
                 continue
             member.history.append({
@@ -213,10 +293,11 @@ class PopulationModule(pl.LightningModule):
                 "lr": float(self.lr[k]),
             })  # fmt: skip
             done.append(len(member.history) < member.epochs)
-        self._keep(torch.tensor(done))
-        # StepLR, as torch's chainable form computes it: multiplied at each step boundary.
-        if (self.current_epoch + 1) % self.lr_step_size == 0:
+        # StepLR, as torch's chainable form computes it: multiplied at each step boundary (before the
+        # members that are done leave, so a saved state holds the rate its next epoch trains with).
+        if (self.first_epoch + self.current_epoch + 1) % self.lr_step_size == 0:
             self.lr = self.lr * self.lr_gamma
+        self._keep(torch.tensor(done))
         if not self.active:
             self.trainer.should_stop = True
 
@@ -226,6 +307,8 @@ class PopulationModule(pl.LightningModule):
         for k in (~keep).nonzero().flatten().tolist():
             member = self.members[self.active[k]]
             member.state = {name: p[k].detach().cpu().clone() for name, p in {**self.params, **self.buffers_}.items()}
+            member.momentum_state = [b[k].detach().cpu().clone() for b in self.momentum_buffers.values()]
+            member.lr_now = float(self.lr[k])  # after the epoch's schedule step: the rate of its next epoch
         index = keep.nonzero().flatten().to(self.lr.device)
         self.active = [a for a, kept in zip(self.active, keep.tolist()) if kept]
         with torch.no_grad():
@@ -245,38 +328,79 @@ def train_group(
     val: TensorSplit,
 ) -> tuple[list[Member], float]:
     """Train the proposals at ``positions`` together; their members (history, failure, weights) and
-    the seconds the group's fit took."""
+    the seconds the group's fit took. Rungs of multi-fidelity (``proposal.resume``) train to their
+    rung's epochs, from their saved states (all at the same epoch), and save their states."""
     build = context.network_builder()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    members, networks = [], []
+    members, networks, momentum = [], [], []
     for position in positions:
-        genome = proposals[position].genome
+        proposal = proposals[position]
+        genome, resume = proposal.genome, proposal.resume
         seed = genome_seed(context.study_seed, genome)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # the initial weights it gets alone
             networks.append(build(genome))
-        momentum, weight_decay = (genome.get(name, getattr(context.train_config, name))
-                                  for name in ("momentum", "weight_decay"))  # fmt: skip
-        members.append(Member(position, genome, seed, genome["epochs"], genome["learning_rate"], momentum, weight_decay))
+        rates = (genome.get(name, getattr(context.train_config, name)) for name in ("momentum", "weight_decay"))
+        member = Member(position, genome, seed, (resume and resume.epochs) or genome["epochs"], genome["learning_rate"],
+                        *rates)  # fmt: skip
+        start = read_training_state(resume.resume_from) if resume and resume.resume_from else None
+        if start is not None:
+            networks[-1].load_state_dict(start.weights)
+            member.history, member.lr_now = list(start.history), start.lr
+        momentum.append(start.momentum if start is not None else [])
+        members.append(member)
+    first_epoch = len(members[0].history)
+    if any(len(m.history) != first_epoch for m in members):
+        raise ValueError("the members of a group must start at the same epoch")
     seeds = [m.seed for m in members]
-    module = PopulationModule(networks, members, train, context)
-    trainer = make_trainer(max(m.epochs for m in members))
-    batches = _MemberBatches(train, members[0].genome["batch_size"], seeds)
+    module = PopulationModule(networks, members, train, context, first_epoch, momentum)
+    trainer = make_trainer(max(m.epochs for m in members) - first_epoch)
+    batches = _MemberBatches(train, members[0].genome["batch_size"], seeds, first_epoch)
     val_batches = TensorBatches(val, context.train_config.eval_batch_size, shuffle=False)
     started = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(min(seeds))  # the dropout and noise draws of the group
         trainer.fit(module, train_dataloaders=batches, val_dataloaders=val_batches)
-    return members, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    saving = [m for m in members if m.failure is None and m.history and _save_to(proposals[m.position])]
+    if saving:
+        template = _state_template(proposals[saving[0].position], context, train, val)
+        for member in saving:
+            write_training_state(_save_to(proposals[member.position]), template, member, len(batches),
+                                 len(val_batches))
+    return members, seconds
+
+
+def _save_to(proposal: Proposal) -> Path | None:
+    return proposal.resume.save_to if proposal.resume is not None else None
+
+
+def _state_template(proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit) -> dict:
+    """A training state as a fit alone saves it, for the group's network, batch size and optimiser:
+    one epoch of one batch (what ``write_training_state`` fills with each member's own state)."""
+    genome = {**proposal.genome, "epochs": 1}
+    one_batch = TensorSplit(train.images[: genome["batch_size"]], train.labels[: genome["batch_size"]])
+    one_row = TensorSplit(val.images[:1], val.labels[:1])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "template.ckpt"
+        fit_genome(genome, seed=0, build_network=context.network_builder(), train_split=one_batch, val_split=one_row,
+                   train_config=context.train_config, task=context.task, save_to=path)  # fmt: skip
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def plan_groups(proposals: Sequence[Proposal], max_size: int) -> list[list[int]]:
-    """Positions of the proposals that train together: by architecture and batch size, in order of
-    first appearance, at most ``max_size`` to a group."""
+    """Positions of the proposals that train together: by architecture, batch size and optimiser (and
+    for rungs of multi-fidelity, the epoch they resume at), in order of first appearance, at most
+    ``max_size`` to a group."""
     buckets: dict[tuple, list[int]] = {}
     for position, proposal in enumerate(proposals):
-        buckets.setdefault(group_key(proposal.genome), []).append(position)
+        buckets.setdefault((*group_key(proposal.genome), _start_epoch(proposal)), []).append(position)
     return [positions[i : i + max_size] for positions in buckets.values() for i in range(0, len(positions), max_size)]
+
+
+def _start_epoch(proposal: Proposal) -> int:
+    resume = proposal.resume
+    return saved_epochs(resume.resume_from) if resume is not None and resume.resume_from is not None else 0
 
 
 def member_record(member: Member, seconds: float, task: Task) -> EvaluationRecord:
@@ -294,8 +418,8 @@ def member_record(member: Member, seconds: float, task: Task) -> EvaluationRecor
 class PopulationEvaluator(_DriverSide):
     """Trains each group of a batch (``plan_groups``) in one fit, here; a group of one, a network
     with BatchNorm, or a group whose fit fails as a whole trains member by member as
-    ``SequentialEvaluator`` does, and so does a rung of multi-fidelity (it saves and resumes a
-    training state of its own). Weight reuse (``ga.weights``) is not supported."""
+    ``SequentialEvaluator`` does. Rungs of multi-fidelity train in groups too (``train_group``),
+    except with early stopping. Weight reuse (``ga.weights``) is not supported."""
 
     def __init__(self, data: PreparedData, context: TrainingContext, *, max_group_size: int = 16) -> None:
         if context.weights != "none":
@@ -330,8 +454,8 @@ class PopulationEvaluator(_DriverSide):
             yield position, record
 
     def _vectorisable(self, proposal: Proposal) -> bool:
-        if proposal.resume is not None:
-            return False  # a rung of multi-fidelity saves or resumes its own training state: trained alone
+        if proposal.resume is not None and self.context.train_config.early_stopping is not None:
+            return False  # the fused fit has no early stopping, whose state a rung would have to carry on
         if optimizer_of(proposal.genome, self.context.train_config) != "sgd" or \
                 self.context.train_config.lr_schedule != "step":
             return False  # the fused update is SGD with StepLR: Adam, AdamW and other schedules train one by one
