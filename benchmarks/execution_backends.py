@@ -42,7 +42,7 @@ from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.study.search_stage import run_search_stage  # noqa: E402
 from pipeline.training import backends  # noqa: E402
 from pipeline.training.fidelity import RungScheduledEvaluator  # noqa: E402
-from pipeline.training import fit  # noqa: E402
+from pipeline.training import fit, population  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.strategies import Strategy  # noqa: E402
 
@@ -89,12 +89,17 @@ def search(raw: dict) -> tuple[dict, float]:
 
 
 class StateIO:
-    """Seconds spent saving training states (``Trainer.save_checkpoint``) and loading them (a resumed
-    fit's checkpoint read, and the epoch count read before it), in this process."""
+    """Seconds spent saving training states (``Trainer.save_checkpoint``, or a population's
+    ``write_training_state``) and loading them (a resumed fit's checkpoint read, a population's
+    ``read_training_state``, and the epoch counts read before them), in this process (a fused rung's
+    one-batch template fit saves through ``Trainer.save_checkpoint``: counted too)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.patches = [(Trainer, "save_checkpoint"), (Strategy, "load_checkpoint"), (fit, "saved_epochs")]
+        self.patches = [(Trainer, "save_checkpoint"), (Strategy, "load_checkpoint"), (fit, "saved_epochs"),
+                        # a population's fused rungs read and write the same states by hand
+                        (population, "read_training_state"), (population, "write_training_state"),
+                        (population, "saved_epochs")]  # fmt: skip
 
     def __enter__(self) -> StateIO:
         self.originals = [getattr(owner, name) for owner, name in self.patches]
