@@ -572,3 +572,12 @@ def test_rungs_scheduled_asynchronously_over_an_evaluator_match_the_reference_on
     assert promotions, "the scores promote no candidate: the test shows nothing"
     trained_on = [(p, epochs) for p, epochs, resumed in inner.requests if resumed]
     assert trained_on == [(p, plans[p][rung + 1]) for p, rung, _ in promotions]  # each promotion, in order
+
+
+def test_the_fidelity_section_is_read_once_into_a_rung_schedule():
+    from pipeline.search.fidelity import RungSchedule  # noqa: PLC0415
+
+    assert RungSchedule.of(FidelityConfig()) is None  # rungs: null, multi-fidelity off
+    schedule = RungSchedule.of(FidelityConfig(rungs=[1, 3, 9], eta=3, mode="asynchronous"))
+    assert schedule.asynchronous and schedule.plan(5) == (1, 3, 5)
+    assert schedule.expected_epochs(9) == pytest.approx(expected_epochs([1, 3, 9], 9, 3))

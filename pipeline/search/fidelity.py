@@ -17,12 +17,37 @@ the previous rung's saved state, saving its own).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.evaluation import EvaluationRecord
+
+
+@dataclass(frozen=True)
+class RungSchedule:
+    """The ``fidelity`` section, read once (``RungSchedule.of``): the rungs, eta and whether promotion
+    is asynchronous. Everything that plans, costs or schedules rungs asks this object."""
+
+    rungs: tuple[float, ...]
+    eta: int
+    asynchronous: bool
+
+    @classmethod
+    def of(cls, fidelity: Any) -> RungSchedule | None:
+        """The schedule of a ``FidelityConfig``; None when multi-fidelity is off (``rungs: null``)."""
+        if fidelity.rungs is None:
+            return None
+        return cls(tuple(fidelity.rungs), fidelity.eta, fidelity.mode == "asynchronous")
+
+    def plan(self, epochs: int) -> tuple[int, ...]:
+        """A genome of ``epochs`` epochs: the epochs of each of its rungs (``rung_epochs``)."""
+        return rung_epochs(self.rungs, epochs)
+
+    def expected_epochs(self, epochs: int) -> float:
+        """What such a genome costs on average (``expected_epochs``): what an epoch budget admits it for."""
+        return expected_epochs(self.rungs, epochs, self.eta)
 
 
 def rung_epochs(rungs: Sequence[float], epochs: int) -> tuple[int, ...]:

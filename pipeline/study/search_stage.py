@@ -17,7 +17,7 @@ from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.errors import SearchFailed
 from pipeline.evaluation import EvaluationRecord, Proposal
-from pipeline.search.fidelity import expected_epochs
+from pipeline.search.fidelity import RungSchedule
 from pipeline.jsonio import write_json
 from pipeline.search.registry import get_method
 from pipeline.space import make_space
@@ -60,11 +60,10 @@ def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> Non
 def epoch_cost(config: StudyConfig) -> Callable[[Proposal], float]:
     """What a proposal costs ``budget.epochs`` when admitted: its epochs, or with multi-fidelity the
     epochs its rungs train a candidate on average."""
-    fidelity = config.fidelity
-    if fidelity.rungs is None:
+    schedule = RungSchedule.of(config.fidelity)
+    if schedule is None:
         return genome_epochs
-    rungs, eta = fidelity.rungs, fidelity.eta
-    return lambda proposal: expected_epochs(rungs, int(proposal.genome["epochs"]), eta)
+    return lambda proposal: schedule.expected_epochs(int(proposal.genome["epochs"]))
 
 
 def search_summary(

@@ -10,6 +10,7 @@ import torch
 from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData
 from pipeline.evaluation import Evaluator
+from pipeline.search.fidelity import RungSchedule
 from pipeline.training.evaluator import SequentialEvaluator, TrainingContext, WorkerPoolEvaluator
 from pipeline.training.fidelity import RungScheduledEvaluator
 from pipeline.training.population import PopulationEvaluator
@@ -25,7 +26,8 @@ def uses_population(config: StudyConfig, weight_rule: str) -> bool:
     execution = config.execution
     if execution.evaluator == "sequential" or weight_rule != "none":
         return False
-    if config.fidelity.enabled and config.fidelity.mode == "asynchronous":
+    schedule = RungSchedule.of(config.fidelity)
+    if schedule is not None and schedule.asynchronous:
         return False
     if execution.backend != "local" or execution.workers > 1:
         return False

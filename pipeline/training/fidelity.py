@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from pipeline.evaluation import EvaluationRecord, Evaluator, Proposal, Resume, StartCallback, concurrency_of
 from pipeline.jsonio import write_json
-from pipeline.search.fidelity import AsynchronousHalving, RungJob, rung_epochs, successive_halving
+from pipeline.search.fidelity import AsynchronousHalving, RungJob, RungSchedule, successive_halving
 
 if TYPE_CHECKING:
     from pipeline.config.sections import FidelityConfig
@@ -54,10 +54,11 @@ class RungScheduledEvaluator:
     depend on (params, data, code): kept rungs of another fingerprint are deleted, never reused."""
 
     def __init__(self, inner: Evaluator, fidelity: FidelityConfig, state_dir: Path, fingerprint: str) -> None:
-        if fidelity.rungs is None:
+        schedule = RungSchedule.of(fidelity)
+        if schedule is None:
             raise ValueError("RungScheduledEvaluator needs fidelity.rungs")
         self.inner = inner
-        self.fidelity = fidelity
+        self.schedule = schedule
         self.state_dir = Path(state_dir)
         self.stats = RungStats(slots=concurrency_of(inner))
         self._stats_lock = threading.Lock()  # asynchronous rungs end in several threads
@@ -72,7 +73,7 @@ class RungScheduledEvaluator:
         return self.stats.slots
 
     def plan(self, proposal: Proposal) -> tuple[int, ...]:
-        return rung_epochs(self.fidelity.rungs, int(proposal.genome["epochs"]))
+        return self.schedule.plan(int(proposal.genome["epochs"]))
 
     def evaluate(
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
@@ -85,10 +86,10 @@ class RungScheduledEvaluator:
         if pending:
             batch = [proposals[i] for i in pending]
             started = time.perf_counter()
-            if self.fidelity.mode == "asynchronous":
+            if self.schedule.asynchronous:
                 records = self._asynchronous(batch)
             else:
-                records = successive_halving([self.plan(p) for p in batch], self.fidelity.eta,
+                records = successive_halving([self.plan(p) for p in batch], self.schedule.eta,
                                              lambda jobs: self._train_rung(batch, jobs))  # fmt: skip
             self.stats.wall_seconds += time.perf_counter() - started
             for index, record in zip(pending, records):
@@ -117,7 +118,7 @@ class RungScheduledEvaluator:
         """ASHA: a free slot takes the scheduler's next job at once. With one slot it runs here, in
         order (reproducible); with more, each slot is a thread handing one request at a time to the
         evaluator (which trains it in a worker process or on a Ray node)."""
-        schedule = AsynchronousHalving([self.plan(p) for p in batch], self.fidelity.eta)
+        schedule = AsynchronousHalving([self.plan(p) for p in batch], self.schedule.eta)
         if self.stats.slots == 1:
             while (job := schedule.next_job()) is not None:
                 position, rung, _ = job
