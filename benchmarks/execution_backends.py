@@ -91,15 +91,14 @@ def search(raw: dict) -> tuple[dict, float]:
 class StateIO:
     """Seconds spent saving training states (``Trainer.save_checkpoint``, or a population's
     ``write_training_state``) and loading them (a resumed fit's checkpoint read, a population's
-    ``read_training_state``, and the epoch counts read before them), in this process (a fused rung's
+    ``read_training_state``, and the epoch count a fit alone reads first), in this process (a fused rung's
     one-batch template fit saves through ``Trainer.save_checkpoint``: counted too)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.patches = [(Trainer, "save_checkpoint"), (Strategy, "load_checkpoint"), (fit, "saved_epochs"),
                         # a population's fused rungs read and write the same states by hand
-                        (population, "read_training_state"), (population, "write_training_state"),
-                        (population, "saved_epochs")]  # fmt: skip
+                        (population, "read_training_state"), (population, "write_training_state")]  # fmt: skip
 
     def __enter__(self) -> StateIO:
         self.originals = [getattr(owner, name) for owner, name in self.patches]

@@ -214,9 +214,9 @@ def test_rungs_trained_fused_end_as_rungs_trained_alone(prepared_digits, tmp_pat
     groups = []
     real = population_module.train_group
 
-    def spied(proposals, positions, *args):
+    def spied(proposals, positions, *args, **kwargs):
         groups.append([proposals[p].resume.epochs for p in positions])
-        return real(proposals, positions, *args)
+        return real(proposals, positions, *args, **kwargs)
 
     monkeypatch.setattr(population_module, "train_group", spied)
     results = {}

@@ -197,7 +197,7 @@ def _describe(annotation: Any, metadata: list[Any] = ()) -> tuple[str, str]:
 
 
 def _bounds(metadata: list[Any]) -> str:
-    words = []
+    words, lengths = [], {}
     for item in metadata:
         if isinstance(item, FieldInfo):
             words.append(_bounds(item.metadata))
@@ -206,14 +206,18 @@ def _bounds(metadata: list[Any]) -> str:
             if isinstance(item, kind):
                 words.append(f"{sign} {_number(getattr(item, attribute))}")
         if isinstance(item, MinLen):
-            words.append(f"at least {item.min_length} {'item' if item.min_length == 1 else 'items'}")
+            lengths["min"] = item.min_length
         if isinstance(item, MaxLen):
-            words.append(f"at most {item.max_length} items")
+            lengths["max"] = item.max_length
         if getattr(item, "pattern", None):
             words.append(f"matching `{item.pattern}`")
-    for n in range(2, 10):  # both ends equal: a fixed length
-        if f"at least {n} items" in words and f"at most {n} items" in words:
-            words = [f"exactly {n} items" if w == f"at least {n} items" else w for w in words if w != f"at most {n} items"]
+    if lengths.get("min") is not None and lengths.get("min") == lengths.get("max"):
+        words.append(f"exactly {lengths['min']} items")  # both ends equal: a fixed length
+    else:
+        if "min" in lengths:
+            words.append(f"at least {lengths['min']} {'item' if lengths['min'] == 1 else 'items'}")
+        if "max" in lengths:
+            words.append(f"at most {lengths['max']} items")
     return ", ".join(w for w in words if w)
 
 

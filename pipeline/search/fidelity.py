@@ -154,19 +154,13 @@ class AsynchronousHalving:
     def next_job(self) -> RungJob | None:
         """The job a free worker takes now, or None: wait for a report, or, with nothing running, the
         batch is done."""
-        for rung in reversed(range(len(self.reported) - 1)):
-            position = self._promotable(rung, draining=False)
-            if position is not None:
-                return self._start(position, rung + 1)
+        promotion = self._promotion(draining=False)
+        if promotion is not None:
+            return promotion
         if self.started < len(self.plans):
             self.started += 1
             return self._start(self.started - 1, 0)
-        if not self.running:
-            for rung in reversed(range(len(self.reported) - 1)):
-                position = self._promotable(rung, draining=True)
-                if position is not None:
-                    return self._start(position, rung + 1)
-        return None
+        return self._promotion(draining=True) if not self.running else None
 
     def report(self, position: int, rung: int, record: EvaluationRecord) -> None:
         self.running.discard(position)
@@ -176,6 +170,14 @@ class AsynchronousHalving:
         """Each candidate's record of the last rung it reached (``final_records``)."""
         reached = {p: max(r for r in range(len(self.reported)) if p in self.reported[r]) for p in range(len(self.plans))}
         return final_records(self.plans, {p: self.reported[r][p] for p, r in reached.items()}, reached)
+
+    def _promotion(self, draining: bool) -> RungJob | None:
+        """The highest rung's promotable candidate, started on its next rung; None when there is none."""
+        for rung in reversed(range(len(self.reported) - 1)):
+            position = self._promotable(rung, draining)
+            if position is not None:
+                return self._start(position, rung + 1)
+        return None
 
     def _promotable(self, rung: int, draining: bool) -> int | None:
         reported = self.reported[rung]

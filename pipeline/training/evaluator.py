@@ -234,10 +234,15 @@ class WorkerPoolEvaluator(_DriverSide):
         if context.threads is None:
             context = dataclasses.replace(context, threads=max(1, (os.cpu_count() or 1) // workers))
         super().__init__(context, weight_store)
-        self.workers = self.concurrency = workers
+        self.workers = workers
         self.prepared = str(Path(data.folder).resolve())
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()  # asynchronous rungs submit from one thread per worker
+
+    @property
+    def concurrency(self) -> int:
+        """Evaluations trained at once: one per worker."""
+        return self.workers
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:

@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -41,7 +41,7 @@ from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import Task
 from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal
-from pipeline.training.fit import fit_genome, make_trainer, saved_epochs, training_device
+from pipeline.training.fit import fit_genome, make_trainer, training_device
 from pipeline.training.lit_module import EPOCH_METRICS_KEY, optimizer_of
 
 # The fused update in training_step is the optimiser: Lightning's note that there is none is expected.
@@ -325,11 +325,13 @@ class PopulationModule(pl.LightningModule):
 
 def train_group(
     proposals: Sequence[Proposal], positions: Sequence[int], context: TrainingContext, train: TensorSplit,
-    val: TensorSplit,
+    val: TensorSplit, starts: Mapping[int, SavedStart] | None = None, templates: dict[tuple, dict] | None = None,
 ) -> tuple[list[Member], float]:
     """Train the proposals at ``positions`` together; their members (history, failure, weights) and
     the seconds the group's fit took. Rungs of multi-fidelity (``proposal.resume``) train to their
-    rung's epochs, from their saved states (all at the same epoch), and save their states."""
+    rung's epochs, from their saved states (all at the same epoch; ``starts`` by position when the
+    caller has read them already), and save their states. ``templates`` keeps the state templates of
+    earlier groups by ``group_key``, so a network trains its one-batch template once."""
     build = context.network_builder()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     members, networks, momentum = [], [], []
@@ -343,7 +345,9 @@ def train_group(
         rates = (genome.get(name, getattr(context.train_config, name)) for name in ("momentum", "weight_decay"))
         member = Member(position, genome, seed, (resume and resume.epochs) or genome["epochs"], genome["learning_rate"],
                         *rates)  # fmt: skip
-        start = read_training_state(resume.resume_from) if resume and resume.resume_from else None
+        start = (starts or {}).get(position)
+        if start is None and resume and resume.resume_from:
+            start = read_training_state(resume.resume_from)
         if start is not None:
             networks[-1].load_state_dict(start.weights)
             member.history, member.lr_now = list(start.history), start.lr
@@ -364,7 +368,12 @@ def train_group(
     seconds = time.perf_counter() - started
     saving = [m for m in members if m.failure is None and m.history and _save_to(proposals[m.position])]
     if saving:
-        template = _state_template(proposals[saving[0].position], context, train, val)
+        first = proposals[saving[0].position]
+        templates = {} if templates is None else templates
+        key = group_key(first.genome)
+        if key not in templates:
+            templates[key] = _state_template(first, context, train, val)
+        template = templates[key]
         for member in saving:
             write_training_state(_save_to(proposals[member.position]), template, member, len(batches),
                                  len(val_batches))
@@ -388,19 +397,17 @@ def _state_template(proposal: Proposal, context: TrainingContext, train: TensorS
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def plan_groups(proposals: Sequence[Proposal], max_size: int) -> list[list[int]]:
+def plan_groups(
+    proposals: Sequence[Proposal], max_size: int, start_epochs: Mapping[int, int] | None = None
+) -> list[list[int]]:
     """Positions of the proposals that train together: by architecture, batch size and optimiser (and
-    for rungs of multi-fidelity, the epoch they resume at), in order of first appearance, at most
-    ``max_size`` to a group."""
+    for rungs of multi-fidelity, ``start_epochs``: the epoch each resumes at, 0 when absent), in order
+    of first appearance, at most ``max_size`` to a group."""
+    start_epochs = start_epochs or {}
     buckets: dict[tuple, list[int]] = {}
     for position, proposal in enumerate(proposals):
-        buckets.setdefault((*group_key(proposal.genome), _start_epoch(proposal)), []).append(position)
+        buckets.setdefault((*group_key(proposal.genome), start_epochs.get(position, 0)), []).append(position)
     return [positions[i : i + max_size] for positions in buckets.values() for i in range(0, len(positions), max_size)]
-
-
-def _start_epoch(proposal: Proposal) -> int:
-    resume = proposal.resume
-    return saved_epochs(resume.resume_from) if resume is not None and resume.resume_from is not None else 0
 
 
 def member_record(member: Member, seconds: float, task: Task) -> EvaluationRecord:
@@ -426,22 +433,30 @@ class PopulationEvaluator(_DriverSide):
             raise ValueError(f"the population evaluator trains from scratch only, not with weights={context.weights!r}")
         super().__init__(context, None)
         self.max_group_size = max_group_size
+        self.templates: dict[tuple, dict] = {}  # a network's training-state template, made once (fused rungs)
         self.train_split = data.load("train").to(training_device())
         self.val_split = data.load("val").to(training_device())
 
     def evaluate(
         self, proposals: Sequence[Proposal], on_start: StartCallback | None = None
     ) -> Iterator[tuple[int, EvaluationRecord]]:
-        for positions in plan_groups(proposals, self.max_group_size):
+        # Resumed rungs' saved states, read once: their epochs group them, their contents start them.
+        starts = {position: read_training_state(p.resume.resume_from) for position, p in enumerate(proposals)
+                  if p.resume is not None and p.resume.resume_from is not None}  # fmt: skip
+        start_epochs = {position: len(start.history) for position, start in starts.items()}
+        for positions in plan_groups(proposals, self.max_group_size, start_epochs):
             for position in positions:
                 if on_start is not None:
                     on_start(position)
-            yield from self._train(proposals, positions)
+            yield from self._train(proposals, positions, starts)
 
-    def _train(self, proposals: Sequence[Proposal], positions: list[int]) -> Iterator[tuple[int, EvaluationRecord]]:
+    def _train(
+        self, proposals: Sequence[Proposal], positions: list[int], starts: Mapping[int, SavedStart]
+    ) -> Iterator[tuple[int, EvaluationRecord]]:
         if len(positions) > 1 and self._vectorisable(proposals[positions[0]]):
             try:
-                members, seconds = train_group(proposals, positions, self.context, self.train_split, self.val_split)
+                members, seconds = train_group(proposals, positions, self.context, self.train_split, self.val_split,
+                                               starts, self.templates)  # fmt: skip
             except Exception:  # noqa: BLE001 - the group as a whole failed (out of memory, ...): one at a time
                 pass
             else:

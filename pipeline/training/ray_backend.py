@@ -76,7 +76,7 @@ class RayEvaluator(_DriverSide):
                 "fix execution.ray.address, or set the same RAY_AUTH_TOKEN as the cluster"
             ) from None
         # As many tasks in flight as the cluster can run at once: "started" means a worker has it.
-        self.window = self.concurrency = max(1, int(cpus // ray_config.num_cpus))
+        self.window = max(1, int(cpus // ray_config.num_cpus))
         # The data enters the object store once; each node fetches it once, not once per evaluation.
         self._train = ray.put(data.load("train"))
         self._val = ray.put(data.load("val"))
@@ -112,6 +112,11 @@ class RayEvaluator(_DriverSide):
             for ref in running:
                 ray.cancel(ref, force=True)
             raise
+
+    @property
+    def concurrency(self) -> int:
+        """Evaluations trained at once: as many tasks as the cluster has room for."""
+        return self.window
 
     def close(self) -> None:
         """Disconnect (a local instance this evaluator started stops with it; a cluster stays up)."""
