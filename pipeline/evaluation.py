@@ -27,6 +27,10 @@ class Resume:
     epochs: int | None = None
     resume_from: Path | None = None
     save_to: Path | None = None
+    # Set when the proposal is one interval of a longer training (PBT): the epochs ``resume_from``
+    # had trained. Its record then keeps only the epochs it trains itself, and an epoch budget is
+    # charged those; None: the record holds the whole history (a rung stands for its candidate).
+    start_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Proposal:
     ``parents`` are genome hashes, fitter first: with ``ga.weights`` the child starts from their
     trained weights. ``freeze_conv`` leading conv layers stay frozen (phased growth). ``resume``:
     train only to a rung, or on from a rung's saved state (None: the genome's epochs, from scratch).
+    ``identity``: what besides the genome makes it a training of its own (PBT: a member's interval,
+    whose genome may be the one it trained the interval before); the runner trains a genome once
+    per identity.
     """
 
     genome: Genome
@@ -45,11 +52,17 @@ class Proposal:
     parents: tuple[str, ...] = ()
     freeze_conv: int = 0
     resume: Resume | None = None
+    identity: str = ""
 
     @functools.cached_property
     def genome_hash(self) -> str:
         # Cached: the runner, the cache and the evaluator all ask (a lookup costs microseconds).
         return genome_hash(self.genome)
+
+    @property
+    def cache_key(self) -> str:
+        """Equal for proposals that are one training: the genome's hash, and the identity if any."""
+        return f"{self.genome_hash}@{self.identity}" if self.identity else self.genome_hash
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ class EvaluationRecord:
     # successive halving stopped it there before its full epochs.
     rung: int | None = None
     stopped_early: bool = False
+    # The epoch ``epochs[0]`` is (0 but for one interval of a longer training: PBT's).
+    first_epoch: int = 0
 
     @property
     def finished(self) -> bool:

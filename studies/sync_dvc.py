@@ -121,10 +121,10 @@ def suite_stages(methods: list[str], tuned: bool = True) -> dict:
 
 def rendered_suite() -> str:
     sys.path.insert(0, str(ROOT))
-    from pipeline.search.registry import method_names
+    from pipeline.search.registry import table_method_names
 
     return HEADER.replace("the project's dvc.yaml", "the method registry") + yaml.dump(
-        suite_stages(method_names()), Dumper=_NoAliases, sort_keys=False)
+        suite_stages(table_method_names()), Dumper=_NoAliases, sort_keys=False)
 
 
 class _NoAliases(yaml.SafeDumper):

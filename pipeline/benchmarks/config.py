@@ -36,7 +36,7 @@ from pipeline.config.sections import (
 )
 from pipeline.errors import ConfigError
 from pipeline.operators import bind_operator
-from pipeline.search.registry import method_names
+from pipeline.search.registry import table_method_names
 
 
 class SuiteData(_Section):
@@ -139,8 +139,8 @@ def suite_errors(config: SuiteConfig) -> list[str]:
         errors.append(f"seed: repeat seeds run up to {last_seed}; every seed must be below 2**32 "
                       f"(seed + study.repeats - 1 <= {MAX_SEED})")  # fmt: skip
     for method in config.suite.methods or []:
-        if method not in method_names():
-            errors.append(f"suite.methods: unknown method {method!r}; registered: {method_names()}")
+        if method not in table_method_names():
+            errors.append(f"suite.methods: unknown method {method!r}; those that search a table: {table_method_names()}")
     for task in tasks:
         table = load_table(task)
         try:

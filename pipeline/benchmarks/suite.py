@@ -25,7 +25,7 @@ from pipeline.benchmarks.tables import BenchmarkTable, load_table, restricted_sp
 from pipeline.config.sections import GAConfig
 from pipeline.errors import ConfigError
 from pipeline.jsonio import write_json
-from pipeline.search.registry import get_method, method_names
+from pipeline.search.registry import get_method, table_method_names
 from pipeline.space.dimensions import SearchSpace
 from pipeline.study.checkpoint import fingerprint
 from pipeline.study.lock import StageLock
@@ -40,7 +40,7 @@ CELL_TAG = "cell"
 def suite_methods(config: SuiteConfig) -> list[str]:
     """The methods a suite compares, in report order: the registered ones (or ``suite.methods``),
     and the tuned GA after them when the sensitivity run is on."""
-    names = list(config.suite.methods or method_names())
+    names = list(config.suite.methods or table_method_names())
     if config.suite.sensitivity.enabled and "ga" in names:
         names.append(TUNED_GA)
     return names

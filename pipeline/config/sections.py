@@ -402,6 +402,24 @@ class TPEConfig(_Section):
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 1  # trials asked at once (constant liar when > 1)
 
 
+# The genes PBT's explore step may change mid-training: the optimiser's and the input noise. The
+# others fix the network, its batches or its length (architecture, batch_size, epochs, optimizer): a
+# member takes them from the member it copies, as it takes its weights.
+PBT_GENES = ("learning_rate", "momentum", "weight_decay", "noise_level")
+
+
+class PBTConfig(_Section):
+    """Population Based Training (Jaderberg et al. 2017) with Ray Tune's defaults: members train in
+    intervals; after each, the bottom quantile copies a top member (exploit) and perturbs its genes
+    (explore)."""
+
+    population_size: Annotated[int, Field(ge=2, le=1024)] = 4  # members training side by side
+    perturbation_interval: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1  # epochs between exploit/explore steps
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25  # the bottom share copies one of the top share
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25  # explore redraws a gene from its range, else perturbs it
+    perturbation_factors: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=16)] = [1.2, 0.8]  # a perturbed number is scaled by one of these
+
+
 class ChampionConfig(_Section):
     epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None  # None: every training image not in validation
@@ -458,6 +476,16 @@ class ExecutionConfig(_Section):
     ray: RayConfig = RayConfig()
 
 
+def largest_epochs(space: SpaceConfig) -> int | None:
+    """The most epochs the space's ``epochs`` gene allows (None without a numeric one)."""
+    gene = space.genes.get("epochs")
+    if isinstance(gene, IntGene):
+        return gene.high
+    if isinstance(gene, ChoiceGene) and all(isinstance(v, int) and not isinstance(v, bool) for v in gene.values):
+        return max(gene.values)
+    return None
+
+
 class StudyConfig(_Section):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)]  # the study's seed: data split, searches, initial weights (repeat 0)
     data: DataConfig  # the dataset and its splits
@@ -467,6 +495,7 @@ class StudyConfig(_Section):
     train: TrainConfig = TrainConfig()  # training settings of every fit that no gene sets
     ga: GAConfig  # the genetic algorithm's settings
     tpe: TPEConfig = TPEConfig()  # Optuna's TPE sampler's settings
+    pbt: PBTConfig = PBTConfig()  # Population Based Training's settings
     champion: ChampionConfig  # each method's best retrained at full fidelity and tested
     mlflow: MlflowConfig  # the MLflow experiment every run is logged in
     study: RepeatsConfig = RepeatsConfig()  # repeats of the whole study, each with its own seed
@@ -504,6 +533,17 @@ class StudyConfig(_Section):
             raise ValueError(
                 f"ga.population_size ({self.ga.population_size}) exceeds budget.evaluations "
                 f"({self.budget.evaluations}): the first generation alone would overrun the budget"
+            )
+        if self.pbt.population_size > self.budget.evaluations:
+            raise ValueError(
+                f"pbt.population_size ({self.pbt.population_size}) exceeds budget.evaluations "
+                f"({self.budget.evaluations}): its first interval alone would overrun the budget"
+            )
+        longest = largest_epochs(self.space)
+        if longest is not None and self.pbt.perturbation_interval > longest:
+            raise ValueError(
+                f"pbt.perturbation_interval ({self.pbt.perturbation_interval}) is longer than the largest epochs gene "
+                f"(space.genes.epochs: {longest}): PBT's members would never reach an exploit step"
             )
         phases = self.space.layers.phases.count
         if self.space.kind == "architecture" and phases * self.ga.population_size > self.budget.evaluations:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.search.ga import GeneticSearch
 from pipeline.search.grid import GridSearch
+from pipeline.search.pbt import PopulationBasedTraining
 from pipeline.search.random import RandomSearch
 from pipeline.search.tpe import TPESearch
 from pipeline.task import task_of_dataset
@@ -33,6 +34,9 @@ class Method:
     settings_sections: tuple[str, ...] = ()
     # The rule by which its proposals start from their parents' trained weights (``ga.weights``).
     weight_rule: Callable[[StudyConfig], str] = lambda config: "none"
+    # Its proposals are intervals of longer trainings that carry their own ``Resume`` (PBT): no rungs
+    # are scheduled over them (``fidelity`` is not its), and it cannot search a benchmark table.
+    trains_in_intervals: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -60,6 +64,11 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def table_method_names() -> list[str]:
+    """The methods a benchmark table (lookups, no training) can compare: all but those that train in intervals."""
+    return [name for name, method in METHODS.items() if not method.trains_in_intervals]
+
+
 def _build_ga(config: StudyConfig, space: Space) -> Any:
     return GeneticSearch(
         space, config.ga, budget=config.budget.evaluations, seed=config.seed, phases=config.space.layers.phases,
@@ -75,4 +84,10 @@ register(Method(
     lambda config, space: TPESearch(space, config.budget.evaluations, config.seed, config.tpe.startup_trials,
                                     config.tpe.batch_size),
     ("tpe",),
+))  # fmt: skip
+register(Method(
+    "pbt", "Population Based Training",
+    lambda config, space: PopulationBasedTraining(space, config.pbt, config.seed,
+                                                  task_of_dataset(config.data.dataset, config.data.task).maximize),
+    ("pbt",), trains_in_intervals=True,
 ))  # fmt: skip

@@ -30,6 +30,7 @@ from pipeline.training.fit import fit_genome, training_device
 from pipeline.training.lit_module import DivergedError
 from pipeline.task import Task, task_of
 from pipeline.training.models import BuilderSource, NetworkBuilder, check_builder, network_builder
+from pipeline.training.schedule import replay_schedule
 
 
 def load_repeat_summaries(results_dir: Path, config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
@@ -45,10 +46,13 @@ def load_repeat_summaries(results_dir: Path, config: StudyConfig) -> dict[str, l
     return summaries
 
 
-def retrain_fingerprint(config: StudyConfig, data_summary: dict, genome: dict, seed: int) -> str:
+def retrain_fingerprint(
+    config: StudyConfig, data_summary: dict, genome: dict, seed: int, schedule: list | None = None
+) -> str:
     """What a full-fidelity retraining depends on; the same one is never trained twice."""
     return fingerprint({
         "genome": genome, "seed": seed, "data": data_summary, "model": config.model.model_dump(),
+        **({"schedule": schedule} if schedule else {}),
         "builder_source": source_digest(config.model),
         "space_kind": config.space.kind, "train": config.train.model_dump(),
         "champion": {"epochs": config.champion.epochs, "train_size": config.champion.train_size},
@@ -58,12 +62,17 @@ def retrain_fingerprint(config: StudyConfig, data_summary: dict, genome: dict, s
 
 def _retrain(
     genome: dict, seed: int, config: StudyConfig, build: NetworkBuilder, splits: dict[str, TensorSplit],
-    tracker: Tracker, run_id: str, task: Task,
+    tracker: Tracker, run_id: str, task: Task, schedule: list | None = None, study_seed: int = 0,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
-    outcome = fit_genome(
-        genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
-        train_config=config.train, epochs=config.champion.epochs, task=task,
-    )  # fmt: skip
+    if schedule:
+        # PBT's result is a schedule, not a configuration: replayed from scratch, at its own epochs.
+        outcome = replay_schedule(schedule, study_seed=study_seed, build_network=build, train_split=splits["train"],
+                                  val_split=splits["val"], train_config=config.train, task=task)  # fmt: skip
+    else:
+        outcome = fit_genome(
+            genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
+            train_config=config.train, epochs=config.champion.epochs, task=task,
+        )  # fmt: skip
     test_batches = TensorBatches(splits["test"], config.train.eval_batch_size, shuffle=False)
     (test_metrics,) = outcome.trainer.test(outcome.module, dataloaders=test_batches, verbose=False)
     for epoch, metrics in enumerate(outcome.module.epoch_metrics):
@@ -75,6 +84,7 @@ def _retrain(
         task.test_key: float(test_metrics[task.test_key]),
         "test_loss": float(test_metrics["test_loss"]),
         "train_seconds": outcome.seconds,
+        "epochs": len(outcome.module.epoch_metrics),
     }
     # Validation was logged per epoch above; logging it again here would add a second point.
     tracker.log_metrics(run_id, {k: result[k] for k in (task.test_key, "test_loss", "train_seconds")})
@@ -166,7 +176,7 @@ def _run_champion_stage(
                 if "best_genome" not in summary:
                     continue  # every individual of this repeat failed: nothing to retrain
                 genome, seed = summary["best_genome"], genome_seed(summary["seed"], summary["best_genome"])
-                key = retrain_fingerprint(config, data.summary, genome, seed)
+                key = retrain_fingerprint(config, data.summary, genome, seed, summary.get("best_schedule"))
                 result = cache.get(key, tracker)
                 was_reused = result is not None
                 if result is None:
@@ -236,17 +246,22 @@ def _retrain_logged(
     task: Task,
 ) -> dict[str, Any]:
     """One retraining in its own MLflow run under the stage's; a failure is recorded, not raised."""
+    schedule = summary.get("best_schedule")
+    epochs = schedule[-1]["epochs"] if schedule else config.champion.epochs
+    how = (f"its schedule replayed from scratch ({len(schedule)} step(s) to {epochs} epoch(s))" if schedule
+           else f"retrained for {epochs} epoch(s)")  # fmt: skip
     run_id = tracker.start_run(
         f"champion-{method}-seed{summary['seed']}", parent_id=stage_run,
-        params={**mlflow_params(genome), "epochs": config.champion.epochs, "seed": seed},
+        params={**mlflow_params(genome), "epochs": epochs, "seed": seed, **({"schedule_steps": len(schedule)} if schedule else {})},
         tags={"method": method, "repeat": summary["repeat"], "genome_hash": genome_hash(genome),
               "search_run_id": summary["best_run_id"]},
-        description=f"{method}'s best of seed {summary['seed']}, retrained for {config.champion.epochs} epoch(s) "
-                    "on the full training split and tested on the held-out test set.",
+        description=f"{method}'s best of seed {summary['seed']}, {how} on the full training split and tested on "
+                    "the held-out test set.",
     )  # fmt: skip
     with tracker.ends_on_error(run_id):  # Ctrl-C or SIGTERM: KILLED
         try:
-            result, network = _retrain(genome, seed, config, build, splits, tracker, run_id, task)
+            result, network = _retrain(genome, seed, config, build, splits, tracker, run_id, task, schedule,
+                                       summary["seed"])  # fmt: skip
         except (DivergedError, RuntimeError, ValueError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
             tracker.set_tags(run_id, {"failure_reason": failure})

@@ -530,7 +530,25 @@ def method_notes(runs: dict[str, list[Repeat]]) -> list[str]:
         rejected = sum(r.summary.get("rejected") or 0 for r in runs["ga"])
         if rejected:
             notes.append(f"GA: {rejected} candidate(s) rejected before training, over all repeats.")
+    if "pbt" in runs:
+        notes.append(pbt_note(runs))
     return notes
+
+
+def pbt_note(runs: dict[str, list[Repeat]]) -> str:
+    """What PBT's budget bought, beside the GA's: its intervals and epochs, and where to compare them."""
+    pbt = [r.summary for r in runs["pbt"]]
+    intervals = ", ".join(str(s.get("intervals_trained", "?")) for s in pbt)
+    reasons = "; ".join(sorted({str(s.get("stop_reason", "")) for s in pbt}))
+    text = (f"PBT: {intervals} intervals per repeat ({reasons}); each member's interval is one evaluation, so "
+            f"its {np.mean([s['epochs_trained'] for s in pbt]):.1f} training epochs per repeat")  # fmt: skip
+    if "ga" in runs:
+        ga = [r.summary for r in runs["ga"]]
+        rule = (ga[0].get("operators") or {}).get("weights") or "none"
+        text += (f" compare with the GA's {np.mean([s['epochs_trained'] for s in ga]):.1f} (`ga.weights: {rule}`) "
+                 "in the equal-budget table below, at equal training epochs and wall time")  # fmt: skip
+    return text + ". Its result is a schedule (the best member's genes per interval, and whose weights it copied); " \
+        "the champion replays that schedule from scratch."
 
 
 EVALUATIONS_FILE = "evaluations.csv"
@@ -608,7 +626,7 @@ def build_report(
     best = champion["champion"]
     genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items()
                       if not isinstance(v, list))  # fmt: skip
-    epochs = champion["epochs"]
+    epochs = best.get("epochs", champion["epochs"])  # a PBT champion's schedule has its own length
     examples = EXAMPLE_WORDS[task.kind]
     champion_text = (
         f"Champion, chosen by validation {task.label} after retraining (never by test {task.label}): "

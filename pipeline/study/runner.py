@@ -43,7 +43,7 @@ def plan_batch(
     limit = budget_left if batch.max_trainings is None else min(budget_left, batch.max_trainings)
     planned, plan, trainings, spent = set(known), [], 0, 0.0
     for proposal in batch.proposals:
-        hash_ = proposal.genome_hash
+        hash_ = proposal.cache_key
         cost = epoch_cost(proposal) if epoch_cost is not None else 0.0
         if hash_ in planned:
             plan.append(CACHED)
@@ -116,7 +116,7 @@ class SearchRunner:
                     self.tracking.kill_runs([group_run])  # the generation stopped with the stage
                 raise
             scored = [
-                None if action == DROPPED else Scored(self._known[p.genome_hash], new=action == TRAIN)
+                None if action == DROPPED else Scored(self._known[p.cache_key], new=action == TRAIN)
                 for p, action in zip(batch.proposals, plan)
             ]
             report = self.strategy.tell(scored)
@@ -159,7 +159,7 @@ class SearchRunner:
                     f"resume diverged at evaluation {len(self.records)}: {where} has {record.genome_hash}, "
                     f"the search asked for {proposal.genome_hash}; delete {where} to start afresh"
                 )
-            self._commit(record, replayed=True)
+            self._commit(record, proposal.cache_key, replayed=True)
         fresh = list(proposals[len(replayed) :])
         if not fresh:
             return
@@ -181,7 +181,7 @@ class SearchRunner:
                         finished.pop(committed), index=len(self.records), generation=generation,
                         run_id=run_ids.get(committed), elapsed_seconds=self.elapsed(),
                     )  # fmt: skip
-                    self._commit(record, replayed=False)
+                    self._commit(record, fresh[committed].cache_key, replayed=False)
                     committed += 1
         except BaseException:
             # Killed (Ctrl-C, SIGTERM) or broken: a run whose record is written is closed from it;
@@ -197,7 +197,7 @@ class SearchRunner:
         finally:
             self._unfinished = None
 
-    def _commit(self, record: EvaluationRecord, *, replayed: bool) -> None:
+    def _commit(self, record: EvaluationRecord, key: str, *, replayed: bool) -> None:
         if not replayed:
             if self.checkpoint is not None:
                 self.checkpoint.append(record)  # the record first: a kill after it loses nothing
@@ -206,7 +206,7 @@ class SearchRunner:
                 self.tracking.finish_individual(record)
                 self._unfinished = None
         self.records.append(record)
-        self._known[record.genome_hash] = record
+        self._known[key] = record
         if self.on_record is not None:
             self.on_record(record, replayed)
 

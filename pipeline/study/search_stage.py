@@ -57,13 +57,24 @@ def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> Non
     check_builder(BuilderSource.for_study(config), config.model, genome, data.image_shape, task.outputs(data.num_classes))
 
 
-def epoch_cost(config: StudyConfig) -> Callable[[Proposal], float]:
-    """What a proposal costs ``budget.epochs`` when admitted: its epochs, or with multi-fidelity the
-    epochs its rungs train a candidate on average."""
+def epoch_cost(config: StudyConfig, method: str = "") -> Callable[[Proposal], float]:
+    """What a proposal costs ``budget.epochs`` when admitted: its epochs, with multi-fidelity the
+    epochs its rungs train a candidate on average, and for one interval of a longer training (PBT)
+    the interval's epochs."""
     schedule = RungSchedule.of(config.fidelity)
+    if method and get_method(method).trains_in_intervals:
+        return interval_epochs
     if schedule is None:
         return genome_epochs
     return lambda proposal: schedule.expected_epochs(int(proposal.genome["epochs"]))
+
+
+def interval_epochs(proposal: Proposal) -> float:
+    """The epochs one interval of a longer training trains (``Resume.start_epoch`` to ``epochs``)."""
+    resume = proposal.resume
+    if resume is None or resume.start_epoch is None or resume.epochs is None:
+        return genome_epochs(proposal)
+    return float(resume.epochs - resume.start_epoch)
 
 
 def search_summary(
@@ -282,9 +293,18 @@ def _search_once(
         if not checkpoint.records and weights_dir.exists():
             shutil.rmtree(weights_dir)  # a fresh start: weights of another run's genomes must not be reused
         weight_store = WeightStore(weights_dir)
+    if spec.trains_in_intervals:
+        config = config.model_copy(update={"fidelity": config.fidelity.model_copy(update={"rungs": None})})
     fidelity_state = (folder / f"seed-{repeat.seed}-fidelity", repeat.fingerprint) if config.fidelity.enabled else None
     evaluator = make_evaluator(config, data, weight_rule, weight_store, fidelity_state)
     strategy = spec.build(config, space)
+    states = folder / f"seed-{repeat.seed}-states"
+    if hasattr(strategy, "state_dir"):
+        # It resumes training states between its proposals (PBT's members): kept here, so a killed
+        # search resumes from the last interval's; a fresh start must not find another run's.
+        if not checkpoint.records and states.exists():
+            shutil.rmtree(states)
+        strategy.state_dir = states
     if checkpoint.stage_run_id is not None:
         stage_run = checkpoint.stage_run_id
         settled = tracking.reopen_stage(stage_run, list(checkpoint.group_runs.values()), checkpoint.records)
@@ -311,10 +331,11 @@ def _search_once(
         ):
             progress = _Progress(bar, label, budget, val_key)
             runner = SearchRunner(strategy, evaluator, budget, checkpoint, tracking, stage_run, progress,
-                                  epoch_budget=config.budget.epochs, epoch_cost=epoch_cost(config))  # fmt: skip
+                                  epoch_budget=config.budget.epochs, epoch_cost=epoch_cost(config, method))  # fmt: skip
             records = runner.run()
     finally:
         evaluator.close()
+    shutil.rmtree(states, ignore_errors=True)  # reached only when the search ended: its schedule is in the history
     rank_by_rung = config.fidelity.ranking == "rung"
     summary = search_summary(method, budget, records, runner.elapsed(), val_key, rank_by_rung) | strategy.summary()
     if runner.stop_reason:

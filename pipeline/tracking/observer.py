@@ -122,7 +122,7 @@ class SearchTracking:
             self.tracker.log_metrics(run_id, {"train_seconds": record.train_seconds})
             self.tracker.end_run(run_id, "FAILED")
             return
-        for epoch, metrics in enumerate(record.epochs):
+        for epoch, metrics in enumerate(record.epochs, start=record.first_epoch):
             self.tracker.log_metrics(run_id, metrics, step=epoch)
         final = {
             f"final_{self.val_key}": record.val_score, "final_val_loss": record.val_loss, "train_seconds": record.train_seconds,

@@ -114,12 +114,21 @@ def _train(
     last = history[-1]
     record = EvaluationRecord(
         genome, genome_hash(genome), seed, "finished", last[context.task.val_key], last["val_loss"], last["train_loss"],
-        outcome.seconds, history, None, **initial, maximize=context.task.maximize,
+        outcome.seconds, trained_epochs(history, resume), None, **initial, maximize=context.task.maximize,
+        first_epoch=resume.start_epoch or 0,
     )  # fmt: skip
     state = None
     if context.weights != "none":
         state = {k: v.detach().cpu().clone() for k, v in outcome.module.network.state_dict().items()}
     return record, state
+
+
+def trained_epochs(history: list[dict[str, float]], resume: Resume | None) -> list[dict[str, float]]:
+    """The epochs a record keeps: the whole history, or only those past ``resume.start_epoch`` (one
+    interval of a longer training: PBT's)."""
+    if resume is None or resume.start_epoch is None:
+        return history
+    return history[resume.start_epoch :]
 
 
 def _initialise(network: torch.nn.Module, proposal: Proposal, rule: str, parents: Sequence[StateDict]) -> dict[str, Any]:

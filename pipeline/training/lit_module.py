@@ -104,6 +104,30 @@ class LitClassifier(pl.LightningModule):
         self.epoch_metrics.append({"train_loss": train_loss, **metrics, "lr": self._epoch_lr})
         self._train_loss_sum, self._train_count = 0.0, 0
 
+    def on_train_start(self) -> None:
+        # Runs after a resumed fit restored the optimiser and scheduler, whose saved settings would
+        # otherwise overwrite the genome's: a PBT member explored to new ones trains with those.
+        if self.trainer.ckpt_path is not None:
+            self._apply_settings()
+
+    def _apply_settings(self) -> None:
+        """This module's learning rate, momentum and weight decay on the restored optimiser; the
+        learning rate's schedule goes on from where it was, scaled to the new base rate."""
+        optimizer = self.trainer.optimizers[0]
+        for group in optimizer.param_groups:
+            base = group.get("initial_lr", group["lr"])
+            if base != self.learning_rate:
+                group["lr"] = rescaled_rate(group["lr"], base, self.learning_rate)
+                if "initial_lr" in group:
+                    group["initial_lr"] = self.learning_rate
+            if "momentum" in group and self.optimizer_name == "sgd":
+                group["momentum"] = self.momentum
+            group["weight_decay"] = self.weight_decay
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning saves weights, optimiser, scheduler and loops; the random stream of dropout and
         # input noise, and the per-epoch history, are this module's to carry.
@@ -133,6 +157,12 @@ class LitClassifier(pl.LightningModule):
         else:
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def rescaled_rate(rate: float, old_base: float, new_base: float) -> float:
+    """The scheduled rate of a schedule whose base rate changes from ``old_base`` to ``new_base``
+    mid-training (PBT's explore): the same share of the new base. Unchanged when the base is."""
+    return rate if old_base == new_base else rate * (new_base / old_base)
 
 
 def optimizer_of(genome: Mapping[str, Any], train_config: TrainConfig) -> str:

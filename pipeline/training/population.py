@@ -37,12 +37,12 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from pipeline.config.loading import TRAINING_GENES
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
-from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
+from pipeline.evaluation import EvaluationRecord, Proposal, Resume, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import Task
-from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal
+from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal, trained_epochs
 from pipeline.training.fit import fit_genome, make_trainer, training_device
-from pipeline.training.lit_module import EPOCH_METRICS_KEY, optimizer_of
+from pipeline.training.lit_module import EPOCH_METRICS_KEY, optimizer_of, rescaled_rate
 
 # The fused update in training_step is the optimiser: Lightning's note that there is none is expected.
 warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`.*")
@@ -85,6 +85,7 @@ class SavedStart:
     momentum: list[torch.Tensor | None]  # SGD's momentum buffer per parameter, in parameter order
     lr: float  # the learning rate its next epoch trains with
     history: list[dict[str, float]]  # the epochs trained so far
+    initial_lr: float  # the learning-rate gene it was trained with (its schedule's base)
 
 
 def read_training_state(path: Path) -> SavedStart:
@@ -94,7 +95,9 @@ def read_training_state(path: Path) -> SavedStart:
     optimizer = saved["optimizer_states"][0]
     count = len(optimizer["param_groups"][0]["params"])
     momentum = [optimizer["state"].get(i, {}).get("momentum_buffer") for i in range(count)]
-    return SavedStart(weights, momentum, float(optimizer["param_groups"][0]["lr"]), list(saved[EPOCH_METRICS_KEY]))
+    group = optimizer["param_groups"][0]
+    return SavedStart(weights, momentum, float(group["lr"]), list(saved[EPOCH_METRICS_KEY]),
+                      float(group.get("initial_lr", group["lr"])))  # fmt: skip
 
 
 def write_training_state(path: Path, template: dict, member: Member, batches: int, val_batches: int) -> None:
@@ -350,7 +353,7 @@ def train_group(
             start = read_training_state(resume.resume_from)
         if start is not None:
             networks[-1].load_state_dict(start.weights)
-            member.history, member.lr_now = list(start.history), start.lr
+            member.history, member.lr_now = list(start.history), rescaled_rate(start.lr, start.initial_lr, member.lr)
         momentum.append(start.momentum if start is not None else [])
         members.append(member)
     first_epoch = len(members[0].history)
@@ -410,7 +413,7 @@ def plan_groups(
     return [positions[i : i + max_size] for positions in buckets.values() for i in range(0, len(positions), max_size)]
 
 
-def member_record(member: Member, seconds: float, task: Task) -> EvaluationRecord:
+def member_record(member: Member, seconds: float, task: Task, resume: Resume | None = None) -> EvaluationRecord:
     genome = member.genome
     if member.failure is not None or not member.history:
         reason = member.failure or "left the group without a finished epoch"
@@ -418,7 +421,8 @@ def member_record(member: Member, seconds: float, task: Task) -> EvaluationRecor
     last = member.history[-1]
     return EvaluationRecord(
         genome, genome_hash(genome), member.seed, "finished", last[task.val_key], last["val_loss"],
-        last["train_loss"], seconds, member.history, maximize=task.maximize,
+        last["train_loss"], seconds, trained_epochs(member.history, resume), maximize=task.maximize,
+        first_epoch=(resume.start_epoch or 0) if resume is not None else 0,
     )  # fmt: skip
 
 
@@ -462,7 +466,8 @@ class PopulationEvaluator(_DriverSide):
             else:
                 epochs = [max(len(m.history), 1) for m in members]
                 for member, share in zip(members, epochs):
-                    yield member.position, member_record(member, seconds * share / sum(epochs), self.context.task)
+                    yield member.position, member_record(member, seconds * share / sum(epochs), self.context.task,
+                                                         proposals[member.position].resume)  # fmt: skip
                 return
         for position in positions:
             record, _ = train_proposal(proposals[position], self.context, self.train_split, self.val_split, [])
