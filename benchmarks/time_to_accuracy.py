@@ -1,6 +1,7 @@
 """Time to accuracy: training seconds until a search's best-so-far validation accuracy first reaches
 T, for the plain GA, the GA with multi-fidelity (successive halving), the GA with fidelity and
-weight inheritance, random search, and random search with fidelity; over several seeds.
+weight inheritance (also at population 9), random search, random search with fidelity, and
+Population Based Training (8 members, 1-epoch intervals to 9 epochs); over several seeds.
 
 The default study's data sizes and network (run `python stages/prepare.py` first: data/prepared),
 its hyperparameter ranges with the epochs gene widened to 1-9 (fidelity pays where a full training
@@ -57,7 +58,11 @@ VARIANTS = {
     "random + fidelity": ("random", True, "none", None),
     # eta^2 = 9 candidates: each generation one whole successive-halving bracket (9 -> 3 -> 1)
     "GA + fidelity, population 9": ("ga", True, "none", 9),
+    "GA + fidelity + inherit, population 9": ("ga", True, "inherit", 9),
+    # Population Based Training: 8 members x 9 epochs (the horizon) = 72 epochs, within the budget
+    "PBT": ("pbt", False, "none", None),
 }
+PBT_SETTINGS = {"population_size": 8, "perturbation_interval": 1}
 DEFAULT_VARIANTS = list(VARIANTS)[:5]
 
 
@@ -75,6 +80,9 @@ def variant_params(
         params["budget"]["epochs"] = None  # the reference: 16 evaluations, whatever their epochs
     params["fidelity"] = FIDELITY if fidelity else {"rungs": None}
     params["execution"] = {"evaluator": "sequential"}
+    params["pbt"] = PBT_SETTINGS
+    if method == "pbt":
+        params["budget"] = {"evaluations": 200, "epochs": epochs_budget}
     params["study"] = {"repeats": 1, "seeds": None}
     return params
 
@@ -88,8 +96,10 @@ def run_variant(name: str, seed: int, epochs_budget: int, data: PreparedData, sc
     fidelity_state = (folder / "fidelity", "benchmark") if fidelity else None
     evaluator = make_evaluator(config, data, weights, store, fidelity_state)
     strategy = get_method(method).build(config, space)
+    if hasattr(strategy, "state_dir"):  # PBT's members' training states between intervals
+        strategy.state_dir = folder / "states"
     runner = SearchRunner(strategy, evaluator, config.budget.evaluations, epoch_budget=config.budget.epochs,
-                          epoch_cost=epoch_cost(config))  # fmt: skip
+                          epoch_cost=epoch_cost(config, method))  # fmt: skip
     started = time.perf_counter()
     try:
         records = runner.run()

@@ -1,4 +1,4 @@
-"""End to end: ``dvc repro`` of every stage on tiny params, three repeats of all four methods, in a
+"""End to end: ``dvc repro`` of every stage on tiny params, three repeats of every registered method, in a
 temporary git repo."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.search.registry import method_names
 from tests.browser import render_page, require_chromium
 from tests.conftest import REPO_ROOT, tiny_params
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "ga_search", "grid_search", "random_search", "tpe_search", "champion", "report"]
-METHODS = ("ga", "grid", "random", "tpe")
+METHODS = tuple(method_names())  # every registered method has its search stage
+STAGES = ["prepare", *(f"{m}_search" for m in METHODS), "champion", "report"]
 REPEATS = {"repeats": 3, "seeds": [42, 7, 1234]}
 
 
@@ -93,8 +94,16 @@ def test_every_stage_runs_and_writes_its_outputs(study):
     assert champion["val_acc"] == max(e["val_acc"] for e in details["retrained"] if "val_acc" in e)
     assert 0.0 <= champion["test_acc"] <= 1.0
     report = (study / "results" / "report.md").read_text()
-    for label in ("Genetic algorithm", "Grid search", "Random search", "TPE"):
+    for label in ("Genetic algorithm", "Grid search", "Random search", "TPE", "Population Based Training"):
         assert label in report
+    # PBT's result is a schedule: the champion replayed its best member's, to the schedule's own epochs.
+    for entry in (e for e in details["retrained"] if e["method"] == "pbt"):
+        summary = json.loads((study / "results" / "pbt_search" / f"seed-{entry['seed']}.json").read_text())
+        assert entry["epochs"] == summary["best_schedule"][-1]["epochs"]
+    assert "PBT: " in report and "at equal training epochs and wall time" in report
+    equal = report[report.index("## Equal budgets"):]
+    header = next(line for line in equal.splitlines() if line.startswith("|"))
+    assert "Population Based Training" in header and "training epochs" in equal
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=study).stdout)
     workspace = next(iter(metrics.values()))["data"]  # keyed "workspace" or "" by DVC version
     values = [v for file in workspace.values() for v in file["data"].values()]
@@ -231,7 +240,7 @@ def test_editing_ga_params_reruns_only_ga_champion_report(study):
     assert "Stage 'grid_search' didn't change" in result.stdout
     # Only the GA's three bests can have changed: the champion stage retrains those, reuses the rest.
     retrained, reused = map(int, re.search(r"\[champion\] (\d+) retrained, (\d+) reused", result.stdout).groups())
-    assert retrained <= 3 and reused >= 9 and retrained + reused == 12
+    assert retrained <= 3 and reused >= 3 * (len(METHODS) - 1) and retrained + reused == 3 * len(METHODS)
 
 
 def test_raising_repeats_trains_only_the_new_repeat(study):

@@ -321,3 +321,22 @@ def record_member(record, history):
     """The member a record trained, from the lineage (its interval's members, in order)."""
     index = history["evaluations"].index(record)
     return index % len(history["generations"][0]["members"])
+
+
+def test_a_failed_member_copies_a_finished_top_member_and_a_population_that_all_failed_stops():
+    def fitness(genome):
+        if genome["learning_rate"] > 0.05:
+            raise FloatingPointError("diverged")
+        return genome["momentum"]
+
+    strategy, records = pbt_run(seed=4, population=6, fitness=fitness, quantile_fraction=0.25)
+    first, second = strategy.history()[:2]
+    failed = [m["member"] for m in first["members"] if m["status"] != "finished"]
+    assert failed  # this seed draws some members past 0.05
+    scores = [m["val_score"] if m["status"] == "finished" else -math.inf for m in first["members"]]
+    _, top = quantiles(scores, 0.25)  # ceil(6 x 0.25) = 2
+    assert all(math.isfinite(scores[m]) for m in top)
+    for member in failed:
+        assert second["members"][member]["copied_from"] in top
+    strategy, records = pbt_run(seed=4, fitness=lambda genome: math.nan)
+    assert len(records) == 4 and strategy.stop_reason == "every member failed in interval 0"

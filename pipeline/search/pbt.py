@@ -168,12 +168,19 @@ class PopulationBasedTraining:
         if k + 1 == len(self.ends):
             self.stop_reason = f"every member trained to {self.ends[k]} epochs ({len(self.ends)} intervals)"
             return report
+        if not finite:
+            self.stop_reason = f"every member failed in interval {k}"
+            return report
         self._exploit_and_explore(fitness)
         self.interval += 1
         return report
 
     def _exploit_and_explore(self, fitness: Sequence[float]) -> None:
         bottom, top = quantiles(fitness, self.settings.quantile_fraction)
+        # A failed member saved no state to go on from: it copies a top member too, as the bottom does;
+        # only a finished member is copied.
+        top = [m for m in top if math.isfinite(fitness[m])]
+        bottom = [m for m in range(len(fitness)) if m in bottom or not math.isfinite(fitness[m])]
         self.sources = list(range(len(self.genomes)))
         self.changes = [{} for _ in self.genomes]
         for member in bottom:
