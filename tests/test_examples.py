@@ -22,14 +22,16 @@ from tests.test_e2e import sh
 
 pytestmark = pytest.mark.slow
 
-SEARCHES = ["ga_search", "grid_search", "random_search", "tpe_search"]
+SEARCHES = [f"{m}_search" for m in method_names()]
 STAGES = ["prepare", *SEARCHES, "ga_sensitivity", "champion", "report"]
-# Seconds, not minutes: one repeat of a 4-evaluation budget, networks trained for an epoch or two.
+# Seconds, not minutes: one repeat of a 4-evaluation budget, networks trained for an epoch or two
+# (PBT: two members, two 1-epoch intervals).
 TINY = {
     "budget": {"evaluations": 4},
     "ga": {"population_size": 3},
     "study": {"repeats": 1},
     "champion": {"epochs": 1},
+    "pbt": {"population_size": 2, "perturbation_interval": 1},
 }
 TINY_GENES = {"tabular": {"epochs": {"type": "int", "low": 1, "high": 3}},
               "images": {"epochs": {"type": "int", "low": 1, "high": 2}}}  # fmt: skip

@@ -41,7 +41,8 @@ def all_runs(uri: str, experiment: str = "tiny") -> list:
 
 
 def assert_settled(uri: str) -> list:
-    """Nothing RUNNING; within each stage run, no genome FINISHED twice. Returns the runs."""
+    """Nothing RUNNING; within each stage run, no genome (PBT: no member's interval) FINISHED twice.
+    Returns the runs."""
     runs = all_runs(uri)
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     parent = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
@@ -54,7 +55,9 @@ def assert_settled(uri: str) -> list:
     finished: dict[tuple[str, str], int] = {}
     for run in runs:
         if run.info.status == "FINISHED" and "genome_hash" in run.data.tags:
-            key = (stage_of(run.info.run_id), run.data.tags["genome_hash"])
+            # PBT trains a member's genome again each interval: a training is a genome at a member's interval.
+            tags = run.data.tags
+            key = (stage_of(run.info.run_id), tags["genome_hash"], tags.get("member", ""), tags.get("interval", ""))
             finished[key] = finished.get(key, 0) + 1
     assert [k for k, n in finished.items() if n > 1] == []
     return runs

@@ -340,3 +340,22 @@ def test_a_failed_member_copies_a_finished_top_member_and_a_population_that_all_
         assert second["members"][member]["copied_from"] in top
     strategy, records = pbt_run(seed=4, fitness=lambda genome: math.nan)
     assert len(records) == 4 and strategy.stop_reason == "every member failed in interval 0"
+
+
+def test_a_budget_that_ends_with_an_interval_leaves_no_empty_interval():
+    strategy, records = pbt_run(seed=2, budget=8)  # 4 members: two whole intervals
+    assert len(records) == 8 and len(strategy.history()) == 2
+    assert strategy.stop_reason == "budget spent after interval 1 (at 2 epochs)"
+    assert strategy.summary()["intervals_trained"] == 2
+
+
+def test_pbt_searches_without_rungs_or_early_stopping():
+    from pipeline.study.search_stage import own_training
+
+    params = tiny_params()
+    params["fidelity"] = {"rungs": [1], "eta": 3, "mode": "asynchronous"}
+    params["train"]["early_stopping"] = {"patience": 1, "min_delta": 0.0}
+    config = parse_config(params)
+    pbt = own_training("pbt", config)
+    assert pbt.fidelity.rungs is None and pbt.train.early_stopping is None  # an interval ends at its epoch
+    assert own_training("ga", config) is config

@@ -150,6 +150,9 @@ class PopulationBasedTraining:
 
     def tell(self, scored: Sequence[Scored | None]) -> GroupReport | None:
         k = self.interval
+        if all(s is None for s in scored):  # the budget ended with the interval before: nothing trained
+            self.stop_reason = f"budget spent after interval {k - 1} (at {self.ends[k - 1]} epochs)"
+            return None
         fitness = [s.record.fitness if s is not None else -math.inf for s in scored]
         self.intervals.append({
             "interval": k, "epochs": self.ends[k],

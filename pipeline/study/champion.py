@@ -66,8 +66,10 @@ def _retrain(
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     if schedule:
         # PBT's result is a schedule, not a configuration: replayed from scratch, at its own epochs.
+        # Without early stopping, as the search trained it (an interval ends at its epoch).
+        train_config = config.train.model_copy(update={"early_stopping": None})
         outcome = replay_schedule(schedule, study_seed=study_seed, build_network=build, train_split=splits["train"],
-                                  val_split=splits["val"], train_config=config.train, task=task)  # fmt: skip
+                                  val_split=splits["val"], train_config=train_config, task=task)  # fmt: skip
     else:
         outcome = fit_genome(
             genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
@@ -189,6 +191,7 @@ def _run_champion_stage(
                       flush=True)  # fmt: skip
                 entries.append({"method": method, "repeat": summary["repeat"], "seed": summary["seed"],
                                 "genome": genome, "genome_hash": genome_hash(genome), "key": key,
+                                **({"schedule": summary["best_schedule"]} if summary.get("best_schedule") else {}),
                                 f"search_{task.val_key}": summary[f"best_{task.val_key}"], **result})  # fmt: skip
         print(f"[champion] {trained} retrained, {reused} reused (same genome, seed, data and settings as before)",
               flush=True)  # fmt: skip
@@ -199,7 +202,7 @@ def _run_champion_stage(
         network.load_state_dict(cache.weights(champion["key"]))
         champion = champion | _log_model(network, splits["test"], config, tracker, champion["run_id"])
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": network.state_dict(), "genome": champion["genome"],
+    torch.save({"state_dict": network.state_dict(), "genome": champion["genome"], "schedule": champion.get("schedule"),
                 "model": config.model.model_dump(), "dataset": data.summary}, model_path)  # fmt: skip
     tracker.log_metrics(stage_run, {task.test_key: champion[task.test_key], "test_loss": champion["test_loss"]})
     tracker.set_tags(stage_run, {"champion_method": champion["method"], "champion_run_id": champion["run_id"]})

@@ -630,7 +630,8 @@ def build_report(
     examples = EXAMPLE_WORDS[task.kind]
     champion_text = (
         f"Champion, chosen by validation {task.label} after retraining (never by test {task.label}): "
-        f"{method_label(best['method'])}'s best of seed {best['seed']} ({genes}), retrained for {epochs} "
+        f"{method_label(best['method'])}'s best of seed {best['seed']} ({genes}), "
+        f"{'its schedule replayed from scratch to' if best.get('schedule') else 'retrained for'} {epochs} "
         f"epoch{'s' if epochs != 1 else ''} on {champion['train_size']} {examples}: validation {task.label} "
         f"{best[task.val_key]:.4f}, test {task.label} **{best[task.test_key]:.4f}** on {champion['test_size']} "
         f"held-out {examples} "

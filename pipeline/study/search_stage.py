@@ -50,6 +50,18 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
     return fingerprint(sections)
 
 
+def own_training(method: str, config: StudyConfig) -> StudyConfig:
+    """The config a method searches with: one whose proposals are intervals of longer trainings (PBT)
+    schedules them itself, so no rungs are scheduled over them and no early stopping cuts an interval
+    short (its next interval starts where this one was to end)."""
+    if not get_method(method).trains_in_intervals:
+        return config
+    return config.model_copy(update={
+        "fidelity": config.fidelity.model_copy(update={"rungs": None}),
+        "train": config.train.model_copy(update={"early_stopping": None}),
+    })  # fmt: skip
+
+
 def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> None:
     """The study's model builder on a genome of the space (seeded), before anything trains."""
     genome = space.sample(np.random.default_rng(config.seed))
@@ -202,7 +214,7 @@ def _run_repeats(
     stage = f"{method}_search"
     tracker = Tracker(config.mlflow.experiment)
     data = PreparedData.open(prepared_dir)
-    config = config.with_prepared_task(data.summary)
+    config = own_training(method, config.with_prepared_task(data.summary))
     space = make_space(config.space, data.image_shape)
     check_builder_on(config, data, space)  # a user's builder that fails, before anything trains
     val_key = task_of(data.summary).val_key
@@ -293,8 +305,6 @@ def _search_once(
         if not checkpoint.records and weights_dir.exists():
             shutil.rmtree(weights_dir)  # a fresh start: weights of another run's genomes must not be reused
         weight_store = WeightStore(weights_dir)
-    if spec.trains_in_intervals:
-        config = config.model_copy(update={"fidelity": config.fidelity.model_copy(update={"rungs": None})})
     fidelity_state = (folder / f"seed-{repeat.seed}-fidelity", repeat.fingerprint) if config.fidelity.enabled else None
     evaluator = make_evaluator(config, data, weight_rule, weight_store, fidelity_state)
     strategy = spec.build(config, space)

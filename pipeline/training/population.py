@@ -415,7 +415,8 @@ def plan_groups(
 
 def member_record(member: Member, seconds: float, task: Task, resume: Resume | None = None) -> EvaluationRecord:
     genome = member.genome
-    if member.failure is not None or not member.history:
+    started = (resume.start_epoch or 0) if resume is not None else 0
+    if member.failure is not None or len(member.history) <= started:
         reason = member.failure or "left the group without a finished epoch"
         return EvaluationRecord.failed(genome, member.seed, reason, seconds)
     last = member.history[-1]
@@ -474,6 +475,8 @@ class PopulationEvaluator(_DriverSide):
             yield position, record
 
     def _vectorisable(self, proposal: Proposal) -> bool:
+        if "noise_level" in proposal.genome:
+            return False  # the fused fit adds one noise level to every member: a gene of its own trains alone
         if proposal.resume is not None and self.context.train_config.early_stopping is not None:
             return False  # the fused fit has no early stopping, whose state a rung would have to carry on
         if optimizer_of(proposal.genome, self.context.train_config) != "sgd" or \

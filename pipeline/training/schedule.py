@@ -1,7 +1,9 @@
 """Replaying a training schedule (a PBT member's lineage, ``pipeline.search.pbt.schedule_of``) from
 scratch, as Ray Tune's ``PopulationBasedTrainingReplay`` does: train with the first step's genes to its
 epoch, then on from that state with the next step's genes to its epoch, and so on. With the search's
-data it retrains the member bit-equal on one machine (each step is the fit the search ran)."""
+data it retrains the member bit-equal on one CPU when the search trained one member at a time (each
+step is the fit the search ran); the population evaluator's fused fits draw dropout and input noise
+for the group, so a replay of its members agrees to float tolerance only."""
 
 from __future__ import annotations
 
