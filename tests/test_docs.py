@@ -32,3 +32,16 @@ def test_the_readme_is_short_and_its_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)\)", readme):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_the_results_page_figures_equal_their_sources():
+    """Every generated block of docs/results.md is what its report says today (python -m pipeline
+    results-page rewrites them); a figure typed over, or a report rerun without its page, fails."""
+    from pipeline.results_page import BLOCK, PAGE, generated, main
+
+    page = PAGE.read_text()
+    specs = [m["spec"] for m in BLOCK.finditer(page)]
+    assert len(specs) >= 10 and any(s.startswith("answer results/report.md") for s in specs)
+    assert main(check=True) == 0
+    typed_over = page.replace("*(generated from `results/report.md`)*", "0.9999 *(generated from `results/report.md`)*", 1)
+    assert typed_over != page and generated(typed_over) == page
