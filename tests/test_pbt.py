@@ -43,7 +43,8 @@ class IntervalEvaluator(FunctionEvaluator):
 
 
 def pbt_run(seed: int, budget: int = 12, population: int = 4, fitness=lambda g: g["learning_rate"], **settings):
-    strategy = PopulationBasedTraining(space_of(), PBTConfig(population_size=population, **settings), seed)
+    strategy = PopulationBasedTraining(space_of(), PBTConfig(population_size=population, **settings), seed,
+                                       budget=budget)  # fmt: skip
     runner = SearchRunner(strategy, IntervalEvaluator(fitness), budget)
     return strategy, runner.run()
 
@@ -347,6 +348,11 @@ def test_a_budget_that_ends_with_an_interval_leaves_no_empty_interval():
     assert len(records) == 8 and len(strategy.history()) == 2
     assert strategy.stop_reason == "budget spent after interval 1 (at 2 epochs)"
     assert strategy.summary()["intervals_trained"] == 2
+    # Not told the budget (the runner's alone ends it), it asks a third interval that trains nothing:
+    # no lineage entry for it.
+    unaware = PopulationBasedTraining(space_of(), PBTConfig(population_size=4), 2)
+    records = SearchRunner(unaware, IntervalEvaluator(lambda g: g["learning_rate"]), 8).run()
+    assert len(records) == 8 and len(unaware.history()) == 2 and unaware.stop_reason == strategy.stop_reason
 
 
 def test_pbt_searches_without_rungs_or_early_stopping():

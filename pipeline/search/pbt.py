@@ -100,9 +100,11 @@ class PopulationBasedTraining:
 
     def __init__(
         self, space: SearchSpace | ArchitectureSpace, settings: PBTConfig, seed: int, maximize: bool = True,
-        state_dir: Path | None = None,
+        state_dir: Path | None = None, budget: int | None = None,
     ) -> None:  # fmt: skip
         self.space = space
+        self.budget = budget  # trainings (member intervals) it may ask for; None: until the horizon
+        self.trained = 0
         self.settings = settings
         self.maximize = maximize
         self.state_dir = state_dir
@@ -129,6 +131,8 @@ class PopulationBasedTraining:
         return None if source is None or source == member else source
 
     def ask(self) -> Batch | None:
+        if not self.stop_reason and self.budget is not None and self.trained >= self.budget:
+            self.stop_reason = f"budget spent after interval {self.interval - 1} (at {self.ends[self.interval - 1]} epochs)"
         if self.stop_reason:
             return None
         k, start = self.interval, (self.ends[self.interval - 1] if self.interval else 0)
@@ -154,6 +158,7 @@ class PopulationBasedTraining:
             self.stop_reason = f"budget spent after interval {k - 1} (at {self.ends[k - 1]} epochs)"
             return None
         fitness = [s.record.fitness if s is not None else -math.inf for s in scored]
+        self.trained += sum(s is not None for s in scored)
         self.intervals.append({
             "interval": k, "epochs": self.ends[k],
             "members": [

@@ -88,6 +88,7 @@ register(Method(
 register(Method(
     "pbt", "Population Based Training",
     lambda config, space: PopulationBasedTraining(space, config.pbt, config.seed,
-                                                  task_of_dataset(config.data.dataset, config.data.task).maximize),
+                                                  task_of_dataset(config.data.dataset, config.data.task).maximize,
+                                                  budget=config.budget.evaluations),
     ("pbt",), trains_in_intervals=True,
 ))  # fmt: skip
