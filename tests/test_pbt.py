@@ -199,6 +199,7 @@ def trained_pbt(prepared, state_dir, config, evaluator=None):
     return strategy, SearchRunner(strategy, evaluator, config.budget.evaluations).run(), context
 
 
+@pytest.mark.slow
 def test_a_copied_member_trains_on_from_the_copied_state_with_its_own_explored_genes(prepared_digits, tmp_path):
     config = tiny_pbt_config()
     strategy, records, context = trained_pbt(prepared_digits, tmp_path / "states", config)
@@ -225,6 +226,7 @@ def test_a_copied_member_trains_on_from_the_copied_state_with_its_own_explored_g
     assert fresh.module.epoch_metrics[1] != record.epochs[0]
 
 
+@pytest.mark.slow
 def test_the_population_evaluator_trains_pbt_intervals_with_each_members_explored_rate(prepared_digits, tmp_path):
     config = tiny_pbt_config()
     context = TrainingContext.for_study(config, prepared_digits)
@@ -236,6 +238,7 @@ def test_the_population_evaluator_trains_pbt_intervals_with_each_members_explore
         assert record.epochs[0]["lr"] == pytest.approx(member["genome"]["learning_rate"] * 0.7, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_the_replayed_schedule_equals_the_recorded_metrics(prepared_digits, tmp_path):
     config = tiny_pbt_config(epochs_high=3, budget=9)
     strategy, records, context = trained_pbt(prepared_digits, tmp_path / "states", config)
