@@ -165,7 +165,6 @@ def test_the_schedule_follows_whose_state_each_interval_copied():
         ({"quantile_fraction": 0.0}, "pbt.quantile_fraction"),
         ({"perturbation_factors": [1.2, 0.0]}, "pbt.perturbation_factors"),
         ({"population_size": 1}, "pbt.population_size"),
-        ({"population_size": 7}, "pbt.population_size"),  # more than budget.evaluations (6)
     ],
 )
 def test_bad_pbt_settings_are_refused_naming_the_key(pbt, key):

@@ -534,11 +534,6 @@ class StudyConfig(_Section):
                 f"ga.population_size ({self.ga.population_size}) exceeds budget.evaluations "
                 f"({self.budget.evaluations}): the first generation alone would overrun the budget"
             )
-        if self.pbt.population_size > self.budget.evaluations:
-            raise ValueError(
-                f"pbt.population_size ({self.pbt.population_size}) exceeds budget.evaluations "
-                f"({self.budget.evaluations}): its first interval alone would overrun the budget"
-            )
         longest = largest_epochs(self.space)
         if longest is not None and self.pbt.perturbation_interval > longest:
             raise ValueError(
