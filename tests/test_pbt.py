@@ -358,7 +358,7 @@ def test_a_budget_that_ends_with_an_interval_leaves_no_empty_interval():
 
 
 def test_pbt_searches_without_rungs_or_early_stopping():
-    from pipeline.study.search_stage import own_training
+    from pipeline.search.registry import own_training
 
     params = tiny_params()
     params["fidelity"] = {"rungs": [1], "eta": 3, "mode": "asynchronous"}

@@ -64,6 +64,19 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def own_training(method: str, config: StudyConfig) -> StudyConfig:
+    """The config a method trains with: one whose proposals are intervals of longer trainings (PBT)
+    schedules them itself, so no rungs are scheduled over them and no early stopping cuts an interval
+    short (its next interval starts where this one was to end). Its search and its champion's replay
+    both train so."""
+    if not get_method(method).trains_in_intervals:
+        return config
+    return config.model_copy(update={
+        "fidelity": config.fidelity.model_copy(update={"rungs": None}),
+        "train": config.train.model_copy(update={"early_stopping": None}),
+    })  # fmt: skip
+
+
 def table_method_names() -> list[str]:
     """The methods a benchmark table (lookups, no training) can compare: all but those that train in intervals."""
     return [name for name, method in METHODS.items() if not method.trains_in_intervals]

@@ -19,7 +19,7 @@ from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.errors import SearchFailed, TrackingError
 from pipeline.jsonio import write_json
-from pipeline.search.registry import method_names
+from pipeline.search.registry import method_names, own_training
 from pipeline.space import genome_hash, genome_seed
 from pipeline.study.checkpoint import fingerprint, platform_signature, source_digest
 from pipeline.study.lock import StageLock
@@ -65,11 +65,10 @@ def _retrain(
     tracker: Tracker, run_id: str, task: Task, schedule: list | None = None, study_seed: int = 0,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     if schedule:
-        # PBT's result is a schedule, not a configuration: replayed from scratch, at its own epochs.
-        # Without early stopping, as the search trained it (an interval ends at its epoch).
-        train_config = config.train.model_copy(update={"early_stopping": None})
+        # PBT's result is a schedule, not a configuration: replayed from scratch, at its own epochs,
+        # trained as its search trained it (``own_training``: no early stopping cuts an interval short).
         outcome = replay_schedule(schedule, study_seed=study_seed, build_network=build, train_split=splits["train"],
-                                  val_split=splits["val"], train_config=train_config, task=task)  # fmt: skip
+                                  val_split=splits["val"], train_config=config.train, task=task)  # fmt: skip
     else:
         outcome = fit_genome(
             genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
@@ -263,8 +262,8 @@ def _retrain_logged(
     )  # fmt: skip
     with tracker.ends_on_error(run_id):  # Ctrl-C or SIGTERM: KILLED
         try:
-            result, network = _retrain(genome, seed, config, build, splits, tracker, run_id, task, schedule,
-                                       summary["seed"])  # fmt: skip
+            result, network = _retrain(genome, seed, own_training(method, config), build, splits, tracker, run_id,
+                                       task, schedule, summary["seed"])  # fmt: skip
         except (DivergedError, RuntimeError, ValueError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
             tracker.set_tags(run_id, {"failure_reason": failure})

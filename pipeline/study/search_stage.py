@@ -19,7 +19,7 @@ from pipeline.errors import SearchFailed
 from pipeline.evaluation import EvaluationRecord, Proposal
 from pipeline.search.fidelity import RungSchedule
 from pipeline.jsonio import write_json
-from pipeline.search.registry import get_method
+from pipeline.search.registry import get_method, own_training
 from pipeline.space import make_space
 from pipeline.study.checkpoint import Checkpoint, fingerprint, platform_signature, source_digest
 from pipeline.study.layout import repeat_files
@@ -48,18 +48,6 @@ def stage_fingerprint(method: str, config: StudyConfig, data_summary: dict, trac
     sections["platform"] = platform_signature()
     sections["builder_source"] = source_digest(config.model)
     return fingerprint(sections)
-
-
-def own_training(method: str, config: StudyConfig) -> StudyConfig:
-    """The config a method searches with: one whose proposals are intervals of longer trainings (PBT)
-    schedules them itself, so no rungs are scheduled over them and no early stopping cuts an interval
-    short (its next interval starts where this one was to end)."""
-    if not get_method(method).trains_in_intervals:
-        return config
-    return config.model_copy(update={
-        "fidelity": config.fidelity.model_copy(update={"rungs": None}),
-        "train": config.train.model_copy(update={"early_stopping": None}),
-    })  # fmt: skip
 
 
 def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> None:

@@ -115,7 +115,7 @@ def _train(
     record = EvaluationRecord(
         genome, genome_hash(genome), seed, "finished", last[context.task.val_key], last["val_loss"], last["train_loss"],
         outcome.seconds, trained_epochs(history, resume), None, **initial, maximize=context.task.maximize,
-        first_epoch=resume.start_epoch or 0,
+        first_epoch=first_recorded_epoch(resume),
     )  # fmt: skip
     state = None
     if context.weights != "none":
@@ -123,12 +123,15 @@ def _train(
     return record, state
 
 
+def first_recorded_epoch(resume: Resume | None) -> int:
+    """The epoch a record's first entry is: 0, or ``resume.start_epoch`` for one interval of a longer
+    training (PBT's), whose record keeps only the epochs it trained."""
+    return (resume.start_epoch or 0) if resume is not None else 0
+
+
 def trained_epochs(history: list[dict[str, float]], resume: Resume | None) -> list[dict[str, float]]:
-    """The epochs a record keeps: the whole history, or only those past ``resume.start_epoch`` (one
-    interval of a longer training: PBT's)."""
-    if resume is None or resume.start_epoch is None:
-        return history
-    return history[resume.start_epoch :]
+    """The epochs a record keeps: the whole history, or only those past ``resume.start_epoch``."""
+    return history[first_recorded_epoch(resume) :]
 
 
 def _initialise(network: torch.nn.Module, proposal: Proposal, rule: str, parents: Sequence[StateDict]) -> dict[str, Any]:

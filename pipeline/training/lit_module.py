@@ -115,11 +115,9 @@ class LitClassifier(pl.LightningModule):
         learning rate's schedule goes on from where it was, scaled to the new base rate."""
         optimizer = self.trainer.optimizers[0]
         for group in optimizer.param_groups:
-            base = group.get("initial_lr", group["lr"])
-            if base != self.learning_rate:
-                group["lr"] = rescaled_rate(group["lr"], base, self.learning_rate)
-                if "initial_lr" in group:
-                    group["initial_lr"] = self.learning_rate
+            group["lr"] = rescaled_rate(group["lr"], group.get("initial_lr", group["lr"]), self.learning_rate)
+            if "initial_lr" in group:
+                group["initial_lr"] = self.learning_rate
             if "momentum" in group and self.optimizer_name == "sgd":
                 group["momentum"] = self.momentum
             group["weight_decay"] = self.weight_decay

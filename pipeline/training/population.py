@@ -40,7 +40,7 @@ from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.evaluation import EvaluationRecord, Proposal, Resume, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import Task
-from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal, trained_epochs
+from pipeline.training.evaluator import TrainingContext, _DriverSide, first_recorded_epoch, train_proposal, trained_epochs
 from pipeline.training.fit import fit_genome, make_trainer, training_device
 from pipeline.training.lit_module import EPOCH_METRICS_KEY, optimizer_of, rescaled_rate
 
@@ -415,15 +415,14 @@ def plan_groups(
 
 def member_record(member: Member, seconds: float, task: Task, resume: Resume | None = None) -> EvaluationRecord:
     genome = member.genome
-    started = (resume.start_epoch or 0) if resume is not None else 0
-    if member.failure is not None or len(member.history) <= started:
+    if member.failure is not None or len(member.history) <= first_recorded_epoch(resume):
         reason = member.failure or "left the group without a finished epoch"
         return EvaluationRecord.failed(genome, member.seed, reason, seconds)
     last = member.history[-1]
     return EvaluationRecord(
         genome, genome_hash(genome), member.seed, "finished", last[task.val_key], last["val_loss"],
         last["train_loss"], seconds, trained_epochs(member.history, resume), maximize=task.maximize,
-        first_epoch=(resume.start_epoch or 0) if resume is not None else 0,
+        first_epoch=first_recorded_epoch(resume),
     )  # fmt: skip
 
 
