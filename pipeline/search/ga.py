@@ -27,11 +27,13 @@ from pipeline.operators import bind_operator, split_settings
 from pipeline.operators.layers import genome_operators
 from pipeline.operators.mutation import mutation_rate
 from pipeline.search.fidelity import rung_ranked_fitness
-from pipeline.search.protocol import Batch, Group, GroupReport
+from pipeline.search.protocol import Batch, Group, GroupReport, Method
 from pipeline.space import Genome
+from pipeline.task import task_of_dataset
 
 if TYPE_CHECKING:
-    from pipeline.config.sections import GAConfig
+    from pipeline.config.sections import GAConfig, StudyConfig
+    from pipeline.space import Space
 
 # Generations in a row that may bring no new genome before the search is declared converged.
 MAX_GENERATIONS_WITHOUT_NEW_GENOME = 20
@@ -479,3 +481,14 @@ def _generation_report(generation: Generation) -> GroupReport:
         tags["rejected"] = " | ".join(r.reason for r in generation.rejected)[:5000]
     stage = {"generation_best": metrics.get("best", 0.0), "generation_diversity": generation.diversity}
     return GroupReport(metrics, tags, stage)
+
+
+def build(config: StudyConfig, space: Space) -> GeneticSearch:
+    return GeneticSearch(
+        space, config.ga, budget=config.budget.evaluations, seed=config.seed, phases=config.space.layers.phases,
+        maximize=task_of_dataset(config.data.dataset, config.data.task).maximize,
+        rank_by_rung=config.fidelity.ranking == "rung",
+    )
+
+
+METHOD = Method("ga", "Genetic algorithm", build, ("ga",), weight_rule=lambda config: config.ga.weights)

@@ -8,7 +8,7 @@ from typing import Any
 
 from sklearn.model_selection import ParameterGrid
 
-from pipeline.search.protocol import FixedBatch
+from pipeline.search.protocol import FixedBatch, Method
 from pipeline.space import ArchitectureSpace, Genome, InfeasibleGenome, SearchSpace, genome_hash
 from pipeline.space.architecture import CONV_COUNT, FC_COUNT, assemble_genome, layer_count_view
 
@@ -79,3 +79,6 @@ class GridSearch(FixedBatch):
 
     def summary(self) -> dict[str, Any]:
         return {"grid_points": len(self.genomes)}
+
+
+METHOD = Method("grid", "Grid search", lambda config, space: GridSearch(space, config.budget.evaluations))

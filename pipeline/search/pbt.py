@@ -26,11 +26,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.config.sections import PBT_GENES, PBTConfig
+from pipeline.config.sections import PBT_GENES, PBTConfig, StudyConfig
 from pipeline.evaluation import Proposal, Resume, Scored
-from pipeline.search.protocol import Batch, Group, GroupReport
+from pipeline.search.protocol import Batch, Group, GroupReport, Method
 from pipeline.space import ArchitectureSpace, Genome, SearchSpace
 from pipeline.space.dimensions import ChoiceDimension, Dimension, FloatDimension, IntDimension
+from pipeline.task import task_of_dataset
 
 
 def gene_dimensions(space: SearchSpace | ArchitectureSpace) -> tuple[Dimension, ...]:
@@ -239,3 +240,11 @@ def schedule_of(intervals: Sequence[dict[str, Any]], interval: int, member: int)
         if entry["copied_from"] is not None:
             member = entry["copied_from"]
     return steps[::-1]
+
+
+def build(config: StudyConfig, space: SearchSpace | ArchitectureSpace) -> PopulationBasedTraining:
+    maximize = task_of_dataset(config.data.dataset, config.data.task).maximize
+    return PopulationBasedTraining(space, config.pbt, config.seed, maximize, budget=config.budget.evaluations)
+
+
+METHOD = Method("pbt", "Population Based Training", build, ("pbt",), trains_in_intervals=True)

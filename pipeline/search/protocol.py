@@ -9,10 +9,14 @@ and progress, so one loop drives every method.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from pipeline.evaluation import Proposal, Scored
 from pipeline.space.dimensions import Genome
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import StudyConfig
+    from pipeline.space import Space
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,22 @@ class FixedBatch:
 
     def history(self) -> list[dict[str, Any]]:
         return []
+
+
+@dataclass(frozen=True)
+class Method:
+    """A search method, declared in its strategy's module as ``METHOD`` and registered by name
+    (``pipeline.search.registry``): its name (``<name>_search`` stage and results files), the label
+    the report shows, how to build its strategy for a study, and the ``params.yaml`` sections of its
+    own settings (besides the shared ``seed``, ``model``, ``space``, ``budget`` and ``train``), which
+    its results depend on."""
+
+    name: str
+    label: str
+    build: Callable[[StudyConfig, Space], Strategy]
+    settings_sections: tuple[str, ...] = ()
+    # The rule by which its proposals start from their parents' trained weights (``ga.weights``).
+    weight_rule: Callable[[StudyConfig], str] = lambda config: "none"
+    # Its proposals are intervals of longer trainings that carry their own ``Resume`` (PBT): no rungs
+    # are scheduled over them (``fidelity`` is not its), and it cannot search a benchmark table.
+    trains_in_intervals: bool = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sklearn.model_selection import ParameterSampler
 
-from pipeline.search.protocol import FixedBatch
+from pipeline.search.protocol import FixedBatch, Method
 from pipeline.space import ArchitectureSpace, Genome, InfeasibleGenome, SearchSpace
 from pipeline.space.architecture import CONV_COUNT, FC_COUNT, assemble_genome, layer_count_view
 
@@ -51,3 +51,6 @@ class RandomSearch(FixedBatch):
 
     def __init__(self, space: SearchSpace | ArchitectureSpace, budget: int, seed: int) -> None:
         super().__init__(SAMPLERS_BY_KIND[space.kind](space, budget, seed), f"{budget} random draws evaluated")
+
+
+METHOD = Method("random", "Random search", lambda config, space: RandomSearch(space, config.budget.evaluations, config.seed))

@@ -1,43 +1,27 @@
 """The search methods, by the name the stages, results files and report use.
 
-A new method is a strategy module in this package, one ``register`` call below (or from a plugin
-or a test), and its ``dvc.yaml`` stage (``python stages/search.py <name>``).
+A method is one strategy module of this package that declares its ``METHOD``
+(``pipeline.search.protocol.Method``), and its name in ``BUILT_IN`` below (a plugin or a test may
+``register`` one of its own). Its ``<name>_search`` stage in ``dvc.yaml``, and in every study's, is
+written from this registry (``python studies/sync_dvc.py``); ``study.methods`` in ``params.yaml``
+says which of them a study runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
-from pipeline.search.ga import GeneticSearch
-from pipeline.search.grid import GridSearch
-from pipeline.search.pbt import PopulationBasedTraining
-from pipeline.search.random import RandomSearch
-from pipeline.search.tpe import TPESearch
-from pipeline.task import task_of_dataset
+from pipeline.search import ga, grid, pbt, random, tpe
+from pipeline.search.protocol import Method
 
 if TYPE_CHECKING:
     from pipeline.config.sections import StudyConfig
-    from pipeline.search.protocol import Strategy
-    from pipeline.space import Space
 
+# The built-in methods, in the report's row order.
+BUILT_IN = (ga, grid, random, tpe, pbt)
 
-@dataclass(frozen=True)
-class Method:
-    """A search method: its name (``<name>_search`` stage and results files), the label the report
-    shows, how to build its strategy, and the ``params.yaml`` sections of its own settings (besides
-    the shared ``seed``, ``model``, ``space``, ``budget`` and ``train``), which its results depend on."""
-
-    name: str
-    label: str
-    build: Callable[[StudyConfig, Space], Strategy]
-    settings_sections: tuple[str, ...] = ()
-    # The rule by which its proposals start from their parents' trained weights (``ga.weights``).
-    weight_rule: Callable[[StudyConfig], str] = lambda config: "none"
-    # Its proposals are intervals of longer trainings that carry their own ``Resume`` (PBT): no rungs
-    # are scheduled over them (``fidelity`` is not its), and it cannot search a benchmark table.
-    trains_in_intervals: bool = False
-
+__all__ = ["METHODS", "Method", "get_method", "method_names", "own_training", "register", "table_method_names",
+           "unregister"]  # fmt: skip
 
 METHODS: dict[str, Method] = {}
 
@@ -82,26 +66,5 @@ def table_method_names() -> list[str]:
     return [name for name, method in METHODS.items() if not method.trains_in_intervals]
 
 
-def _build_ga(config: StudyConfig, space: Space) -> Any:
-    return GeneticSearch(
-        space, config.ga, budget=config.budget.evaluations, seed=config.seed, phases=config.space.layers.phases,
-        maximize=task_of_dataset(config.data.dataset, config.data.task).maximize, rank_by_rung=config.fidelity.ranking == "rung",
-    )
-
-
-register(Method("ga", "Genetic algorithm", _build_ga, ("ga",), weight_rule=lambda config: config.ga.weights))
-register(Method("grid", "Grid search", lambda config, space: GridSearch(space, config.budget.evaluations)))
-register(Method("random", "Random search", lambda config, space: RandomSearch(space, config.budget.evaluations, config.seed)))
-register(Method(
-    "tpe", "TPE (Bayesian optimisation)",
-    lambda config, space: TPESearch(space, config.budget.evaluations, config.seed, config.tpe.startup_trials,
-                                    config.tpe.batch_size),
-    ("tpe",),
-))  # fmt: skip
-register(Method(
-    "pbt", "Population Based Training",
-    lambda config, space: PopulationBasedTraining(space, config.pbt, config.seed,
-                                                  task_of_dataset(config.data.dataset, config.data.task).maximize,
-                                                  budget=config.budget.evaluations),
-    ("pbt",), trains_in_intervals=True,
-))  # fmt: skip
+for _module in BUILT_IN:
+    register(_module.METHOD)

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
 from optuna.trial import Trial, TrialState
 
 from pipeline.evaluation import EvaluationRecord, Proposal, Scored
-from pipeline.search.protocol import Batch, GroupReport
+from pipeline.search.protocol import Batch, GroupReport, Method
 from pipeline.space import (
     ArchitectureSpace, ChoiceDimension, Dimension, FloatDimension, Genome, InfeasibleGenome, IntDimension, SearchSpace,
 )  # fmt: skip
 from pipeline.space.architecture import CONV_COUNT, FC_COUNT, assemble_genome, layer_count_view
+
+if TYPE_CHECKING:
+    from pipeline.config.sections import StudyConfig
 
 # Trials in a row whose genome repair rejects (each told FAIL) before the search gives up.
 MAX_REJECTIONS_PER_PROPOSAL = 100
@@ -118,30 +121,25 @@ def tell_record(study: optuna.Study, trial: Trial, record: EvaluationRecord) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The strategy
+# The strategy: any Optuna sampler through ask/tell (TPE here; CMA-ES in ``cmaes``)
 
 
-class TPESearch:
-    """Tree-structured Parzen Estimator search: ``batch_size`` trials per batch, the first
-    ``startup_trials`` completed ones drawn at random, until ``budget`` trainings are used."""
+class OptunaSearch:
+    """An Optuna sampler as a strategy: ``batch_size`` trials per batch, each proposed as the genome
+    its suggestions make, until ``budget`` trainings are used. A sampler that models only some
+    distributions (CMA-ES: floats and integers) samples the rest with its independent sampler."""
 
-    method = "tpe"
+    method = ""
 
     def __init__(
-        self,
-        space: SearchSpace | ArchitectureSpace,
-        budget: int,
-        seed: int,
-        startup_trials: int = 5,
+        self, space: SearchSpace | ArchitectureSpace, budget: int, seed: int, sampler: optuna.samplers.BaseSampler,
         batch_size: int = 1,
     ) -> None:
-        if budget < 1 or batch_size < 1 or startup_trials < 0:
-            raise ValueError(f"TPE needs budget >= 1, batch_size >= 1, startup_trials >= 0; got "
-                             f"{budget}, {batch_size}, {startup_trials}")  # fmt: skip
-        self.space, self.budget, self.seed = space, budget, seed
-        self.startup_trials, self.batch_size = startup_trials, batch_size
+        if budget < 1 or batch_size < 1:
+            raise ValueError(f"an Optuna search needs budget >= 1 and batch_size >= 1; got {budget}, {batch_size}")
+        self.space, self.budget, self.seed, self.batch_size = space, budget, seed, batch_size
         self._suggest = SUGGESTERS_BY_KIND[space.kind]
-        self.study = make_study(make_sampler(seed, startup_trials, batch_size, space.kind == "architecture"))
+        self.study = make_study(sampler)
         self.stop_reason = ""
         self._pending: tuple[Batch, list[Trial]] | None = None
         self._proposed = 0  # proposals made: the next proposal's index
@@ -215,7 +213,7 @@ class TPESearch:
         return f"budget of {self.budget} evaluations used"
 
     def stage_params(self) -> dict[str, Any]:
-        return {"sampler": "TPE", "startup_trials": self.startup_trials, "batch_size": self.batch_size}
+        return {"sampler": type(self.study.sampler).__name__, "batch_size": self.batch_size}
 
     def summary(self) -> dict[str, Any]:
         """``trials``: told a value; ``failed_trials``: told FAIL (failed trainings and genomes
@@ -224,8 +222,7 @@ class TPESearch:
             "stop_reason": self.stop_reason,
             "trials": self._count(TrialState.COMPLETE),
             "failed_trials": self._count(TrialState.FAIL),
-            "sampler": "TPESampler",
-            "startup_trials": self.startup_trials,
+            "sampler": type(self.study.sampler).__name__,
         }
 
     def _count(self, state: TrialState) -> int:
@@ -233,3 +230,38 @@ class TPESearch:
 
     def history(self) -> list[dict[str, Any]]:
         return []
+
+
+class TPESearch(OptunaSearch):
+    """Tree-structured Parzen Estimator search: the first ``startup_trials`` completed trials drawn
+    at random, then TPE models the results."""
+
+    method = "tpe"
+
+    def __init__(
+        self,
+        space: SearchSpace | ArchitectureSpace,
+        budget: int,
+        seed: int,
+        startup_trials: int = 5,
+        batch_size: int = 1,
+    ) -> None:
+        if budget < 1 or batch_size < 1 or startup_trials < 0:
+            raise ValueError(f"TPE needs budget >= 1, batch_size >= 1, startup_trials >= 0; got "
+                             f"{budget}, {batch_size}, {startup_trials}")  # fmt: skip
+        self.startup_trials = startup_trials
+        sampler = make_sampler(seed, startup_trials, batch_size, space.kind == "architecture")
+        super().__init__(space, budget, seed, sampler, batch_size)
+
+    def stage_params(self) -> dict[str, Any]:
+        return {"sampler": "TPE", "startup_trials": self.startup_trials, "batch_size": self.batch_size}
+
+    def summary(self) -> dict[str, Any]:
+        return super().summary() | {"startup_trials": self.startup_trials}
+
+
+def build(config: StudyConfig, space: SearchSpace | ArchitectureSpace) -> TPESearch:
+    return TPESearch(space, config.budget.evaluations, config.seed, config.tpe.startup_trials, config.tpe.batch_size)
+
+
+METHOD = Method("tpe", "TPE (Bayesian optimisation)", build, ("tpe",))
