@@ -186,6 +186,8 @@ BAD_VARIANTS = [
     ("seeds-not-one-per-repeat", _set("study.seeds", [1, 2]), "study", ["seeds lists 2 seed(s) but repeats is 3"]),
     ("seeds-repeated", _set("study.seeds", [1, 2, 1]), "study", ["repeat a seed"]),
     ("seed-in-list-negative", _set("study.seeds", [1, -2, 3]), "study.seeds.1", ["-2"]),
+    ("methods-empty", _set("study.methods", []), "study.methods", ["empty: name at least one search method"]),
+    ("methods-twice", _set("study.methods", ["ga", "tpe", "ga"]), "study.methods", ["lists a method twice"]),
     ("tpe-startup-zero", _set("tpe.startup_trials", 0), "tpe.startup_trials", ["greater than or equal to 1"]),
     ("tpe-key-near-miss", _set("tpe.startup_trails", 3), "tpe.startup_trails", ["did you mean 'startup_trials'"]),
     ("lr-gamma-zero", _set("train.lr_gamma", 0.0), "train.lr_gamma", ["greater than 0"]),

@@ -257,6 +257,27 @@ def test_raising_repeats_trains_only_the_new_repeat(study):
     assert f"[champion] {n} retrained, {3 * n} reused" in log  # the new repeat's bests, one per method
 
 
+def test_a_method_left_out_of_study_methods_leaves_the_report_and_comes_back_without_training(study):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["study"]["methods"] = [m for m in METHODS if m != "grid"]
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = sh("dvc", "repro", cwd=study)
+    log = result.stdout + result.stderr
+    assert "[grid] skipped: not in study.methods" in log and "[grid] eval" not in log
+    assert list((study / "results" / "grid_search").iterdir()) == []
+    repeats = len(params["study"]["seeds"])
+    assert f"[champion] 0 retrained, {repeats * (len(METHODS) - 1)} reused" in log
+    report = (study / "results" / "report.md").read_text()
+    assert "Grid search" not in report and "Random search" in report
+    params["study"]["methods"] = None  # every registered method again: grid's repeats come back from its checkpoints
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = sh("dvc", "repro", cwd=study)
+    log = result.stdout + result.stderr
+    assert log.count("[grid] repeat") == repeats and log.count("): reused") >= repeats and "[grid] eval" not in log
+    assert f"[champion] 0 retrained, {repeats * len(METHODS)} reused" in log
+    assert "Grid search" in (study / "results" / "report.md").read_text()
+
+
 def test_bad_params_fail_before_any_training(study):
     params = yaml.safe_load((study / "params.yaml").read_text())
     params["budget"]["evaluations"] = -1

@@ -258,3 +258,36 @@ def test_a_changed_repeat_retrains_while_an_unchanged_one_is_reused(tmp_path, mo
     metrics = json.loads((tmp_path / "r" / "random_search.json").read_text())
     assert metrics["repeats"] == 2 and all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["best_val_acc_mean"] == pytest.approx((second[0]["best_val_acc"] + second[1]["best_val_acc"]) / 2)
+
+
+def test_a_method_left_out_of_study_methods_trains_nothing_and_is_reused_when_named_again(
+    tmp_path, monkeypatch, tiny_params_dict, prepared_digits, capsys
+):
+    from tests.test_reliability import CountingTrainer
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    results, checkpoints = tmp_path / "r", tmp_path / "c"
+    (first,) = run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, results, checkpoints)
+    counter = CountingTrainer(monkeypatch)
+    tiny_params_dict["study"]["methods"] = ["ga", "tpe"]
+    assert run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, results, checkpoints) == []
+    assert "[random] skipped: not in study.methods" in capsys.readouterr().out
+    assert json.loads((results / "random_search.json").read_text())["skipped"] == "not in study.methods"
+    assert list((results / "random_search").iterdir()) == []  # no repeat of an earlier run left behind
+    assert counter.calls == 0
+    tiny_params_dict["study"]["methods"] = None
+    (again,) = run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, results, checkpoints)
+    assert "repeat 0 (seed 42): reused" in capsys.readouterr().out
+    assert counter.calls == 0 and again == first
+
+
+def test_study_methods_keeps_the_registry_order_and_names_an_unknown_method(tiny_params_dict):
+    from pipeline.errors import ConfigError
+    from pipeline.search.registry import study_methods
+
+    assert study_methods(parse_config(tiny_params_dict)) == method_names()  # null: every registered method
+    tiny_params_dict["study"]["methods"] = list(reversed(method_names()[:2]))
+    assert study_methods(parse_config(tiny_params_dict)) == method_names()[:2]  # the report's row order
+    tiny_params_dict["study"]["methods"] = ["ga", "bayes"]
+    with pytest.raises(ConfigError, match=r"study\.methods: unknown method\(s\) \['bayes'\]; registered: \['ga'"):
+        study_methods(parse_config(tiny_params_dict))

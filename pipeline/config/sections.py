@@ -357,6 +357,9 @@ class RepeatsConfig(_Section):
     repeats: Annotated[int, Field(ge=1, le=MAX_REPEATS)] = 1
     # One seed per repeat; None: ``seed``, ``seed + 1``, ... (repeat 0 is the single-run study).
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = None
+    # The search methods this study runs, by registered name (`python -m pipeline methods` lists them);
+    # None: every one. A method left out keeps its stage, which records it as skipped and trains nothing.
+    methods: list[str] | None = None
 
     @model_validator(mode="after")
     def _check_seeds(self) -> RepeatsConfig:
@@ -366,6 +369,15 @@ class RepeatsConfig(_Section):
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"seeds {self.seeds} repeat a seed: every repeat needs its own")
         return self
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, methods: list[str] | None) -> list[str] | None:
+        if methods is not None and not methods:
+            raise ValueError("empty: name at least one search method, or null for every one")
+        if methods is not None and len(set(methods)) != len(methods):
+            raise ValueError(f"lists a method twice: {methods}")
+        return methods
 
 
 class SensitivityConfig(_Section):

@@ -9,19 +9,20 @@ says which of them a study runs.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
-from pipeline.search import ga, grid, pbt, random, tpe
+from pipeline.errors import ConfigError
 from pipeline.search.protocol import Method
 
 if TYPE_CHECKING:
     from pipeline.config.sections import StudyConfig
 
-# The built-in methods, in the report's row order.
-BUILT_IN = (ga, grid, random, tpe, pbt)
+# The built-in methods, by their module in this package, in the report's row order.
+BUILT_IN = ("ga", "grid", "random", "tpe", "pbt")
 
-__all__ = ["METHODS", "Method", "get_method", "method_names", "own_training", "register", "table_method_names",
-           "unregister"]  # fmt: skip
+__all__ = ["METHODS", "Method", "get_method", "method_names", "own_training", "register", "study_methods",
+           "table_method_names", "unregister"]  # fmt: skip
 
 METHODS: dict[str, Method] = {}
 
@@ -48,6 +49,19 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def study_methods(config: StudyConfig, source: str = "params.yaml") -> list[str]:
+    """The methods a study runs (``study.methods``; every registered one when null), in the report's
+    row order. A name no method is registered by is a ``ConfigError`` naming the key: every search
+    stage, the champion and the report ask this first (the config sections cannot read the registry,
+    whose strategies import them)."""
+    chosen = config.study.methods
+    unknown = [name for name in chosen or [] if name not in METHODS]
+    if unknown:
+        raise ConfigError(f"{source} is invalid:\n  study.methods: unknown method(s) {unknown}; registered: "
+                          f"{list(METHODS)} (python -m pipeline methods)")  # fmt: skip
+    return [name for name in METHODS if chosen is None or name in chosen]
+
+
 def own_training(method: str, config: StudyConfig) -> StudyConfig:
     """The config a method trains with: one whose proposals are intervals of longer trainings (PBT)
     schedules them itself, so no rungs are scheduled over them and no early stopping cuts an interval
@@ -67,4 +81,4 @@ def table_method_names() -> list[str]:
 
 
 for _module in BUILT_IN:
-    register(_module.METHOD)
+    register(importlib.import_module(f"pipeline.search.{_module}").METHOD)

@@ -19,7 +19,7 @@ from pipeline.config.sections import StudyConfig
 from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.errors import SearchFailed, TrackingError
 from pipeline.jsonio import write_json
-from pipeline.search.registry import method_names, own_training
+from pipeline.search.registry import own_training, study_methods
 from pipeline.space import genome_hash, genome_seed
 from pipeline.study.checkpoint import fingerprint, platform_signature, source_digest
 from pipeline.study.lock import StageLock
@@ -34,9 +34,9 @@ from pipeline.training.schedule import replay_schedule
 
 
 def load_repeat_summaries(results_dir: Path, config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
-    """Every registered method's per-repeat summaries, in repeat order."""
+    """The per-repeat summaries of every method the study runs (``study.methods``), in repeat order."""
     summaries: dict[str, list[dict[str, Any]]] = {}
-    for method in method_names():
+    for method in study_methods(config):
         summaries[method] = []
         for seed in config.repeat_seeds():
             path, _ = repeat_files(results_dir, method, seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.sections import StudyConfig
-from pipeline.search.registry import method_names
+from pipeline.search.registry import study_methods
 from pipeline.study.report import build_report
 from pipeline.tracking.store import Tracker
 
@@ -23,7 +23,7 @@ def run_report_stage(config: StudyConfig, results_dir: Path, params_path: Path, 
     host = config.report.mlflow_ui
     with tracker.ends_on_error(run_id):
         metrics = build_report(
-            results_dir, config, method_names(), params_text=params_path.read_text(), commit=tracker.commit,
+            results_dir, config, study_methods(config), params_text=params_path.read_text(), commit=tracker.commit,
             data_summary=data_summary, ui_runs_url=tracker.runs_url(host), study_name=config.mlflow.experiment,
             ui_study_url=tracker.study_url(host),
         )  # fmt: skip

@@ -19,7 +19,7 @@ from pipeline.errors import SearchFailed
 from pipeline.evaluation import EvaluationRecord, Proposal
 from pipeline.search.fidelity import RungSchedule
 from pipeline.jsonio import write_json
-from pipeline.search.registry import get_method, own_training
+from pipeline.search.registry import get_method, own_training, study_methods
 from pipeline.space import make_space
 from pipeline.study.checkpoint import Checkpoint, fingerprint, platform_signature, source_digest
 from pipeline.study.layout import repeat_files
@@ -180,9 +180,25 @@ def run_search_stage(
     Each repeat keeps ``checkpoint_dir/<method>_search/seed-<seed>.jsonl``: a killed repeat resumes
     from it, and a repeat that finished with the same params, data and code is reused without
     training (so raising ``study.repeats`` trains only the new repeats). Holds
-    ``<method>_search.lock`` throughout: a second run of the same stage stops at once."""
+    ``<method>_search.lock`` throughout: a second run of the same stage stops at once.
+
+    A method left out of ``study.methods`` trains nothing: its results file says it was skipped, its
+    results folder stays empty, and its checkpoints are kept for when it is named again."""
+    if method not in study_methods(config):
+        return skip_search_stage(method, results_dir, checkpoint_dir)
     with StageLock(checkpoint_dir / f"{method}_search.lock", f"{method}_search"):
         return _run_repeats(method, config, prepared_dir, results_dir, checkpoint_dir)
+
+
+def skip_search_stage(method: str, results_dir: Path, checkpoint_dir: Path) -> list[dict[str, Any]]:
+    """The stage of a method the study does not run: the outputs DVC expects, holding no results."""
+    stage = f"{method}_search"
+    shutil.rmtree(results_dir / stage, ignore_errors=True)  # no earlier run's repeats read as this study's
+    (results_dir / stage).mkdir(parents=True)
+    (checkpoint_dir / stage).mkdir(parents=True, exist_ok=True)  # kept: named again, its repeats are reused
+    write_json(results_dir / f"{stage}.json", {"method": method, "skipped": "not in study.methods"})
+    print(f"[{method}] skipped: not in study.methods (params.yaml); nothing trained", flush=True)
+    return []
 
 
 @dataclass
