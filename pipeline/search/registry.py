@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pipeline.config.sections import StudyConfig
 
 # The built-in methods, by their module in this package, in the report's row order.
-BUILT_IN = ("ga", "grid", "random", "tpe", "pbt")
+BUILT_IN = ("ga", "grid", "random", "tpe", "pbt", "cmaes")
 
 __all__ = ["METHODS", "Method", "get_method", "method_names", "own_training", "register", "study_methods",
            "table_method_names", "unregister"]  # fmt: skip
