@@ -67,9 +67,10 @@ test: install
 	$(BIN)/python -m pytest -q --durations=15  # the slowest tests listed: where the suite's time goes
 
 # What a change broke, in about a minute: the tests not marked slow (no training, no dvc, no subprocess).
+# tests/conftest.py fails a test not marked slow that trains (Trainer.fit) or starts a process.
 check: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
+	HYPOTHESIS_PROFILE=check $(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
 
 # The documentation as a site: strict, so a broken link or a page missing from the navigation fails.
 docs: install

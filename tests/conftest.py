@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,11 @@ MIXED_SPACE = {
     }
 }
 
-# CI machines are shared and slow: judge properties, not per-example timing.
+# CI machines are shared and slow: judge properties, not per-example timing. ``make check`` (the
+# one-minute tier) tries 25 examples per property (HYPOTHESIS_PROFILE=check); the full suite 100.
 settings.register_profile("evohpo", deadline=None)
-settings.load_profile("evohpo")
+settings.register_profile("check", deadline=None, max_examples=25)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "evohpo"))
 
 
 def tiny_params() -> dict:
@@ -79,3 +82,29 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+class SlowWithoutMark(AssertionError):
+    """A test not marked slow trained a network or started a process: the one-minute check
+    (``make check``: ``-m "not slow"``) must do neither."""
+
+
+@pytest.fixture(autouse=True)
+def unmarked_tests_train_and_spawn_nothing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside tests marked ``slow``, a Lightning fit or a new process fails the test, so the fast
+    tier stays one that trains and spawns nothing (fixtures of a wider scope, set up before this
+    one, may prepare data)."""
+    if request.node.get_closest_marker("slow"):
+        return
+    import subprocess
+
+    import lightning
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            raise SlowWithoutMark(f"{what} in a test not marked slow: mark it @pytest.mark.slow")
+
+        return refused
+
+    monkeypatch.setattr(lightning.Trainer, "fit", refuse("Trainer.fit"))
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse("a new process"))

@@ -75,13 +75,11 @@ def test_the_coverage_check_sees_a_missing_dep():
     assert not covered("pipeline/study/report.py", ["pipeline/study/cli.py"])
 
 
-def test_the_committed_studies_run_the_projects_stages():
+def test_the_committed_studies_run_the_projects_stages(capsys):
     """Each ``studies/<name>/dvc.yaml`` is the project's, rewritten by ``studies/sync_dvc.py``: a
     stage added or a dep changed in ``dvc.yaml`` must reach the studies too."""
-    done = subprocess.run([sys.executable, "studies/sync_dvc.py", "--check"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert done.returncode == 0, done.stderr
     sync = _load_sync()
+    assert sync.main(["--check"]) == 0, capsys.readouterr().err
     assert sync.study_folders() and sync.suite_folders() == [REPO_ROOT / "studies" / "benchmarks"]
     for folder in sync.study_folders():
         study = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]

@@ -269,6 +269,7 @@ def test_a_missing_builder_file_is_refused_by_key(tmp_path):
         BuilderSource.for_study(parse_config(params))
 
 
+@pytest.mark.slow
 def test_a_failing_builder_stops_the_search_before_anything_trains(tmp_path, monkeypatch, prepared_digits):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     (tmp_path / "net.py").write_text(BAD_BUILDERS["raises"][0])
@@ -345,6 +346,7 @@ def test_the_optimiser_and_schedule_come_from_train_or_the_optimizer_gene():
     assert optimiser.defaults["momentum"] == 0.3  # no momentum gene: train.momentum
 
 
+@pytest.mark.slow
 def test_cosine_annealing_trains_with_the_rates_it_promises(prepared_digits):
     config = parse_config(tiny_params() | {"train": {"optimizer": "adam", "lr_schedule": "cosine"}})
     genome = {**GENOME, "epochs": 3, "batch_size": 64}
@@ -366,6 +368,7 @@ def test_a_file_builder_travels_as_code_to_where_the_file_is_not(tmp_path):
     assert network(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_a_builder_failing_on_one_genome_mid_study_records_it_failed_with_the_users_line(tmp_path, monkeypatch,
                                                                                        prepared_digits):  # fmt: skip
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))

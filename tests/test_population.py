@@ -51,6 +51,7 @@ def alone(g: dict, context: TrainingContext, train, val):
     return outcome.module.epoch_metrics, outcome.module.network.state_dict()
 
 
+@pytest.mark.slow
 def test_members_end_with_the_weights_they_end_with_alone(prepared_digits):
     context = context_for(prepared_digits)
     train, val = prepared_digits.load("train"), prepared_digits.load("val")
@@ -67,6 +68,7 @@ def test_members_end_with_the_weights_they_end_with_alone(prepared_digits):
                 assert grouped[key] == pytest.approx(single[key], rel=1e-3, abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_a_diverging_member_fails_and_the_others_go_on(prepared_digits):
     context = context_for(prepared_digits)
     train, val = prepared_digits.load("train"), prepared_digits.load("val")
@@ -88,6 +90,7 @@ def test_groups_share_an_architecture_and_a_batch_size():
     assert plan_groups(proposals_of(genomes), max_size=2) == [[0, 3], [4], [1], [2]]
 
 
+@pytest.mark.slow
 def test_the_evaluator_records_every_member_and_fails_only_the_diverged(prepared_digits):
     context = context_for(prepared_digits)
     genomes = [genome(0.05, 0.9, 0.0, 2), genome(1.0e6, 0.9, 0.0, 1), genome(0.02, 0.5, 0.0, 1, batch_size=64)]
@@ -103,6 +106,7 @@ def test_the_evaluator_records_every_member_and_fails_only_the_diverged(prepared
         assert len(records[position].epochs) == genomes[position]["epochs"]
 
 
+@pytest.mark.slow
 def test_the_studies_network_with_dropout_trains_in_a_group(prepared_digits):
     """With dropout the masks are the group's draws, not the member's: it learns as alone does,
     but not bit for bit."""
@@ -186,6 +190,7 @@ def leaves(tree, path=""):
     return {path: tree}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("momentum", [0.9, 0.0])
 def test_a_state_written_for_a_member_is_the_one_a_fit_alone_saves(prepared_digits, tmp_path, momentum):
     context = dataclasses.replace(context_for(prepared_digits), train_config=TrainConfig(eval_batch_size=64))
@@ -210,6 +215,7 @@ def test_a_state_written_for_a_member_is_the_one_a_fit_alone_saves(prepared_digi
             assert value == written[key], key
 
 
+@pytest.mark.slow
 def test_rungs_trained_fused_end_as_rungs_trained_alone(prepared_digits, tmp_path, monkeypatch):
     context = context_for(prepared_digits)
     genomes = [genome(lr, m, 0.001, 3) for lr, m in ((0.05, 0.9), (0.02, 0.5), (0.1, 0.0), (0.01, 0.9))]

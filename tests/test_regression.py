@@ -151,6 +151,7 @@ def test_every_method_the_champion_and_the_report_run_on_diabetes(tmp_path, mlfl
     assert "validation MAE" in answer and "accuracy" not in answer
 
 
+@pytest.mark.slow
 def test_the_hyperparameter_space_trains_a_fixed_perceptron_on_a_table(tmp_path, mlflow_store):
     """``space.kind: hyperparameters`` on a table: the network is one hidden layer of
     ``model.hidden_units`` (the studies' CNN needs images)."""

@@ -77,6 +77,7 @@ def toy_config():
     return parse_config(params)
 
 
+@pytest.mark.slow
 def test_a_registered_toy_strategy_runs_with_checkpoint_resume_and_tracking(
     toy_method, tmp_path, monkeypatch, prepared_digits
 ):
@@ -225,6 +226,7 @@ def test_other_fingerprint_or_a_completed_search_starts_afresh(tmp_path):
     assert checkpoint.records == [] and "other params, data or code" in message
 
 
+@pytest.mark.slow
 def test_a_finished_repeat_is_reused_until_its_results_are_deleted(tmp_path, monkeypatch, tiny_config, prepared_digits, capsys):
     from tests.test_reliability import CountingTrainer
 
@@ -241,6 +243,7 @@ def test_a_finished_repeat_is_reused_until_its_results_are_deleted(tmp_path, mon
     assert fresh["best_val_acc"] == first["best_val_acc"] and fresh["best_run_id"] != first["best_run_id"]
 
 
+@pytest.mark.slow
 def test_a_changed_repeat_retrains_while_an_unchanged_one_is_reused(tmp_path, monkeypatch, tiny_params_dict, prepared_digits, capsys):
     from tests.test_reliability import CountingTrainer
 
@@ -260,6 +263,7 @@ def test_a_changed_repeat_retrains_while_an_unchanged_one_is_reused(tmp_path, mo
     assert metrics["best_val_acc_mean"] == pytest.approx((second[0]["best_val_acc"] + second[1]["best_val_acc"]) / 2)
 
 
+@pytest.mark.slow
 def test_a_method_left_out_of_study_methods_trains_nothing_and_is_reused_when_named_again(
     tmp_path, monkeypatch, tiny_params_dict, prepared_digits, capsys
 ):

@@ -61,6 +61,7 @@ def test_the_evaluations_table_has_one_row_per_record_equal_to_the_history_files
             assert row[f"gene.{gene}"] == pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
 
 
+@pytest.mark.slow  # seconds: fANOVA's forests
 def test_importances_equal_optunas_own_on_the_same_trials(tmp_path: Path):
     frame = views.evaluations_frame(HISTORIES)
     ours = views.parameter_importance(views.importance_study(frame, SPACE.dimensions, maximize=True))
@@ -83,6 +84,7 @@ def test_importances_equal_optunas_own_on_the_same_trials(tmp_path: Path):
     assert next(iter(ours)) == "learning_rate"  # the gene the score depends on ranks first
 
 
+@pytest.mark.slow  # seconds: fANOVA's forests
 def test_the_report_section_shows_each_repeats_best_and_the_importances(tmp_path: Path):
     from pipeline.study.report import Repeat
 

@@ -103,6 +103,7 @@ def record(genome: Genome, value: float) -> EvaluationRecord:
 # Determinism: a resumed search replays the checkpoint through a fresh strategy
 
 
+@pytest.mark.slow  # seconds: whole tables or searches
 @pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("kind", ["hyperparameters", "architecture"])
 def test_same_seed_and_scores_propose_the_same_genomes_over_a_whole_search(kind, batch_size):
@@ -132,6 +133,7 @@ print(json.dumps(hashes))
 """
 
 
+@pytest.mark.slow
 def test_a_fresh_process_with_other_string_hashing_proposes_the_same_genomes():
     # A resume runs in a new process; Optuna's conditional (group) search space is built from sets
     # of parameter names, whose iteration order follows PYTHONHASHSEED.

@@ -140,7 +140,8 @@ def suite_errors(config: SuiteConfig) -> list[str]:
                       f"(seed + study.repeats - 1 <= {MAX_SEED})")  # fmt: skip
     for method in config.suite.methods or []:
         if method not in table_method_names():
-            errors.append(f"suite.methods: unknown method {method!r}; those that search a table: {table_method_names()}")
+            errors.append(f"suite.methods: {method!r} is no method that searches a table (unknown, or it trains "
+                          f"in intervals); those that do: {table_method_names()}")  # fmt: skip
     for task in tasks:
         table = load_table(task)
         try:
