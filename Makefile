@@ -19,7 +19,7 @@ MLFLOW_PORT ?= 5000
 
 # What `make exp` shows of `dvc exp show`: the results and params a user compares, readable at 200
 # columns (the full table, every dep and param, is `dvc exp show`).
-EXP_KEEP := Experiment|(test|val)_(acc|mae)|[a-z]+_test_(acc|mae)_mean|seed|budget.evaluations|study.repeats|data.train_size
+EXP_KEEP := Experiment|(test|val)_(acc|mae)|[a-z]+_test_(acc|mae)_mean|seed|budget.evaluations
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ray.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -84,6 +84,9 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+SYSTEM_PROBES = {"ldconfig", "uname"}
+
+
 class SlowWithoutMark(AssertionError):
     """A test not marked slow trained a network or started a process: the one-minute check
     (``make check``: ``-m "not slow"``) must do neither."""
@@ -96,6 +99,7 @@ def unmarked_tests_train_and_spawn_nothing(request: pytest.FixtureRequest, monke
     one, may prepare data)."""
     if request.node.get_closest_marker("slow"):
         return
+    import multiprocessing.process
     import subprocess
 
     import lightning
@@ -106,5 +110,16 @@ def unmarked_tests_train_and_spawn_nothing(request: pytest.FixtureRequest, monke
 
         return refused
 
+    execute_child = subprocess.Popen._execute_child
+
+    def library_probes_only(popen, args, *rest, **kwargs):
+        # Libraries probe the system once as they are first imported (ctypes runs ldconfig, platform
+        # runs uname): milliseconds, not the test's own work. Any other program is refused.
+        program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0])).name
+        if program not in SYSTEM_PROBES:
+            refuse(f"a new process ({program})")()
+        return execute_child(popen, args, *rest, **kwargs)
+
     monkeypatch.setattr(lightning.Trainer, "fit", refuse("Trainer.fit"))
-    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse("a new process"))
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", library_probes_only)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("a worker process"))

@@ -17,7 +17,6 @@ from pipeline.config import (
     ConfigError,
     FloatGene,
     IntGene,
-    StudyConfig,
     load_config,
     parse_config,
 )
@@ -51,31 +50,20 @@ def assert_names_key(message: str, key: str) -> None:
 # The committed params.yaml
 
 
-def test_committed_params_yaml_loads_with_expected_values():
-    config = load_config(PARAMS_PATH)
-    assert isinstance(config, StudyConfig)
-    assert config.seed == 42
-    assert config.data.dataset == "fashion_mnist"
-    assert config.data.val_size == 500
-    assert config.data.train_size == 1000
-    assert config.budget.evaluations == 10
-    assert config.ga.population_size == 4
-    assert config.study.repeats == 3 and config.repeat_seeds() == [42, 43, 44]
-    assert config.for_repeat(43).seed == 43 and config.for_repeat(43).ga == config.ga
-    assert config.tpe.startup_trials == 5 and config.tpe.batch_size == 1
-    assert config.ga.elites == 1
-    assert config.ga.selection.name == "truncation"
-    assert config.ga.selection.settings == {"fraction": 0.5}
-    assert config.ga.crossover.name == "uniform"
-    assert config.ga.crossover.settings == {"swap_prob": 0.5, "probability": 1.0}
-    assert config.ga.weights == "none" and config.space.kind == "hyperparameters"
-    assert config.ga.survival.fraction == 0.0 and config.ga.survival.immigrants == 0
-    assert config.ga.termination.generations is None and config.train.early_stopping is None
-    assert config.ga.mutation.name == "resample"
-    assert config.ga.mutation.settings == {"rate": 0.2}
-    assert config.champion.epochs == 3
-    assert config.model.conv_channels == [32, 64]
-    assert config.mlflow.experiment == "evohpo"
+TRAINED_STUDY_PARAMS = [PARAMS_PATH] + sorted(
+    path for path in (REPO_ROOT / "studies").glob("*/params.yaml") if "suite" not in path.read_text()
+)
+
+
+@pytest.mark.parametrize("path", TRAINED_STUDY_PARAMS, ids=lambda path: path.parent.name)
+def test_every_committed_study_loads_with_one_seed_per_repeat(path):
+    """The project's and the committed studies' params load as they are; each repeat gets its own
+    seed and the study's settings (what a repeat's search reads)."""
+    config = load_config(path)
+    seeds = config.repeat_seeds()
+    assert len(seeds) == config.study.repeats == len(set(seeds))
+    repeat = config.for_repeat(seeds[-1])
+    assert repeat.seed == seeds[-1] and repeat.ga == config.ga and repeat.space == config.space
 
 
 def test_committed_params_yaml_space_gene_types():
