@@ -38,12 +38,18 @@ SEARCH_PARAMS = ["seed", "model", "space", "budget", "train", "mlflow.experiment
 SEARCH_SCRIPT = "python stages/search.py"
 
 
+def _registry_module():
+    """``pipeline.search.registry``, imported from this repository (put on the path once)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from pipeline.search import registry as module
+
+    return module
+
+
 def registry() -> list:
     """The registered methods (``pipeline.search.registry``), in the report's order."""
-    sys.path.insert(0, str(ROOT))
-    from pipeline.search.registry import METHODS
-
-    return list(METHODS.values())
+    return list(_registry_module().METHODS.values())
 
 
 def search_stage(method) -> dict:
@@ -202,11 +208,8 @@ def suite_stages(methods: list[str], tuned: bool = True) -> dict:
 
 
 def rendered_suite() -> str:
-    sys.path.insert(0, str(ROOT))
-    from pipeline.search.registry import table_method_names
-
     return HEADER.replace("the project's dvc.yaml", "the method registry") + yaml.dump(
-        suite_stages(table_method_names()), Dumper=_NoAliases, sort_keys=False)
+        suite_stages(_registry_module().table_method_names()), Dumper=_NoAliases, sort_keys=False)
 
 
 class _NoAliases(yaml.SafeDumper):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from pipeline.errors import ConfigError
+from pipeline.config.loading import invalid
 from pipeline.search.protocol import Method
 
 if TYPE_CHECKING:
@@ -57,8 +57,8 @@ def study_methods(config: StudyConfig, source: str = "params.yaml") -> list[str]
     chosen = config.study.methods
     unknown = [name for name in chosen or [] if name not in METHODS]
     if unknown:
-        raise ConfigError(f"{source} is invalid:\n  study.methods: unknown method(s) {unknown}; registered: "
-                          f"{list(METHODS)} (python -m pipeline methods)")  # fmt: skip
+        raise invalid(source, [f"study.methods: unknown method(s) {unknown}; registered: {list(METHODS)} "
+                               "(python -m pipeline methods)"])  # fmt: skip
     return [name for name in METHODS if chosen is None or name in chosen]
 
 
