@@ -19,6 +19,10 @@ from PIL import Image  # noqa: E402
 from tests.browser import BrowserError, ExternalRef, render_page, require_chromium  # noqa: E402
 
 
+# Each test starts Chromium: a process, so the fast tier (make check) leaves them to make test.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture
 def chromium() -> str:
     return require_chromium()
