@@ -1,7 +1,7 @@
 # Two commands do all setup on a fresh machine (Python 3.11, git, package registries):
 #   make study   install, then run the whole study (dvc repro) on params.yaml
 #   make test    install, then run the whole test suite
-#   make check   the one-minute check while you work: ruff, then every test not marked slow (make test runs all)
+#   make check   the one-minute check while you work: ruff (lint, format), then every test not marked slow (make test runs all)
 #   make studies install, then rebuild the committed larger studies (studies/*/)
 #   make benchmarks  install, then rebuild the benchmark study (studies/benchmarks/: 15 tables, no training)
 #   make ui      open the MLflow UI on the study's runs
@@ -64,12 +64,14 @@ exp:
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q --durations=15  # the slowest tests listed: where the suite's time goes
 
 # What a change broke, in about a minute: the tests not marked slow (no training, no dvc, no subprocess).
 # tests/conftest.py fails a test not marked slow that trains (Trainer.fit) or starts a process.
 check: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .  # `ruff format .` mends what it names
 	HYPOTHESIS_PROFILE=check $(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
 
 # The documentation as a site: strict, so a broken link or a page missing from the navigation fails.

@@ -118,7 +118,9 @@ def main() -> None:
         "backward pass": t["backward"],
         "SGD update": t["optimiser_step"] - t["training_step"] - t["backward"],
         "validation (forward, loss, metric, self.log)": t["validation_step"],
-        "Lightning's loop, hooks and logging (rest of Trainer.fit)": t["fit"] - t["optimiser_step"] - t["validation_step"],
+        "Lightning's loop, hooks and logging (rest of Trainer.fit)": t["fit"]
+        - t["optimiser_step"]
+        - t["validation_step"],
         "Trainer start (Trainer.__init__)": t["trainer_init"],
         "network build, seeding, batches outside fit": total - t["fit"] - t["trainer_init"],
     }

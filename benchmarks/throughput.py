@@ -147,9 +147,7 @@ def run_naive(genomes: list[dict], root: Path, train_size: int, val_size: int, d
             learning_rate=genome["learning_rate"], momentum=genome["momentum"],
             weight_decay=genome["weight_decay"],
         )  # fmt: skip
-        trainer = pl.Trainer(
-            accelerator=device, devices=1, max_epochs=genome["epochs"], default_root_dir=str(log_dir)
-        )
+        trainer = pl.Trainer(accelerator=device, devices=1, max_epochs=genome["epochs"], default_root_dir=str(log_dir))
         trainer.fit(
             module,
             DataLoader(train, batch_size=genome["batch_size"], shuffle=True),
@@ -166,7 +164,9 @@ def run_ours(genomes: list[dict], splits: dict[str, TensorSplit], device: str) -
         )  # fmt: skip
 
 
-def bare_fit(genome: dict, splits: dict[str, TensorSplit], model: ModelConfig, device: str, channels_last: bool) -> None:
+def bare_fit(
+    genome: dict, splits: dict[str, TensorSplit], model: ModelConfig, device: str, channels_last: bool
+) -> None:
     """One evaluation as plain PyTorch: the same network, seed, optimiser, schedule, batches and
     per-epoch validation as ``fit_genome``, without Lightning."""
     seed = genome_seed(0, genome)
@@ -341,7 +341,9 @@ def main() -> None:
         results["ours"] = _figures(len(genomes), trained_samples, seconds, peak)
     if "bare" in args.modes:
         for layout in ("contiguous", "channels_last"):
-            seconds, peak = timed(args.device, lambda: run_bare(genomes, splits, args.device, layout == "channels_last"))
+            seconds, peak = timed(
+                args.device, lambda: run_bare(genomes, splits, args.device, layout == "channels_last")
+            )
             results[f"bare_{layout}"] = _figures(len(genomes), trained_samples, seconds, peak)
         results["bare"] = max((results[f"bare_{k}"] for k in ("contiguous", "channels_last")),
                               key=lambda r: r["evals_per_hour"])  # fmt: skip
@@ -387,8 +389,10 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"ratio (ours / naive evaluations per hour): {results['ratio']:.2f}x")
     if "ours_vs_bare" in results:
         print(f"ours / best bare loop: {results['ours_vs_bare']:.2f}x")
-    print(f"network: {results['flops_per_training_sample'] / 1e6:.1f} MFLOP per training sample; "
-          f"measured matmul peak {results['device_peak_flops_measured'] / 1e9:.0f} GFLOP/s")
+    print(
+        f"network: {results['flops_per_training_sample'] / 1e6:.1f} MFLOP per training sample; "
+        f"measured matmul peak {results['device_peak_flops_measured'] / 1e9:.0f} GFLOP/s"
+    )
     population = results.get("population")
     if population:
         print(f"population part (every genome at batch size {population['batch_size']}):")

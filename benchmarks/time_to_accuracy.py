@@ -110,8 +110,13 @@ def run_variant(name: str, seed: int, epochs_budget: int, data: PreparedData, sc
         "seed": seed,
         "wall_seconds": time.perf_counter() - started,
         "evaluations": [
-            {"val_acc": r.val_score, "epochs": len(r.epochs), "train_seconds": r.train_seconds,
-             "stopped_early": r.stopped_early, "genome_epochs": r.genome["epochs"]}
+            {
+                "val_acc": r.val_score,
+                "epochs": len(r.epochs),
+                "train_seconds": r.train_seconds,
+                "stopped_early": r.stopped_early,
+                "genome_epochs": r.genome["epochs"],
+            }
             for r in records
         ],  # fmt: skip
     }

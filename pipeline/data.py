@@ -631,7 +631,9 @@ def _image_statistics(raw: RawDataset, splits: dict, seed: int) -> dict:
         "dataset": raw.name,
         "seed": seed,
         # Grey images are stored [N, H, W], colour ones [N, C, H, W].
-        "image_shape": list(raw.train_images.shape[1:]) if raw.train_images.ndim == 4 else [1, *raw.train_images.shape[1:]],
+        "image_shape": list(raw.train_images.shape[1:])
+        if raw.train_images.ndim == 4
+        else [1, *raw.train_images.shape[1:]],
         "classes": raw.classes,
         # Normalisation statistics from the search-time training split only (no leak from val/test).
         "mean": float(train_pixels.mean()),
@@ -756,8 +758,12 @@ class PreparedData:
             keep = torch.from_numpy(np.sort(keep))
             images, labels = images[keep], labels[keep]
         if table:
-            features = (images.float() - torch.tensor(self.summary["feature_mean"])) / torch.tensor(self.summary["feature_std"])
-            targets = (labels.float() - self.summary["target_mean"]) / self.summary["target_std"] if regression else labels
+            features = (images.float() - torch.tensor(self.summary["feature_mean"])) / torch.tensor(
+                self.summary["feature_std"]
+            )
+            targets = (
+                (labels.float() - self.summary["target_mean"]) / self.summary["target_std"] if regression else labels
+            )
             return TensorSplit(features.float().unsqueeze(1), targets)
         normalised = (images.float().div_(255.0).sub_(self.summary["mean"])).div_(self.summary["std"])
         return TensorSplit(normalised.unsqueeze(1) if normalised.ndim == 3 else normalised, labels)
@@ -799,4 +805,7 @@ class TensorBatches:
                 yield self.split.images[index], self.split.labels[index]
         else:
             for start in range(0, n, self.batch_size):
-                yield self.split.images[start : start + self.batch_size], self.split.labels[start : start + self.batch_size]
+                yield (
+                    self.split.images[start : start + self.batch_size],
+                    self.split.labels[start : start + self.batch_size],
+                )

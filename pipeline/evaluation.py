@@ -199,8 +199,9 @@ class FunctionEvaluator:
             return EvaluationRecord.failed(genome, seed, f"{type(exc).__name__}: {exc}", 0.0)
         if not math.isfinite(value):
             return EvaluationRecord.failed(genome, seed, f"fitness {value}", 0.0)
-        return EvaluationRecord(genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [],
-                                maximize=self.maximize)
+        return EvaluationRecord(
+            genome, genome_hash(genome), seed, "finished", value, None, None, 0.0, [], maximize=self.maximize
+        )
 
     def close(self) -> None:
         pass

@@ -24,8 +24,9 @@ def write_json(path: Path, payload: Any) -> None:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
         why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
-        raise OutputError(f"{path}: cannot write ({why}); finished work is kept: run the stage again once it "
-                          "can be written") from None
+        raise OutputError(
+            f"{path}: cannot write ({why}); finished work is kept: run the stage again once it can be written"
+        ) from None
 
 
 def _json_default(value: Any) -> Any:

@@ -12,8 +12,10 @@ def main(config):
         config, prepared_dir=Path("data/prepared"), results_dir=Path("results"), model_path=Path("models/champion.pt")
     )
     best, metric = result["champion"], result["metric"]
-    print(f"champion: {best['method']}'s best of seed {best['seed']} (chosen by {result['chosen_by']}), "
-          f"test {metric['label']} {best[metric['test']]:.4f} ({best['model_uri']})")
+    print(
+        f"champion: {best['method']}'s best of seed {best['seed']} (chosen by {result['chosen_by']}), "
+        f"test {metric['label']} {best[metric['test']]:.4f} ({best['model_uri']})"
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ def main() -> None:
 
     def search(config):
         if method not in suite_methods(config):
-            sys.exit(f"error: {method!r} is not a method of this suite; it runs {suite_methods(config)} "
-                     "(suite.methods, suite.sensitivity.enabled)")
+            sys.exit(
+                f"error: {method!r} is not a method of this suite; it runs {suite_methods(config)} "
+                "(suite.methods, suite.sensitivity.enabled)"
+            )
         run_suite_stage(method, config, results_dir=Path("results"))
 
     stage_main(search, loader=load_suite)()

@@ -13,8 +13,10 @@ def sensitivity(config):
         print("suite.sensitivity.enabled is false: nothing to tune")
         return
     chosen = run_suite_sensitivity(config, results_dir=Path("results"))["ga"]
-    print(f"tuned GA: population {chosen['population_size']}, mutation {chosen['mutation']}, "
-          f"selection {chosen['selection']}")
+    print(
+        f"tuned GA: population {chosen['population_size']}, mutation {chosen['mutation']}, "
+        f"selection {chosen['selection']}"
+    )
 
 
 if __name__ == "__main__":

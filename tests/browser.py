@@ -60,10 +60,44 @@ BASE_FLAGS = (
 _HIDDEN_TAGS = {"script", "style", "noscript", "template", "head", "title"}
 # Tags that start a new line of visible text.
 _BLOCK_TAGS = {
-    "address", "article", "aside", "blockquote", "br", "caption", "dd", "details", "div", "dl", "dt",
-    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
-    "hr", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "thead",
-    "tfoot", "tr", "ul",
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "br",
+    "caption",
+    "dd",
+    "details",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "tbody",
+    "thead",
+    "tfoot",
+    "tr",
+    "ul",
 }
 _CELL_TAGS = {"td", "th"}
 # Elements whose src/href/... make the browser load something (anchors are links, not resources).
@@ -231,9 +265,7 @@ def _run_chromium(binary: str, args: list[str], timeout: float, done) -> tuple[i
             out, err = _drain(proc)
             if done(out):
                 return None, out, err
-            raise BrowserError(
-                f"chromium timed out after {timeout:g}s: {' '.join(args)}{_tail(err)}"
-            ) from None
+            raise BrowserError(f"chromium timed out after {timeout:g}s: {' '.join(args)}{_tail(err)}") from None
         finally:
             if proc.poll() is None:
                 _kill_group(proc)
@@ -435,8 +467,14 @@ def _image_info(attrs: dict[str, str | None]) -> ImageInfo:
         return ImageInfo(alt=alt, src=short, is_data=True, mime=mime, error=f"bad data: payload: {exc}")
     if mime == "image/svg+xml":
         ok = b"<svg" in raw[:4096].lower()
-        return ImageInfo(alt=alt, src=short, is_data=True, mime=mime, format="SVG",
-                         error=None if ok else "SVG data: URI holds no <svg>")
+        return ImageInfo(
+            alt=alt,
+            src=short,
+            is_data=True,
+            mime=mime,
+            format="SVG",
+            error=None if ok else "SVG data: URI holds no <svg>",
+        )
     try:
         with Image.open(io.BytesIO(raw)) as image:
             image.load()

@@ -59,7 +59,10 @@ def test_idx_truncated_names_file(tmp_path):
     write_idx(path, np.arange(10, dtype=np.uint8))
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw[:-3]))
-    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte.gz: header declares shape \(10,\) \(18 bytes\) but the file has 15 bytes"):
+    with pytest.raises(
+        DatasetError,
+        match=r"t10k-labels-idx1-ubyte.gz: header declares shape \(10,\) \(18 bytes\) but the file has 15 bytes",
+    ):
         read_idx(path)
 
 

@@ -43,5 +43,7 @@ def test_the_results_page_figures_equal_their_sources():
     specs = [m["spec"] for m in BLOCK.finditer(page)]
     assert len(specs) >= 10 and any(s.startswith("answer results/report.md") for s in specs)
     assert main(check=True) == 0
-    typed_over = page.replace("*(generated from `results/report.md`)*", "0.9999 *(generated from `results/report.md`)*", 1)
+    typed_over = page.replace(
+        "*(generated from `results/report.md`)*", "0.9999 *(generated from `results/report.md`)*", 1
+    )
     assert typed_over != page and generated(typed_over) == page

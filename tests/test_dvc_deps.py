@@ -86,7 +86,9 @@ def test_the_committed_studies_run_the_projects_stages(capsys):
         assert study.keys() == STAGES.keys()
         for name, stage in study.items():
             # Code is the repository's own; data, results and checkpoints stay in the study's folder.
-            assert all(d.startswith("../../") == d.startswith(("../../pipeline", "../../stages")) for d in stage["deps"])
+            assert all(
+                d.startswith("../../") == d.startswith(("../../pipeline", "../../stages")) for d in stage["deps"]
+            )
             assert stage["cmd"] == STAGES[name]["cmd"].replace("stages/", "../../stages/")
 
 
@@ -125,7 +127,9 @@ def _load_sync():
 def test_the_benchmark_study_has_a_stage_per_registered_method():
     from pipeline.search.registry import table_method_names
 
-    assert [n.removesuffix("_suite") for n in SUITE_STAGES if n.endswith("_suite")] == table_method_names() + ["ga_tuned"]
+    assert [n.removesuffix("_suite") for n in SUITE_STAGES if n.endswith("_suite")] == table_method_names() + [
+        "ga_tuned"
+    ]
 
 
 SUITE_STAGES = yaml.safe_load((REPO_ROOT / "studies" / "benchmarks" / "dvc.yaml").read_text())["stages"]

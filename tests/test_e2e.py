@@ -101,7 +101,7 @@ def test_every_stage_runs_and_writes_its_outputs(study):
         summary = json.loads((study / "results" / "pbt_search" / f"seed-{entry['seed']}.json").read_text())
         assert entry["epochs"] == summary["best_schedule"][-1]["epochs"]
     assert "PBT: " in report and "at equal training epochs and wall time" in report
-    equal = report[report.index("## Equal budgets"):]
+    equal = report[report.index("## Equal budgets") :]
     header = next(line for line in equal.splitlines() if line.startswith("|"))
     assert "Population Based Training" in header and "training epochs" in equal
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=study).stdout)

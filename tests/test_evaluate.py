@@ -184,7 +184,9 @@ def test_inheritance_takes_only_layers_whose_shapes_match(prepared_digits, tmp_p
     child = arch_genome([conv_gene(4), conv_gene(6)], units=16, learning_rate=0.02)
     evaluate(evaluator, [request(parent, "parent")])
     (result,) = evaluate(evaluator, [request(child, "child", weight_parents=(genome_hash(parent),))])
-    expected, taken = inherit_weights(fresh_state(child, prepared_digits), evaluator.weight_store.load(genome_hash(parent)))
+    expected, taken = inherit_weights(
+        fresh_state(child, prepared_digits), evaluator.weight_store.load(genome_hash(parent))
+    )
     assert "conv.0.conv.weight" in taken and "conv.1.conv.weight" not in taken
     assert 0 < result.transferred_fraction < 1
     for key, tensor in captured["child"].items():

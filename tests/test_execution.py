@@ -95,7 +95,9 @@ def sequential_results(tmp_path_factory, prepared_digits):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_two_worker_processes_give_the_sequential_study(method, tmp_path, monkeypatch, prepared_digits, sequential_results):
+def test_two_worker_processes_give_the_sequential_study(
+    method, tmp_path, monkeypatch, prepared_digits, sequential_results
+):
     config = config_with({"backend": "local", "workers": 2, "threads_per_evaluation": 1}, **METHODS[method])
     records = search(method.split("-")[0], config, tmp_path, prepared_digits, monkeypatch)
     assert records == sequential_results[method][0]
@@ -141,7 +143,9 @@ def kill_one(find_pids, delay: float = 1.5) -> threading.Thread:
     return thread
 
 
-def test_a_killed_worker_process_is_replaced_and_its_evaluation_rerun(tmp_path, monkeypatch, prepared_digits, sequential_results):
+def test_a_killed_worker_process_is_replaced_and_its_evaluation_rerun(
+    tmp_path, monkeypatch, prepared_digits, sequential_results
+):
     config = config_with({"backend": "local", "workers": 2, "threads_per_evaluation": 1})
     # Soon after the workers appear: while they start (loading torch and the data) or train, the pool breaks.
     thread = kill_one(lambda: [p.pid for p in multiprocessing.active_children()], delay=0.5)
@@ -165,7 +169,8 @@ def test_workers_die_with_a_search_process_killed_by_kill_9(tmp_path, prepared_d
     """What the out-of-memory killer does: kill -9 of the search process alone. Its worker processes
     (over a GB each in a real study) and multiprocessing's resource tracker must not outlive it."""
     search_process = multiprocessing.get_context("spawn").Process(
-        target=_search_with_workers, args=(str(tmp_path), str(prepared_digits.folder)))
+        target=_search_with_workers, args=(str(tmp_path), str(prepared_digits.folder))
+    )
     search_process.start()
     descendants: list = []
     try:
@@ -241,7 +246,9 @@ def test_the_cluster_has_two_nodes(ray_cluster):
 
 
 @pytest.mark.parametrize("method", ["ga", "random", "ga-merge", "ga-fidelity"])
-def test_a_search_on_ray_equals_the_local_one(method, ray_cluster, tmp_path, monkeypatch, prepared_digits, sequential_results):
+def test_a_search_on_ray_equals_the_local_one(
+    method, ray_cluster, tmp_path, monkeypatch, prepared_digits, sequential_results
+):
     config = config_with(ray_execution(ray_cluster), **METHODS[method])
     records = search(method.split("-")[0], config, tmp_path, prepared_digits, monkeypatch)
     assert records == sequential_results[method][0]
@@ -288,7 +295,9 @@ def ray_task_pids() -> list[int]:
     return [int(line.split()[0]) for line in listing.splitlines() if "ray::_train_task" in line]
 
 
-def test_a_worker_killed_during_an_evaluation_is_retried(ray_cluster, tmp_path, monkeypatch, prepared_digits, sequential_results):
+def test_a_worker_killed_during_an_evaluation_is_retried(
+    ray_cluster, tmp_path, monkeypatch, prepared_digits, sequential_results
+):
     thread = kill_one(ray_task_pids, delay=0.0)
     records = search("random", config_with(ray_execution(ray_cluster)), tmp_path, prepared_digits, monkeypatch)
     thread.done.set()

@@ -195,7 +195,9 @@ def test_an_unreadable_checkpoint_is_one_line_and_the_search_goes_on(
     CountingTrainer(monkeypatch)
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     out = capsys.readouterr().out
-    assert f"checkpoint {tmp_path / 'ckpt' / 'ga_search' / 'seed-42.jsonl'} unreadable" in out and "starting afresh" in out
+    assert (
+        f"checkpoint {tmp_path / 'ckpt' / 'ga_search' / 'seed-42.jsonl'} unreadable" in out and "starting afresh" in out
+    )
     assert comparable(tmp_path / "results", "ga") == comparable(reference, "ga")
     assert_settled(tracking_uri())
 
@@ -277,7 +279,9 @@ def test_one_sensitivity_variant_does_not_close_anothers_runs(mlflow_store):
         runs[name] = (stage_run, tracker.start_run("individual", parent_id=stage_run))
     closed = tracker.close_stale_stage_runs("ga_search", keep=set(),
                                             checkpoint_folder="/ckpt/mutation_rate-0.5/ga_search")  # fmt: skip
-    status = {run_id: MlflowClient(tracker.uri).get_run(run_id).info.status for pair in runs.values() for run_id in pair}
+    status = {
+        run_id: MlflowClient(tracker.uri).get_run(run_id).info.status for pair in runs.values() for run_id in pair
+    }
     assert closed == 4
     assert [status[r] for r in runs["mine"]] == ["KILLED", "KILLED"]
     assert [status[r] for r in runs["other"]] == ["RUNNING", "RUNNING"]
@@ -326,7 +330,9 @@ def test_a_renamed_experiment_does_not_reuse_the_checkpoint(tmp_path, monkeypatc
 def test_the_same_stage_started_twice_stops_the_second_with_one_line(tmp_path, monkeypatch, prepared_digits):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     with StageLock(tmp_path / "ckpt" / "ga_search.lock", "ga_search"):
-        with pytest.raises(CheckpointError, match=rf"ga_search.lock: ga_search is already running in process {os.getpid()}"):
+        with pytest.raises(
+            CheckpointError, match=rf"ga_search.lock: ga_search is already running in process {os.getpid()}"
+        ):
             run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     assert not (tmp_path / "ckpt" / "ga_search" / "seed-42.jsonl").exists()  # nothing started
     run_search_stage("ga", config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")  # free again
@@ -374,7 +380,9 @@ def test_a_locked_store_is_retried_then_named_in_one_line(mlflow_store, monkeypa
     monkeypatch.setattr(Tracker, "busy_seconds", 1.0)
     monkeypatch.setattr(tracker.client, "log_batch", busy)
     started = time.monotonic()
-    with pytest.raises(TrackingError, match=r"mlflow.db stayed locked by another writer for \d s; stop the other") as raised:
+    with pytest.raises(
+        TrackingError, match=r"mlflow.db stayed locked by another writer for \d s; stop the other"
+    ) as raised:
         tracker.log_metrics(run, {"x": 2.0})
     assert "\n" not in str(raised.value) and attempts["n"] >= 3 and time.monotonic() - started < 5
     monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
@@ -409,7 +417,9 @@ def test_unwritable_artifacts_fail_the_champion_before_any_training(tmp_path, mo
     trained = []
     monkeypatch.setattr(champion, "fit_genome", lambda *a, **k: trained.append(1))
     with pytest.raises(TrackingError, match=r"mlruns/artifacts: cannot write MLflow artifacts there"):
-        run_champion_stage(config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt")
+        run_champion_stage(
+            config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt"
+        )
     assert trained == []
 
 
@@ -428,7 +438,9 @@ def test_artifacts_unwritable_after_the_start_up_check_is_one_line_and_keeps_the
 
     monkeypatch.setattr(champion.mlflow.pytorch, "log_model", read_only)
     with pytest.raises(TrackingError) as info:
-        run_champion_stage(config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt")
+        run_champion_stage(
+            config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt"
+        )
     message = str(info.value)
     assert message.startswith(f"{artifacts}: cannot store the champion's model (Read-only file system)"), message
     assert "\n" not in message and isinstance(info.value, USER_ERRORS)
@@ -522,4 +534,6 @@ def test_stage_scripts_print_one_line_for_a_user_error(tmp_path):
     done = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "search.py"), "ga"], cwd=tmp_path,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [f"error: params.yaml: duplicate key seed (line {len((REPO_ROOT / 'params.yaml').read_text().splitlines()) + 1})"]
+    assert done.stderr.strip().splitlines() == [
+        f"error: params.yaml: duplicate key seed (line {len((REPO_ROOT / 'params.yaml').read_text().splitlines()) + 1})"
+    ]

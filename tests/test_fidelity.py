@@ -151,21 +151,30 @@ def test_a_member_that_is_done_at_a_rung_is_complete_and_never_takes_a_promotion
     # to the best of those with epochs left. A failed member is never promoted.
     plans = [(1,), (1, 3), (1, 3), (1, 3)]
     scores = {0: 0.99, 1: 0.5, 2: 0.6}
-    records = successive_halving(plans, 3, one_by_one(
-        lambda p, rung, epochs: scored(p, epochs, scores[p]) if p != 3 else scored(p, epochs, 0, "failed")))
+    records = successive_halving(
+        plans,
+        3,
+        one_by_one(lambda p, rung, epochs: scored(p, epochs, scores[p]) if p != 3 else scored(p, epochs, 0, "failed")),
+    )
     assert [(r.rung, r.stopped_early, r.status) for r in records] == [
         (0, False, "finished"), (0, True, "finished"), (1, False, "finished"), (0, False, "failed"),
     ]  # fmt: skip
 
 
 def test_early_stopping_before_a_rung_ends_a_member_as_complete():
-    records = successive_halving([(2, 4)], 3, one_by_one(lambda p, rung, epochs: scored(p, 1, 0.5)))  # stopped after 1 of 2
+    records = successive_halving(
+        [(2, 4)], 3, one_by_one(lambda p, rung, epochs: scored(p, 1, 0.5))
+    )  # stopped after 1 of 2
     assert records[0].rung == 0 and not records[0].stopped_early
 
 
 @given(
     # scores on a grid: a shift by a whole span keeps differences far above rounding
-    st.lists(st.tuples(st.integers(0, 1000).map(lambda k: k / 1000), st.sampled_from([0.0, 1.0, 2.0, math.inf])), min_size=1, max_size=12)
+    st.lists(
+        st.tuples(st.integers(0, 1000).map(lambda k: k / 1000), st.sampled_from([0.0, 1.0, 2.0, math.inf])),
+        min_size=1,
+        max_size=12,
+    )
 )
 def test_rung_ranking_orders_by_level_then_fitness(members):
     fitness = np.array([f for f, _ in members])
@@ -193,8 +202,11 @@ def test_failed_members_stay_last():
         ({"rungs": [1], "eta": 1}, {}, "fidelity.eta"),
         ({"rungs": [1], "ranking": "age"}, {}, "fidelity.ranking"),
         ({"rungs": [1], "mode": "eager"}, {}, "fidelity.mode"),
-        ({"rungs": [1], "mode": "asynchronous"}, {"evaluator": "population"},
-         "fidelity.mode: asynchronous hands one candidate at a time to each free worker"),
+        (
+            {"rungs": [1], "mode": "asynchronous"},
+            {"evaluator": "population"},
+            "fidelity.mode: asynchronous hands one candidate at a time to each free worker",
+        ),
     ],
 )
 def test_bad_fidelity_settings_are_refused_by_key(fidelity, execution, message):
@@ -229,7 +241,9 @@ BATCH = [
 
 
 def context_of(data, weights="none"):
-    return TrainingContext("hyperparameters", SMALL_MODEL, TrainConfig(), 0, data.image_shape, data.num_classes, weights)
+    return TrainingContext(
+        "hyperparameters", SMALL_MODEL, TrainConfig(), 0, data.image_shape, data.num_classes, weights
+    )
 
 
 def halving(data, folder, fingerprint="f1", weights="none", store=None, mode="synchronous", threads=None):

@@ -127,7 +127,7 @@ def test_cached_genomes_are_not_trained_and_not_charged():
 def test_failed_individuals_rank_last_and_search_goes_on():
     space = make_space()
     first = GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=6, seed=3)
-    doomed = {genome_hash(first.space.sample(np.random.default_rng(3))) }  # the first initial genome
+    doomed = {genome_hash(first.space.sample(np.random.default_rng(3)))}  # the first initial genome
     evaluator = RecordingEvaluator(fail_hashes=doomed)
     outcome = drive(GeneticSearch(space, GAConfig(population_size=6, elites=1), budget=16, seed=3), evaluator)
     assert outcome.trained == 16
@@ -271,7 +271,9 @@ def test_termination_on_stagnation():
 def test_termination_on_wall_clock_uses_the_given_clock():
     ticks = iter(range(1000))
     config = GAConfig(population_size=6, elites=1, termination={"wall_clock_seconds": 3})
-    outcome = drive(GeneticSearch(make_space(), config, budget=500, seed=0, clock=lambda: next(ticks)), RecordingEvaluator())
+    outcome = drive(
+        GeneticSearch(make_space(), config, budget=500, seed=0, clock=lambda: next(ticks)), RecordingEvaluator()
+    )
     # the clock reads 0, 1, 2, 3 before generations 1, 2, 3, 4: the fourth reading stops it
     assert len(outcome.generations) == 4 and outcome.stop_reason == "wall-clock budget of 3 s spent"
 
@@ -416,7 +418,9 @@ def test_ask_repeats_its_batch_until_told_and_ends_with_a_reason():
 
     scored = [Scored(record, True) for _, record in evaluator.evaluate(first.proposals)]
     report = search.tell(scored)
-    assert report.metrics["trained"] == 4 and report.stage_metrics["generation_best"] == max(s.record.fitness for s in scored)
+    assert report.metrics["trained"] == 4 and report.stage_metrics["generation_best"] == max(
+        s.record.fitness for s in scored
+    )
     assert search.ask() is None and search.stop_reason == "budget of 4 evaluations spent"
 
 
@@ -433,6 +437,8 @@ def test_a_mutation_without_a_rate_setting_runs_on_both_genome_kinds(monkeypatch
     outcome, evaluator = run(budget=14, mutation={"name": "swap_momentum"})
     assert outcome.trained == 14 and all(g.mutation_rate is None for g in outcome.generations)
     space = make_architecture_space(image_shape=(1, 8, 8))
-    search = GeneticSearch(space, GAConfig(population_size=4, elites=1, mutation={"name": "swap_momentum"}), budget=10, seed=1)
+    search = GeneticSearch(
+        space, GAConfig(population_size=4, elites=1, mutation={"name": "swap_momentum"}), budget=10, seed=1
+    )
     outcome = drive(search, ArchitectureEvaluator())
     assert outcome.trained == 10

@@ -51,7 +51,9 @@ def test_ulp_close_allows_only_a_last_bit_difference():
 def machine_signature() -> dict:
     model = ""
     if Path("/proc/cpuinfo").is_file():
-        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+        model = next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""
+        )
     return {"machine": platform.machine(), "cpu": model, "torch": torch.__version__,
             "capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
 
@@ -82,9 +84,15 @@ def test_search_matches_the_pre_rebuild_code(tmp_path, monkeypatch, profile, met
         return
     # Another machine: genomes that do not depend on fitness must still match exactly.
     fitness_free = len(stored) if method != "ga" else sum(r["generation"] == 0 for r in stored)
-    got_genomes, stored_genomes = [r["genome"] for r in got[:fitness_free]], [r["genome"] for r in stored[:fitness_free]]
+    got_genomes, stored_genomes = (
+        [r["genome"] for r in got[:fitness_free]],
+        [r["genome"] for r in stored[:fitness_free]],
+    )
     assert ulp_close(got_genomes, stored_genomes), (got_genomes, stored_genomes)
     shared = {r["genome_hash"]: r for r in stored}
     for record in got:
-        if record["genome_hash"] in shared and record["status"] == "finished" == shared[record["genome_hash"]]["status"]:
+        if (
+            record["genome_hash"] in shared
+            and record["status"] == "finished" == shared[record["genome_hash"]]["status"]
+        ):
             assert record["val_acc"] == pytest.approx(shared[record["genome_hash"]]["val_acc"], abs=0.1)

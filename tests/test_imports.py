@@ -53,7 +53,9 @@ class _ProjectImports(ast.NodeVisitor):
             names = [a.name for a in node.names if a.name.split(".")[0] == "pipeline"]
         elif node.module and node.module.split(".")[0] == "pipeline":
             # ``from pipeline.a import b``: b may be a submodule, imported too
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES]
+            names = [node.module] + [
+                f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES
+            ]
         else:
             names = []
         if names and self.functions:

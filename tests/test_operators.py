@@ -24,6 +24,7 @@ from pipeline.operators.selection import select_rank, select_roulette, select_to
 from pipeline.space import ChoiceDimension, FloatDimension, IntDimension, SearchSpace
 
 from tests.conftest import MIXED_SPACE as SPACE_DICT
+
 SPACE = SearchSpace.from_config(SpaceConfig.model_validate(SPACE_DICT))
 NAMES = SPACE.names
 
@@ -137,7 +138,9 @@ def test_crossover_uniform_swap_extremes(seed):
 
 
 def test_crossover_uniform_half_mixes_parents():
-    masks = {tuple(source_mask(crossover_uniform(PARENT_A, PARENT_B, SPACE, np.random.default_rng(s)))) for s in range(40)}
+    masks = {
+        tuple(source_mask(crossover_uniform(PARENT_A, PARENT_B, SPACE, np.random.default_rng(s)))) for s in range(40)
+    }
     assert len(masks) > 10  # not stuck on one pattern
     assert any(0 < sum(m) < len(NAMES) for m in masks)
 
@@ -152,8 +155,10 @@ def test_crossover_one_point_is_a_prefix_of_a_then_suffix_of_b(seed):
 
 
 def test_crossover_one_point_uses_every_cut():
-    cuts = {source_mask(crossover_one_point(PARENT_A, PARENT_B, SPACE, np.random.default_rng(s))).index(1)
-            for s in range(100)}
+    cuts = {
+        source_mask(crossover_one_point(PARENT_A, PARENT_B, SPACE, np.random.default_rng(s))).index(1)
+        for s in range(100)
+    }
     assert cuts == {1, 2, 3, 4}
 
 
@@ -196,8 +201,10 @@ def test_crossover_blend_of_equal_parents_is_the_parent():
 def test_crossover_blend_positive_alpha_can_leave_the_parents_interval():
     dim = SPACE["momentum"]
     lo, hi = sorted((dim.to_unit(PARENT_A["momentum"]), dim.to_unit(PARENT_B["momentum"])))
-    units = [dim.to_unit(crossover_blend(PARENT_A, PARENT_B, SPACE, np.random.default_rng(s), alpha=0.5)["momentum"])
-             for s in range(200)]
+    units = [
+        dim.to_unit(crossover_blend(PARENT_A, PARENT_B, SPACE, np.random.default_rng(s), alpha=0.5)["momentum"])
+        for s in range(200)
+    ]
     assert min(units) < lo and max(units) > hi
     spread = 0.5 * (hi - lo)
     assert min(units) >= lo - spread - 1e-9 and max(units) <= hi + spread + 1e-9
@@ -245,9 +252,15 @@ def test_mutate_gaussian_tiny_sigma_stays_close(seed):
 
 
 def test_mutate_gaussian_large_sigma_moves_far():
-    moves = [abs(SPACE["momentum"].to_unit(mutate_gaussian(PARENT_A, SPACE, np.random.default_rng(s), rate=1.0,
-                                                              sigma=0.5)["momentum"]) - SPACE["momentum"].to_unit(0.1))
-             for s in range(50)]
+    moves = [
+        abs(
+            SPACE["momentum"].to_unit(
+                mutate_gaussian(PARENT_A, SPACE, np.random.default_rng(s), rate=1.0, sigma=0.5)["momentum"]
+            )
+            - SPACE["momentum"].to_unit(0.1)
+        )
+        for s in range(50)
+    ]
     assert max(moves) > 0.3
 
 
@@ -585,8 +598,17 @@ def test_bind_bad_setting_type_error(role, name, settings_, fragments):
         ("mutation", "gaussian", {"sigma": 0.0}, "gaussian.sigma"),
         ("mutation", "gaussian", {"rate": math.nan}, "gaussian.rate"),
     ],
-    ids=["fraction-0", "fraction-big", "size-1", "size-frac", "swap-neg", "alpha-neg", "rate-1.5", "sigma-0",
-         "rate-nan"],
+    ids=[
+        "fraction-0",
+        "fraction-big",
+        "size-1",
+        "size-frac",
+        "swap-neg",
+        "alpha-neg",
+        "rate-1.5",
+        "sigma-0",
+        "rate-nan",
+    ],
 )
 def test_bind_bad_value_value_error(role, name, settings_, fragment):
     with pytest.raises(ValueError) as info:
@@ -651,8 +673,11 @@ def test_mutation_rate_reads_bound_settings_and_defaults():
 
 @pytest.mark.parametrize(
     ("settings_", "fragment"),
-    [({"max_rate": 0.1}, "max_rate (0.1) must be at least rate (0.2)"), ({"rate": 0.5, "max_rate": 0.4}, "max_rate"),
-     ({"target_diversity": 0.0}, "adaptive.target_diversity")],
+    [
+        ({"max_rate": 0.1}, "max_rate (0.1) must be at least rate (0.2)"),
+        ({"rate": 0.5, "max_rate": 0.4}, "max_rate"),
+        ({"target_diversity": 0.0}, "adaptive.target_diversity"),
+    ],
     ids=["below-default-rate", "below-rate", "target-0"],
 )
 def test_bind_adaptive_rejects_inconsistent_rates(settings_, fragment):
@@ -670,8 +695,12 @@ def test_split_settings_separates_the_loops_crossover_settings():
 
 @pytest.mark.parametrize(
     ("settings_", "key"),
-    [({"probability": 1.5}, "probability"), ({"probability": "high"}, "probability"),
-     ({"probability": True}, "probability"), ({"layers": "splice"}, "layers")],
+    [
+        ({"probability": 1.5}, "probability"),
+        ({"probability": "high"}, "probability"),
+        ({"probability": True}, "probability"),
+        ({"layers": "splice"}, "layers"),
+    ],
 )
 def test_split_settings_rejects_bad_loop_settings(settings_, key):
     with pytest.raises(ValueError) as info:

@@ -276,7 +276,9 @@ def test_a_failing_builder_stops_the_search_before_anything_trains(tmp_path, mon
     params = tiny_params()
     params["model"] |= {"builder": f"{tmp_path / 'net.py'}:build", "source": str(tmp_path / "net.py")}
     with pytest.raises(BuilderError, match=re.escape(f"{tmp_path / 'net.py'}:3: ValueError")):
-        run_search_stage("random", parse_config(params), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
+        run_search_stage(
+            "random", parse_config(params), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt"
+        )
     assert not list((tmp_path / "ckpt").rglob("*.jsonl"))  # no checkpoint: nothing was trained or logged
 
 
@@ -289,8 +291,11 @@ def test_a_failing_builder_stops_the_search_before_anything_trains(tmp_path, mon
         (("model", "builder"), "not a reference", ["model.builder", "pattern"]),
         (("model", "builder"), "examples/images/model.py:build", ["model.source", "examples/images/model.py"]),
         (("space", "genes", "width"), {"type": "choice", "values": [4, 8]}, ["space.genes.width", "model.builder"]),
-        (("space", "genes", "optimizer"), {"type": "choice", "values": ["sgd", "lbfgs"]},
-         ["space.genes.optimizer.values", "sgd, adam, adamw", "'lbfgs'"]),
+        (
+            ("space", "genes", "optimizer"),
+            {"type": "choice", "values": ["sgd", "lbfgs"]},
+            ["space.genes.optimizer.values", "sgd, adam, adamw", "'lbfgs'"],
+        ),
         (("train", "optimizer"), "rmsprop", ["train.optimizer", "'sgd', 'adam' or 'adamw'"]),
         (("train", "lr_schedule"), "linear", ["train.lr_schedule", "'step', 'cosine' or 'none'"]),
         (("data", "channels"), 2, ["data.channels"]),
@@ -379,14 +384,22 @@ def test_a_builder_failing_on_one_genome_mid_study_records_it_failed_with_the_us
     # The width the start-up check's genome does not have fails: the search starts, then meets it.
     checked = make_space(config.space, (1, 8, 8)).sample(np.random.default_rng(config.seed))["width"]
     failing = 12 - checked
-    (tmp_path / "net.py").write_text(GOOD_BUILDER.replace("def build(genome, input_shape, outputs):\n", (
-        "def build(genome, input_shape, outputs):\n"
-        f"    if genome['width'] == {failing}:\n        raise RuntimeError('width {failing} is not built')\n")))
+    (tmp_path / "net.py").write_text(
+        GOOD_BUILDER.replace(
+            "def build(genome, input_shape, outputs):\n",
+            (
+                "def build(genome, input_shape, outputs):\n"
+                f"    if genome['width'] == {failing}:\n        raise RuntimeError('width {failing} is not built')\n"
+            ),
+        )
+    )
     summaries = run_search_stage("random", config, prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     history = json.loads((tmp_path / "results" / "random_search" / "seed-42_history.json").read_text())
     failed = [e for e in history["evaluations"] if e["genome"]["width"] == failing]
     assert failed and all(e["status"] == "failed" for e in failed)
-    line = (tmp_path / "net.py").read_text().splitlines().index(f"        raise RuntimeError('width {failing} is not built')") + 1
+    line = (tmp_path / "net.py").read_text().splitlines().index(
+        f"        raise RuntimeError('width {failing} is not built')"
+    ) + 1
     assert all(f"{tmp_path / 'net.py'}:{line}: RuntimeError: width {failing}" in e["failure"] for e in failed)
     assert all(e["status"] == "finished" for e in history["evaluations"] if e["genome"]["width"] == checked)
     assert summaries[0]["best_genome"]["width"] == checked  # the search went on and kept its results

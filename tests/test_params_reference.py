@@ -40,8 +40,15 @@ def flat_keys(mapping: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("params_file", ["params.yaml", "studies/diabetes_regression/params.yaml",
-                                         "studies/fashion_mnist_architecture/params.yaml", "examples/tabular/params.yaml"])
+@pytest.mark.parametrize(
+    "params_file",
+    [
+        "params.yaml",
+        "studies/diabetes_regression/params.yaml",
+        "studies/fashion_mnist_architecture/params.yaml",
+        "examples/tabular/params.yaml",
+    ],
+)
 def test_every_key_of_a_committed_params_file_is_in_the_reference(params_file):
     used = flat_keys(yaml.safe_load((ROOT / params_file).read_text()))
     listed = {row.key for row in params_reference()}
@@ -79,7 +86,11 @@ def test_a_section_key_gets_its_type_default_range_and_comment():
     assert (rate.type, rate.default, rate.allowed, rate.meaning) == ("float", "0.5", ">= 0, <= 1", "share of something")
     assert rows["demo.mode"].allowed == "one of: up, down"
     assert rows["demo.mode"].meaning == "Which way: the longer explanation."
-    assert (rows["demo.count"].default, rows["demo.count"].allowed, rows["demo.count"].meaning) == ("required", "> 0", "")
+    assert (rows["demo.count"].default, rows["demo.count"].allowed, rows["demo.count"].meaning) == (
+        "required",
+        "> 0",
+        "",
+    )
     assert rows["demo.names"].allowed == "exactly 2 items" and rows["demo.names"].default == '["a", "b"]'
 
 

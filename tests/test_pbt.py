@@ -99,7 +99,8 @@ def test_same_seed_same_schedule_and_the_bottom_member_copies_a_top_one():
                 assert source in top  # exploit: a top member's state and genes
                 copied = before["members"][source]["genome"]
                 assert {k: member["genome"][k] for k in ("batch_size", "epochs")} == {
-                    k: copied[k] for k in ("batch_size", "epochs")}
+                    k: copied[k] for k in ("batch_size", "epochs")
+                }
                 assert member["explored"]  # explore changed at least one gene
             else:
                 assert source is None and member["genome"] == before["members"][member["member"]]["genome"]
@@ -117,8 +118,12 @@ def test_each_interval_resumes_from_the_state_its_member_starts_from(tmp_path):
     second = strategy.ask()
     for member, proposal in enumerate(second.proposals):
         source = top if member == bottom else member
-        assert proposal.resume == Resume(epochs=2, resume_from=tmp_path / "interval-0" / f"member-{source}.ckpt",
-                                         save_to=tmp_path / "interval-1" / f"member-{member}.ckpt", start_epoch=1)
+        assert proposal.resume == Resume(
+            epochs=2,
+            resume_from=tmp_path / "interval-0" / f"member-{source}.ckpt",
+            save_to=tmp_path / "interval-1" / f"member-{member}.ckpt",
+            start_epoch=1,
+        )
         assert proposal.tags["copied_from"] == (top if member == bottom else "")
     # A genome trained the interval before is trained again: the runner keys it by member and interval.
     assert len({p.cache_key for p in (*batch.proposals, *second.proposals)}) == 8
@@ -193,7 +198,9 @@ def tiny_pbt_config(epochs_high: int = 2, budget: int = 6, population: int = 3):
 
 def trained_pbt(prepared, state_dir, config, evaluator=None):
     context = TrainingContext.for_study(config, prepared)
-    strategy = PopulationBasedTraining(SearchSpace.from_config(config.space), config.pbt, config.seed, state_dir=state_dir)
+    strategy = PopulationBasedTraining(
+        SearchSpace.from_config(config.space), config.pbt, config.seed, state_dir=state_dir
+    )
     evaluator = evaluator or SequentialEvaluator(prepared, context)
     return strategy, SearchRunner(strategy, evaluator, config.budget.evaluations).run(), context
 
@@ -291,8 +298,13 @@ def test_a_kill_between_intervals_resumes_from_the_saved_states_and_its_best_sch
     assert sorted((tmp_path / "ckpt" / "pbt_search" / "seed-42-states" / "interval-0").glob("*.ckpt"))
     monkeypatch.setattr(search_stage, "make_evaluator", counted)
     (summary,) = run_search_stage("pbt", config, prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    assert made[1].requested == ["member-1/interval-1", "member-2/interval-1", "member-0/interval-2",
-                                 "member-1/interval-2", "member-2/interval-2"]  # nothing finished trains again
+    assert made[1].requested == [
+        "member-1/interval-1",
+        "member-2/interval-1",
+        "member-0/interval-2",
+        "member-1/interval-2",
+        "member-2/interval-2",
+    ]  # nothing finished trains again
     assert not (tmp_path / "ckpt" / "pbt_search" / "seed-42-states").exists()  # dropped once the search ended
     # Equal to an uninterrupted run, and no member's interval FINISHED twice in MLflow.
     monkeypatch.setattr(search_stage, "make_evaluator", real)
@@ -305,7 +317,9 @@ def test_a_kill_between_intervals_resumes_from_the_saved_states_and_its_best_sch
     assert summary["best_schedule"] == clean["best_schedule"] and summary["epochs_trained"] == 9
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=500)
-    finished = Counter(r.info.run_name for r in runs if r.info.status == "FINISHED" and r.info.run_name.startswith("pbt-i"))
+    finished = Counter(
+        r.info.run_name for r in runs if r.info.status == "FINISHED" and r.info.run_name.startswith("pbt-i")
+    )
     assert len(finished) == 9 and set(finished.values()) == {1}
     for record in history["evaluations"]:
         run = client.get_run(record["run_id"])

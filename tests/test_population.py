@@ -203,7 +203,9 @@ def test_a_state_written_for_a_member_is_the_one_a_fit_alone_saves(prepared_digi
     member = Member(0, g, 5, 2, 0.05, momentum, 0.01, history=start.history, state=start.weights,
                     momentum_state=start.momentum, lr_now=start.lr)  # fmt: skip
     template = _state_template(Proposal(g, "p"), context, train, val)
-    write_training_state(tmp_path / "written.ckpt", template, member, math.ceil(len(train) / 32), math.ceil(len(val) / 64))
+    write_training_state(
+        tmp_path / "written.ckpt", template, member, math.ceil(len(train) / 32), math.ceil(len(val) / 64)
+    )
     alone_state, written = (leaves(torch.load(tmp_path / f, weights_only=True)) for f in ("alone.ckpt", "written.ckpt"))
     assert alone_state.keys() == written.keys()
     for key, value in alone_state.items():

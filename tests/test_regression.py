@@ -89,7 +89,9 @@ def test_diabetes_is_split_without_strata_and_standardised_with_training_statist
 def test_a_convolution_over_a_table_is_refused_by_key():
     params = diabetes_params()
     params["space"]["architecture"]["conv_layers"] = {"min": 0, "max": 2}
-    with pytest.raises(ConfigError, match=r"space\.architecture\.conv_layers\.max: must be 0 for data\.dataset=diabetes"):
+    with pytest.raises(
+        ConfigError, match=r"space\.architecture\.conv_layers\.max: must be 0 for data\.dataset=diabetes"
+    ):
         parse_config(params)
 
 

@@ -102,7 +102,9 @@ def test_interrupted_architecture_ga_with_merged_weights_resumes_to_the_same_res
     config = parse_config(tiny_params_dict)
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
-    run_search_stage("ga", config, prepared_digits.folder, tmp_path / "reference" / "results", tmp_path / "reference" / "ckpt")
+    run_search_stage(
+        "ga", config, prepared_digits.folder, tmp_path / "reference" / "results", tmp_path / "reference" / "ckpt"
+    )
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "resumed"))
     results, checkpoints = tmp_path / "resumed" / "results", tmp_path / "resumed" / "ckpt"
@@ -115,7 +117,9 @@ def test_interrupted_architecture_ga_with_merged_weights_resumes_to_the_same_res
     assert counter.calls == 8 - (stop_at - 1)
     assert comparable(results, "ga") == comparable(tmp_path / "reference" / "results", "ga")
     history = json.loads((results / "ga_search/seed-42_history.json").read_text())["evaluations"]
-    reference = json.loads((tmp_path / "reference" / "results" / "ga_search/seed-42_history.json").read_text())["evaluations"]
+    reference = json.loads((tmp_path / "reference" / "results" / "ga_search/seed-42_history.json").read_text())[
+        "evaluations"
+    ]
     assert [(r["init"], r["epochs"]) for r in history] == [(r["init"], r["epochs"]) for r in reference]
     assert any(r["init"] == "merge" for r in history[stop_at - 1 :])
 
@@ -127,7 +131,9 @@ def test_interrupted_ga_resumes_without_retraining(tmp_path, monkeypatch, tiny_p
     config = parse_config(tiny_params_dict)
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
-    run_search_stage("ga", config, prepared_digits.folder, tmp_path / "reference" / "results", tmp_path / "reference" / "ckpt")
+    run_search_stage(
+        "ga", config, prepared_digits.folder, tmp_path / "reference" / "results", tmp_path / "reference" / "ckpt"
+    )
     reference_uri = tracking_uri()
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "resumed"))
@@ -273,7 +279,10 @@ def test_kill_9_of_a_running_stage_then_dvc_repro_resumes(tmp_path):
     assert done_before_kill < 8, f"killed too late (after {kill_after})"
 
     result = sh("dvc", "repro", "ga_search", cwd=killed)
-    assert f"resuming from checkpoints/ga_search/seed-42.jsonl: {done_before_kill} finished" in result.stdout + result.stderr
+    assert (
+        f"resuming from checkpoints/ga_search/seed-42.jsonl: {done_before_kill} finished"
+        in result.stdout + result.stderr
+    )
     assert comparable(killed / "results", "ga") == comparable(reference / "results", "ga")
     runs = individual_runs(f"sqlite:///{killed}/mlruns/mlflow.db", "tiny")
     reference_runs = individual_runs(f"sqlite:///{reference}/mlruns/mlflow.db", "tiny")

@@ -259,7 +259,7 @@ def test_the_answer_comes_first_and_its_statistics_match_scipy(tmp_path):
     # The GA is ahead of every other method in every seed: a winner, named in bold.
     assert first.startswith("**Genetic algorithm** is the best method here: mean final validation accuracy")
     assert f"{np.mean(FINAL['ga']):.4f}" in first and "10 repeat(s)" in first
-    pairs = [(a, b) for i, a in enumerate(METHODS) for b in METHODS[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(METHODS) for b in METHODS[i + 1 :]]
     raw = [wilcoxon(FINAL[a], FINAL[b]).pvalue for a, b in pairs]
     adjusted = dict(zip(pairs, holm(raw)))
     ga_vs_random = next(line for line in markdown.splitlines() if "Genetic algorithm beat Random search" in line)
@@ -383,7 +383,7 @@ def test_regression_answer_names_the_lowest_mean_mae_and_its_statistics_match_sc
     assert f"95% CI {ci.low:.4f}-{ci.high:.4f}" in first
     assert "accuracy" not in markdown and "MAE" in first
 
-    pairs = [(a, b) for i, a in enumerate(METHODS) for b in METHODS[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(METHODS) for b in METHODS[i + 1 :]]
     adjusted = dict(zip(pairs, holm([wilcoxon(FINAL_MAE[a], FINAL_MAE[b]).pvalue for a, b in pairs])))
     tpe, ga = np.array(FINAL_MAE["tpe"]), np.array(FINAL_MAE["ga"])
     # scipy's one-sided tests on the paired differences: TPE's errors are the lower ones.
@@ -391,10 +391,13 @@ def test_regression_answer_names_the_lowest_mean_mae_and_its_statistics_match_sc
     wins = int((tpe < ga).sum())
     a12 = np.mean([(x < y) + 0.5 * (x == y) for x in tpe for y in ga])  # > 0.5: the first is better (lower)
     assert wins == 8 and a12 > 0.5
-    tpe_row = next(line for line in markdown.splitlines()
-                   if line.startswith("| TPE (Bayesian optimisation) ") and "A12" in line)  # the matrix's row
+    tpe_row = next(
+        line for line in markdown.splitlines() if line.startswith("| TPE (Bayesian optimisation) ") and "A12" in line
+    )  # the matrix's row
     tpe_vs_ga = tpe_row.split("|")[2]  # the Genetic algorithm column
-    assert tpe_vs_ga.strip() == f"{wins}/10, {np.median(ga - tpe):+.3g}, p = {adjusted[('ga', 'tpe')]:.2g}, A12 {a12:.2f}"
+    assert (
+        tpe_vs_ga.strip() == f"{wins}/10, {np.median(ga - tpe):+.3g}, p = {adjusted[('ga', 'tpe')]:.2g}, A12 {a12:.2f}"
+    )
     assert "Genetic algorithm beat Grid search in 10 of 10 seeds" in markdown  # significant: a sentence
 
     metrics = strict_json((results / "report.json").read_text())
@@ -502,4 +505,6 @@ def test_two_equal_methods_are_reported_tied_not_crowned(tmp_path):
     assert first.startswith("No method is decidedly best at this budget:")
     assert "**" not in first
     assert "practically equivalent (within 0.005 accuracy) to" in first
-    assert "Genetic algorithm is practically equivalent to TPE (Bayesian optimisation) with probability 1.00" in markdown
+    assert (
+        "Genetic algorithm is practically equivalent to TPE (Bayesian optimisation) with probability 1.00" in markdown
+    )

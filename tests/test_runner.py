@@ -44,8 +44,12 @@ class ToyRandomStrategy:
             genomes = [self.space.sample(self.rng), self.space.sample(self.rng)]
             if number == 1:
                 genomes.append(self.told[0][0].record.genome)  # seen before: scored from the cache
-            proposals = tuple(Proposal(g, f"toy-{number}-{i}", {"method": "toy", "batch": number}) for i, g in enumerate(genomes))
-            self._pending = Batch(proposals, Group(number, f"batch-{number}", {"size": len(genomes)}, {"method": "toy"}))
+            proposals = tuple(
+                Proposal(g, f"toy-{number}-{i}", {"method": "toy", "batch": number}) for i, g in enumerate(genomes)
+            )
+            self._pending = Batch(
+                proposals, Group(number, f"batch-{number}", {"size": len(genomes)}, {"method": "toy"})
+            )
         return self._pending
 
     def tell(self, scored):
@@ -86,7 +90,9 @@ def test_a_registered_toy_strategy_runs_with_checkpoint_resume_and_tracking(
     assert "toy" in method_names()
     config = toy_config()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
-    reference = run_search_stage("toy", config, prepared_digits.folder, tmp_path / "reference" / "r", tmp_path / "reference" / "c")[0]
+    reference = run_search_stage(
+        "toy", config, prepared_digits.folder, tmp_path / "reference" / "r", tmp_path / "reference" / "c"
+    )[0]
     # 2 + 2 (+1 cached) + the budget's last training of the third batch: 5 trainings, one cache hit
     assert reference["evaluations"] == 5 and reference["batches_told"] == 3
     history = json.loads((tmp_path / "reference" / "r" / "toy_search" / "seed-42_history.json").read_text())
@@ -159,7 +165,9 @@ def test_records_are_committed_in_proposal_order_whatever_order_they_finish(tmp_
 
 def record(i: int) -> EvaluationRecord:
     genome = {"x": i}
-    return EvaluationRecord(genome, genome_hash(genome), i, "finished", 0.5, 1.0, 1.0, 0.1, [], index=i, elapsed_seconds=i)
+    return EvaluationRecord(
+        genome, genome_hash(genome), i, "finished", 0.5, 1.0, 1.0, 0.1, [], index=i, elapsed_seconds=i
+    )
 
 
 def filled(path: Path, n: int = 3) -> Checkpoint:
@@ -195,7 +203,9 @@ def test_a_torn_last_line_is_dropped(tmp_path):
     assert Checkpoint.open(path, "print")[0].records == [record(0), record(1), record(2)]
 
 
-@pytest.mark.parametrize("garbage", [b"not json\n", b"[]\n", b"42\n", b'{"kind": "evaluation", "record": 7}\n', b"\xff\xfe\n"])
+@pytest.mark.parametrize(
+    "garbage", [b"not json\n", b"[]\n", b"42\n", b'{"kind": "evaluation", "record": 7}\n', b"\xff\xfe\n"]
+)
 def test_a_broken_line_keeps_the_valid_prefix_and_says_so(tmp_path, garbage):
     path = tmp_path / "c.jsonl"
     filled(path, 2)
@@ -227,7 +237,9 @@ def test_other_fingerprint_or_a_completed_search_starts_afresh(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_finished_repeat_is_reused_until_its_results_are_deleted(tmp_path, monkeypatch, tiny_config, prepared_digits, capsys):
+def test_a_finished_repeat_is_reused_until_its_results_are_deleted(
+    tmp_path, monkeypatch, tiny_config, prepared_digits, capsys
+):
     from tests.test_reliability import CountingTrainer
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -244,16 +256,22 @@ def test_a_finished_repeat_is_reused_until_its_results_are_deleted(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_a_changed_repeat_retrains_while_an_unchanged_one_is_reused(tmp_path, monkeypatch, tiny_params_dict, prepared_digits, capsys):
+def test_a_changed_repeat_retrains_while_an_unchanged_one_is_reused(
+    tmp_path, monkeypatch, tiny_params_dict, prepared_digits, capsys
+):
     from tests.test_reliability import CountingTrainer
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     tiny_params_dict["study"] = {"repeats": 2, "seeds": [3, 4]}
-    first = run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, tmp_path / "r", tmp_path / "c")
+    first = run_search_stage(
+        "random", parse_config(tiny_params_dict), prepared_digits.folder, tmp_path / "r", tmp_path / "c"
+    )
     assert [s["seed"] for s in first] == [3, 4] and first[0]["best_genome"] != first[1]["best_genome"]
     counter = CountingTrainer(monkeypatch)
     tiny_params_dict["study"] = {"repeats": 2, "seeds": [4, 5]}
-    second = run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, tmp_path / "r", tmp_path / "c")
+    second = run_search_stage(
+        "random", parse_config(tiny_params_dict), prepared_digits.folder, tmp_path / "r", tmp_path / "c"
+    )
     out = capsys.readouterr().out
     assert "repeat 0 (seed 4): reused" in out and "repeat 1 (seed 5): no checkpoint" in out
     assert counter.calls == tiny_params_dict["budget"]["evaluations"]  # only seed 5 trained
@@ -274,7 +292,9 @@ def test_a_method_left_out_of_study_methods_trains_nothing_and_is_reused_when_na
     (first,) = run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, results, checkpoints)
     counter = CountingTrainer(monkeypatch)
     tiny_params_dict["study"]["methods"] = ["ga", "tpe"]
-    assert run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, results, checkpoints) == []
+    assert (
+        run_search_stage("random", parse_config(tiny_params_dict), prepared_digits.folder, results, checkpoints) == []
+    )
     assert "[random] skipped: not in study.methods" in capsys.readouterr().out
     assert json.loads((results / "random_search.json").read_text())["skipped"] == "not in study.methods"
     assert list((results / "random_search").iterdir()) == []  # no repeat of an earlier run left behind

@@ -79,7 +79,8 @@ def test_importances_equal_optunas_own_on_the_same_trials(tmp_path: Path):
                       for repeats in HISTORIES.values() for _, _, h in repeats for rec in h["evaluations"]
                       if rec["status"] == "finished"])  # fmt: skip
     theirs = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
     assert ours == pytest.approx(dict(theirs))
     assert next(iter(ours)) == "learning_rate"  # the gene the score depends on ranks first
 
@@ -96,8 +97,10 @@ def test_the_report_section_shows_each_repeats_best_and_the_importances(tmp_path
         for repeat, _, history in repeats:
             finished = [r for r in history["evaluations"] if r["val_score"] is not None]
             top = max(finished, key=lambda r: r["val_score"])
-            row = best[(best["repeat"] == repeat) & (best["method"] == {"ga": "Genetic algorithm",
-                                                                          "random": "Random search"}[method])]
+            row = best[
+                (best["repeat"] == repeat)
+                & (best["method"] == {"ga": "Genetic algorithm", "random": "Random search"}[method])
+            ]
             assert row["score"].item() == pytest.approx(top["val_score"])
     assert set(importance) == set(SPACE.names) and sum(importance.values()) == pytest.approx(1.0)
     assert (tmp_path / "slices.png").is_file() and (tmp_path / "parallel_coordinates.png").is_file()
@@ -118,6 +121,8 @@ def test_the_champion_prints_a_line_per_retraining():
 
     result = {"val_acc": 0.71, "test_acc": 0.7, "train_seconds": 12.3}
     assert progress_line(3, 12, "ga", 42, result, CLASSIFICATION, reused=False) == (
-        "[champion] 3/12 ga seed 42: validation accuracy 0.7100, test accuracy 0.7000, retrained in 12.3s")
+        "[champion] 3/12 ga seed 42: validation accuracy 0.7100, test accuracy 0.7000, retrained in 12.3s"
+    )
     assert progress_line(4, 12, "tpe", 7, {"failure": "diverged"}, CLASSIFICATION, reused=True).endswith(
-        "FAILED (diverged), reused")
+        "FAILED (diverged), reused"
+    )

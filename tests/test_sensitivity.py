@@ -38,7 +38,9 @@ def test_a_variant_changes_its_one_setting_and_logs_apart():
             for key in path:
                 node = node[key]
             assert node == expected, (setting, path)
-        untouched = {k: v for k, v in raw.items() if k not in ("ga", "budget", "train", "study", "mlflow", "sensitivity")}
+        untouched = {
+            k: v for k, v in raw.items() if k not in ("ga", "budget", "train", "study", "mlflow", "sensitivity")
+        }
         assert untouched == {k: v for k, v in base.items() if k in untouched}
         assert raw["study"] == {"repeats": 2, "seeds": None} and raw["mlflow"]["experiment"] == "tiny-sensitivity"
 
@@ -71,7 +73,8 @@ def test_noise_values_beside_a_noise_gene_are_refused():
 def test_off_it_trains_nothing(tmp_path, prepared_digits):
     config = parse_config(tiny_params())
     assert run_sensitivity_stage(config, prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt") == {
-        "enabled": False}
+        "enabled": False
+    }
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["summary.json"]
 
 
@@ -81,7 +84,12 @@ def test_each_value_is_summarised_over_its_repeats(tmp_path, prepared_digits, ml
     results = tmp_path / "results"
     summary = run_sensitivity_stage(config, prepared_digits.folder, results, tmp_path / "ckpt")
     rows = {(r["setting"], r["value"]): r for r in summary["rows"]}
-    assert list(rows) == [("population_size", 3), ("population_size", 4), ("mutation_rate", 0.2), ("mutation_rate", 0.5)]
+    assert list(rows) == [
+        ("population_size", 3),
+        ("population_size", 4),
+        ("mutation_rate", 0.2),
+        ("mutation_rate", 0.5),
+    ]
     assert rows[("mutation_rate", 0.2)]["folder"] == "population_size-3"  # searched once
     assert len(list(results.glob("*/ga_search.json"))) == 3
     for row in rows.values():
@@ -90,7 +98,8 @@ def test_each_value_is_summarised_over_its_repeats(tmp_path, prepared_digits, ml
         assert row["final_best"] == finals and row["n"] == 2
         expected = summarise(finals)
         assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(
-            (np.mean(finals), expected["ci_low"], expected["ci_high"]))
+            (np.mean(finals), expected["ci_low"], expected["ci_high"])
+        )
     assert rows[("population_size", 3)]["generations"] > rows[("population_size", 4)]["generations"]
     table = (results / "sensitivity.md").read_text()
     assert table.count("\n| population size") == 2 and "mutation rate" in table

@@ -143,8 +143,11 @@ def kill_during(repo: Path, stage: str, rng: random.Random, after: str | None = 
     if process.poll() is not None:
         print(f"{stage} ended before the kill {delay:.1f} s in", flush=True)
         return False
-    print(f"kill -9 {'the stage' if only_the_stage else 'all'} of {stage} {delay:.1f} s in: "
-          f"{len(processes_of(repo))} process(es)", flush=True)
+    print(
+        f"kill -9 {'the stage' if only_the_stage else 'all'} of {stage} {delay:.1f} s in: "
+        f"{len(processes_of(repo))} process(es)",
+        flush=True,
+    )
     if not only_the_stage:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -239,8 +242,14 @@ def test_twenty_kill_9s_then_dvc_repro_equals_an_uninterrupted_run(tmp_path):
 
     for stage in SEARCHES:
         assert compared(repo, stage) == compared(reference, stage), stage
-    ours, theirs = (json.loads((r / "results" / "champion_details.json").read_text())["champion"] for r in (repo, reference))
-    assert (ours["method"], ours["test_acc"], ours["genome_hash"]) == (theirs["method"], theirs["test_acc"], theirs["genome_hash"])
+    ours, theirs = (
+        json.loads((r / "results" / "champion_details.json").read_text())["champion"] for r in (repo, reference)
+    )
+    assert (ours["method"], ours["test_acc"], ours["genome_hash"]) == (
+        theirs["method"],
+        theirs["test_acc"],
+        theirs["genome_hash"],
+    )
     assert_runs_settled(repo, "tiny", [*SEARCHES, "champion"])
     assert "Traceback" not in result.stdout + result.stderr
 

@@ -435,4 +435,3 @@ def test_genome_seed_deterministic_and_depends_on_study_seed_and_genes():
     assert isinstance(seed, int) and 0 <= seed < 2**32
     assert len({genome_seed(s, genome) for s in range(20)}) == 20
     assert genome_seed(42, {**genome, "momentum": 0.6}) != seed
-

@@ -26,8 +26,11 @@ from tests.test_benchmark_tables import SUITE
 pytestmark = pytest.mark.slow
 
 # DVC needs every param a stage names written out (space, suite.noise).
-SLICE = copy.deepcopy(SUITE) | {"space": {"genes": {}}, "tpe": {"startup_trials": 5},
-                                "suite": {"noise": True, "methods": ["ga", "tpe"], "sensitivity": {"enabled": False}}}
+SLICE = copy.deepcopy(SUITE) | {
+    "space": {"genes": {}},
+    "tpe": {"startup_trials": 5},
+    "suite": {"noise": True, "methods": ["ga", "tpe"], "sensitivity": {"enabled": False}},
+}
 
 
 def _sync():
@@ -158,6 +161,7 @@ def _die_at(root: str, params: dict, where: str) -> None:
 
         suite_module._Store.finish_cell = finished_then_die
     else:
+
         def die(self, *args, **kwargs):
             if where == "finish_cell":  # mid-logging: some metrics written, the run still RUNNING
                 self.tracker.log_metrics(args[0], {"partial": 1.0})
@@ -218,8 +222,18 @@ def test_the_tuned_ga_takes_the_sensitivity_runs_best_settings(tmp_path, monkeyp
     from pipeline.benchmarks.config import parse_suite
     from pipeline.benchmarks.suite import TUNED_GA, run_suite_sensitivity, run_suite_stage, suite_methods
 
-    params = copy.deepcopy(SLICE) | {"suite": {"methods": ["ga"], "sensitivity": {
-        "enabled": True, "seeds": 2, "population_size": [4, 10], "mutation_rate": [0.2, 0.9], "selection": []}}}
+    params = copy.deepcopy(SLICE) | {
+        "suite": {
+            "methods": ["ga"],
+            "sensitivity": {
+                "enabled": True,
+                "seeds": 2,
+                "population_size": [4, 10],
+                "mutation_rate": [0.2, 0.9],
+                "selection": [],
+            },
+        }
+    }
     config = parse_suite(params)
     assert suite_methods(config) == ["ga", TUNED_GA]
     chosen = run_suite_sensitivity(config, Path("results"), log=lambda line: None)

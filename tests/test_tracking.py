@@ -34,7 +34,9 @@ def test_store_is_sqlite_under_project_root(mlflow_store):
 
 
 def test_ga_runs_nest_stage_generation_individual(mlflow_store, tiny_config, prepared_digits, tmp_path):
-    (summary,) = run_search_stage("ga", tiny_config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
+    (summary,) = run_search_stage(
+        "ga", tiny_config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints"
+    )
     runs = runs_by_id("tiny")
     stages = [r for r in runs.values() if PARENT_TAG not in r.data.tags]
     assert [r.info.run_name for r in stages] == ["ga_search seed 42"]
@@ -77,7 +79,9 @@ def test_grid_individuals_nest_under_stage_and_failures_are_recorded(
 ):
     tiny_params_dict["space"]["genes"]["learning_rate"] = {"type": "choice", "values": [0.05, 1.0e6]}
     config = parse_config(tiny_params_dict)
-    (summary,) = run_search_stage("grid", config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints")
+    (summary,) = run_search_stage(
+        "grid", config, prepared_digits.folder, tmp_path / "results", tmp_path / "checkpoints"
+    )
     runs = runs_by_id("tiny")
     stage = next(r for r in runs.values() if PARENT_TAG not in r.data.tags)
     children = [r for r in runs.values() if r.data.tags.get(PARENT_TAG) == stage.info.run_id]
@@ -130,7 +134,9 @@ def test_a_moved_repository_writes_artifacts_into_its_own_mlruns(tmp_path, monke
     assert not (original / "mlruns" / "artifacts" / new_run).exists()
     # the original is untouched: its store still names its own folder
     monkeypatch.setenv("DVC_ROOT", str(original))
-    assert Tracker("moved").client.get_run(run).info.artifact_uri.startswith((original / "mlruns" / "artifacts").as_uri())
+    assert (
+        Tracker("moved").client.get_run(run).info.artifact_uri.startswith((original / "mlruns" / "artifacts").as_uri())
+    )
 
 
 def test_runs_carry_the_git_commit_and_the_experiment_opens_on_model_training(tmp_path, monkeypatch):
@@ -138,7 +144,10 @@ def test_runs_carry_the_git_commit_and_the_experiment_opens_on_model_training(tm
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"]):
+    for args in (
+        ["init", "-q"],
+        ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"],
+    ):
         subprocess.run(["git", *args], cwd=tmp_path, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     tracker = Tracker("tagged")

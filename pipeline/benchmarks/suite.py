@@ -224,7 +224,9 @@ def run_suite_stage(
                         run_id = store.start_cell(task, seed, cell)
                         tracking = SearchTracking(store.tracker, seed, f"val_{table.metric.removeprefix('val_')}")
                     result = run_cell(table, space, config, method, seed, ga, tracking, run_id) | {
-                        "method": variant, "maximize": table.maximize}
+                        "method": variant,
+                        "maximize": table.maximize,
+                    }
                     if run_id is None or tracking is not None:  # a run to complete
                         run_id = run_id or store.start_cell(task, seed, cell)
                         write_json(cell_file, {"result": result})  # the run's artifact; not yet done
@@ -273,7 +275,10 @@ def mean_ranks(finals: np.ndarray) -> np.ndarray:
 
 
 def run_suite_sensitivity(
-    config: SuiteConfig, results_dir: Path, checkpoint_dir: Path = Path("checkpoints"), log: Callable[[str], None] = print
+    config: SuiteConfig,
+    results_dir: Path,
+    checkpoint_dir: Path = Path("checkpoints"),
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every GA variant on every task over the sensitivity's own seeds (no MLflow run per cell:
     one results file); for each setting the value with the best mean rank of final regret over the
@@ -310,8 +315,7 @@ def run_suite_sensitivity(
             for (value, _), rank, regrets in zip(tried, ranks, finals):
                 rows.append({"setting": setting, "value": value, "mean_rank": float(rank),
                              "mean_final_regret": float(regrets.mean()), "chosen": value == tried[best][0]})  # fmt: skip
-                log(f"[ga sensitivity] {setting}={value}: mean rank {rank:.2f}, "
-                    f"mean final regret {regrets.mean():.4f}")
+                log(f"[ga sensitivity] {setting}={value}: mean rank {rank:.2f}, mean final regret {regrets.mean():.4f}")
             chosen = _apply(chosen, setting, tried[best][0])
         tuned = GAConfig.model_validate(chosen)
         write_json(out / "table.json", {"seeds": seeds, "tasks": list(tables), "variants": rows})

@@ -113,7 +113,6 @@ class BenchmarkTable:
             index += (found if found is not None else _value_index(values, value, gene)) * place
         return index
 
-
     @property
     def best_mean(self) -> float:
         return float(self.means.max() if self.maximize else self.means.min())

@@ -198,7 +198,9 @@ def task_errors(config: StudyConfig) -> list[str]:
     """Settings that do not fit the dataset's task (classification or regression), by key."""
     target = config.ga.termination.target_fitness
     data = config.data
-    classification = data.dataset not in REGRESSION_DATASETS and not (data.dataset == "csv" and data.task != "classification")
+    classification = data.dataset not in REGRESSION_DATASETS and not (
+        data.dataset == "csv" and data.task != "classification"
+    )
     if classification and target is not None and target > 1:
         return [f"ga.termination.target_fitness: {target} is an accuracy here (data.dataset="
                 f"{data.dataset}): at most 1"]  # fmt: skip
@@ -241,10 +243,16 @@ _GENE_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "learning_rate": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v > 0, "a number > 0"),
     "momentum": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "batch_size": ((IntGene, ChoiceGene), lambda v: _is_int(v) and 1 <= v <= MAX_BATCH,
-                   f"an integer >= 1 and <= {MAX_BATCH}"),  # fmt: skip
-    "epochs": ((IntGene, ChoiceGene), lambda v: _is_int(v) and 1 <= v <= MAX_EPOCHS,
-               f"an integer >= 1 and <= {MAX_EPOCHS}"),  # fmt: skip
+    "batch_size": (
+        (IntGene, ChoiceGene),
+        lambda v: _is_int(v) and 1 <= v <= MAX_BATCH,
+        f"an integer >= 1 and <= {MAX_BATCH}",
+    ),  # fmt: skip
+    "epochs": (
+        (IntGene, ChoiceGene),
+        lambda v: _is_int(v) and 1 <= v <= MAX_EPOCHS,
+        f"an integer >= 1 and <= {MAX_EPOCHS}",
+    ),  # fmt: skip
     "noise_level": ((FloatGene, ChoiceGene), lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer": ((ChoiceGene,), lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
 }
@@ -401,8 +409,9 @@ def read_params(path: str | Path) -> Any:
         # Sized before parsing: YAML takes minutes over a file of many megabytes.
         size = path.stat().st_size
         if size > MAX_PARAMS_BYTES:
-            raise ConfigError(f"{path}: {size:,} bytes; a params file is at most {MAX_PARAMS_BYTES:,} bytes "
-                              "(is it the right file?)")
+            raise ConfigError(
+                f"{path}: {size:,} bytes; a params file is at most {MAX_PARAMS_BYTES:,} bytes (is it the right file?)"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
@@ -460,5 +469,3 @@ def sensitivity_errors(config: StudyConfig) -> list[str]:
                 reason = " ".join(line.strip() for line in str(exc).splitlines()[1:]) or str(exc)
                 errors.append(f"sensitivity.{setting}: {value} makes an invalid study: {reason}")
     return errors
-
-

@@ -266,4 +266,3 @@ def _field_comments(model: type[BaseModel]) -> dict[str, str]:
             line -= 1
         meanings[statement.target.id] = trailing or " ".join(above)
     return meanings
-

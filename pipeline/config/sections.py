@@ -46,12 +46,17 @@ class DataConfig(_Section):
     # prepare (dvc.yaml interpolates ${data.path}), so replacing it reruns the study. Unused by the built-ins.
     path: Annotated[str, Field(min_length=1)] = "data/source"
     target: Annotated[str, Field(min_length=1)] | None = None  # csv: the column to predict
-    features: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None  # csv; None: all but the target
+    features: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = (
+        None  # csv; None: all but the target
+    )
     # csv: classification or regression; auto: classification for a text, true/false or integer target with
     # at most AUTO_MAX_CLASSES distinct values, else regression.
     task: Literal["auto", "classification", "regression"] = "auto"
     test_path: Annotated[str, Field(min_length=1)] | None = None  # csv: a fixed test table; None: split off test_size
-    image_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]], Field(min_length=2, max_length=2)] = [28, 28]  # image_folder: [height, width] every image is resized to
+    image_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]], Field(min_length=2, max_length=2)] = [
+        28,
+        28,
+    ]  # image_folder: [height, width] every image is resized to
     channels: Literal[1, 3] = 1  # image_folder: grey (1) or RGB (3)
     train_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = None
     val_size: Annotated[int, Field(gt=0, le=MAX_IMAGES)] = 10_000
@@ -133,15 +138,31 @@ class LengthRange(_Section):
 class ConvChoices(_Section):
     """The values each convolutional gene may take (the studies' blueprint by default)."""
 
-    filters: Annotated[list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=1)] = [8, 16, 32, 64]  # output channels a conv layer may have
-    kernel_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [3, 5, 7]  # kernel sizes
+    filters: Annotated[list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=1)] = [
+        8,
+        16,
+        32,
+        64,
+    ]  # output channels a conv layer may have
+    kernel_size: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [
+        3,
+        5,
+        7,
+    ]  # kernel sizes
     stride: Annotated[list[Annotated[int, Field(gt=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [1, 2]  # strides
     padding: Annotated[list[Annotated[int, Field(ge=0, le=MAX_GEOMETRY)]], Field(min_length=1)] = [0, 1]  # paddings
-    pool_size: Annotated[list[Annotated[int, Field(ge=2, le=MAX_GEOMETRY)] | None], Field(min_length=1)] = [None, 2, 3]  # pooling after the layer: null (none) or its window
+    pool_size: Annotated[list[Annotated[int, Field(ge=2, le=MAX_GEOMETRY)] | None], Field(min_length=1)] = [
+        None,
+        2,
+        3,
+    ]  # pooling after the layer: null (none) or its window
     pool_type: Annotated[list[Literal["max", "avg"]], Field(min_length=1)] = ["max", "avg"]  # max or average pooling
     activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]  # activations
     batch_norm: Annotated[list[bool], Field(min_length=1)] = [False, True]  # with or without BatchNorm
-    skip: Annotated[list[bool], Field(min_length=1)] = [False, True]  # with or without a residual connection (where shapes allow)
+    skip: Annotated[list[bool], Field(min_length=1)] = [
+        False,
+        True,
+    ]  # with or without a residual connection (where shapes allow)
 
 
 class FcChoices(_Section):
@@ -151,7 +172,11 @@ class FcChoices(_Section):
         8, 16, 32, 64, 128, 256, 512,
     ]  # fmt: skip  # units a layer may have
     activation: Annotated[list[Literal[ACTIVATIONS]], Field(min_length=1)] = list(ACTIVATIONS)  # type: ignore[valid-type]  # activations
-    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [0.1, 0.2, 0.25]  # dropout rates after the layer
+    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=1)] = [
+        0.1,
+        0.2,
+        0.25,
+    ]  # dropout rates after the layer
 
 
 class PhasesConfig(_Section):
@@ -173,7 +198,9 @@ class ArchitectureConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    kind: Literal["hyperparameters", "architecture"] = "hyperparameters"  # the optimiser's genes only, or the network too
+    kind: Literal["hyperparameters", "architecture"] = (
+        "hyperparameters"  # the optimiser's genes only, or the network too
+    )
     genes: dict[str, GeneConfig]  # the optimiser genes (both kinds); the network itself only for architecture
     architecture: ArchitectureConfig | None = None  # architecture: the layers' genes (null: the defaults below)
 
@@ -187,7 +214,6 @@ class SpaceConfig(_Section):
     def layers(self) -> ArchitectureConfig:
         """The architecture section, its defaults when not written."""
         return self.architecture or ArchitectureConfig()
-
 
 
 class BudgetConfig(_Section):
@@ -234,9 +260,10 @@ class FidelityConfig(_Section):
 
 class ModelConfig(_Section):
     # The studies' CNN (space.kind hyperparameters): filters of its two conv layers.
-    conv_channels: Annotated[
-        list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=2, max_length=2)
-    ] = [32, 64]
+    conv_channels: Annotated[list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]], Field(min_length=2, max_length=2)] = [
+        32,
+        64,
+    ]
     hidden_units: Annotated[int, Field(gt=0, le=MAX_UNITS)] = 128  # the studies' CNN: units of its hidden layer
     # Who builds each genome's network: null, the built-in of space.kind (hyperparameters: the studies' CNN
     # above; architecture: the genome's own layers); or your function, "path/to/file.py:function" or
@@ -365,7 +392,9 @@ class RepeatsConfig(_Section):
     def _check_seeds(self) -> RepeatsConfig:
         if self.seeds is not None:
             if len(self.seeds) != self.repeats:
-                raise ValueError(f"seeds lists {len(self.seeds)} seed(s) but repeats is {self.repeats}: give one per repeat")
+                raise ValueError(
+                    f"seeds lists {len(self.seeds)} seed(s) but repeats is {self.repeats}: give one per repeat"
+                )
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"seeds {self.seeds} repeat a seed: every repeat needs its own")
         return self
@@ -428,8 +457,13 @@ class PBTConfig(_Section):
     population_size: Annotated[int, Field(ge=2, le=1024)] = 4  # members training side by side
     perturbation_interval: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1  # epochs between exploit/explore steps
     quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25  # the bottom share copies one of the top share
-    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25  # explore redraws a gene from its range, else perturbs it
-    perturbation_factors: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=16)] = [1.2, 0.8]  # a perturbed number is scaled by one of these
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = (
+        0.25  # explore redraws a gene from its range, else perturbs it
+    )
+    perturbation_factors: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=16)] = [
+        1.2,
+        0.8,
+    ]  # a perturbed number is scaled by one of these
 
 
 class ChampionConfig(_Section):
@@ -444,7 +478,9 @@ class ChampionConfig(_Section):
         if not name.strip():
             raise ValueError("must name the registered model, not be empty")
         if "/" in name or ":" in name:
-            raise ValueError(f"must not contain '/' or ':' (a models:/<name>@champion URI splits on them), got {name!r}")
+            raise ValueError(
+                f"must not contain '/' or ':' (a models:/<name>@champion URI splits on them), got {name!r}"
+            )
         return name
 
 

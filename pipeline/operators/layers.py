@@ -55,10 +55,7 @@ def crossover_layers_cut_splice(
     """
     lo, hi = bounds
     cuts = [
-        (i, j)
-        for i in range(len(layers_a) + 1)
-        for j in range(len(layers_b) + 1)
-        if lo <= i + len(layers_b) - j <= hi
+        (i, j) for i in range(len(layers_a) + 1) for j in range(len(layers_b) + 1) if lo <= i + len(layers_b) - j <= hi
     ]
     if not cuts:
         raise ValueError(f"no cut of parents of lengths {len(layers_a)} and {len(layers_b)} fits {bounds}")

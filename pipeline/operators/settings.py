@@ -87,7 +87,9 @@ def declare(
     def attach(function: Callable[..., Any]) -> Callable[..., Any]:
         declared, signature = set(settings), set(keyword_defaults(function))
         if declared != signature:
-            raise TypeError(f"{function.__name__}: declared settings {sorted(declared)} != keyword-only {sorted(signature)}")
+            raise TypeError(
+                f"{function.__name__}: declared settings {sorted(declared)} != keyword-only {sorted(signature)}"
+            )
         function.settings = dict(settings)  # type: ignore[attr-defined]
         function.combination_check = combination_check  # type: ignore[attr-defined]
         function.per_gene_rate = per_gene_rate  # type: ignore[attr-defined]

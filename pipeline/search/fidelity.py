@@ -168,7 +168,9 @@ class AsynchronousHalving:
 
     def records(self) -> list[EvaluationRecord]:
         """Each candidate's record of the last rung it reached (``final_records``)."""
-        reached = {p: max(r for r in range(len(self.reported)) if p in self.reported[r]) for p in range(len(self.plans))}
+        reached = {
+            p: max(r for r in range(len(self.reported)) if p in self.reported[r]) for p in range(len(self.plans))
+        }
         return final_records(self.plans, {p: self.reported[r][p] for p, r in reached.items()}, reached)
 
     def _promotion(self, draining: bool) -> RungJob | None:

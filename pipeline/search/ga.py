@@ -176,7 +176,6 @@ def breed(
     return children
 
 
-
 def _phases_or_single(phases: PhasesConfig | None, space: Any) -> PhasesConfig:
     """Phased growth applies to architecture genomes only; one phase otherwise."""
     return phases if phases is not None and space.kind == "architecture" else PhasesConfig()
@@ -412,7 +411,12 @@ class GeneticSearch:
 
     @staticmethod
     def _proposal(
-        number: int, index: int, genome: Genome, origin: str, parents: tuple[Member, ...], notes: tuple[str, ...],
+        number: int,
+        index: int,
+        genome: Genome,
+        origin: str,
+        parents: tuple[Member, ...],
+        notes: tuple[str, ...],
         freeze: int,
     ) -> Proposal:
         """A generation's proposal; ``parents`` fitter first (inheritance starts from the first)."""
@@ -440,7 +444,9 @@ class GeneticSearch:
         """Hand the generation's proposals to the runner and build the generation from their scores:
         genomes seen before come back from its cache, new ones trained while budget remains; those
         past the budget (told ``None``) are dropped."""
-        group = Group(number, f"generation-{number:02d}", self.operator_params(), {"method": "ga", "generation": number})
+        group = Group(
+            number, f"generation-{number:02d}", self.operator_params(), {"method": "ga", "generation": number}
+        )
         limit = min(self.budget, self._training_limit) - self.outcome.trained
         scored = yield Batch(tuple(proposals), group, max_trainings=limit)
         members = list(carried)
@@ -485,7 +491,11 @@ def _generation_report(generation: Generation) -> GroupReport:
 
 def build(config: StudyConfig, space: Space) -> GeneticSearch:
     return GeneticSearch(
-        space, config.ga, budget=config.budget.evaluations, seed=config.seed, phases=config.space.layers.phases,
+        space,
+        config.ga,
+        budget=config.budget.evaluations,
+        seed=config.seed,
+        phases=config.space.layers.phases,
         maximize=task_of_dataset(config.data.dataset, config.data.task).maximize,
         rank_by_rung=config.fidelity.ranking == "rung",
     )

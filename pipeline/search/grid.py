@@ -39,6 +39,7 @@ def grid_genomes(space: SearchSpace, budget: int) -> list[Genome]:
 # ----------------------------------------------------------------------------------------------------------------------
 # The architecture genome kind (pipeline.architecture)
 
+
 def architecture_grid_genomes(space: ArchitectureSpace, budget: int) -> list[Genome]:
     """A grid over the two layer counts and the optimiser genes (``grid_levels`` of that view), every
     layer gene at the middle of each choice list; each point repaired, infeasible points and
@@ -60,8 +61,6 @@ def architecture_grid_genomes(space: ArchitectureSpace, budget: int) -> list[Gen
             seen.add(genome_hash(genome))
             genomes.append(genome)
     return genomes[:budget]
-
-
 
 
 GRIDS_BY_KIND = {"hyperparameters": grid_genomes, "architecture": architecture_grid_genomes}

@@ -133,7 +133,9 @@ class PopulationBasedTraining:
 
     def ask(self) -> Batch | None:
         if not self.stop_reason and self.budget is not None and self.trained >= self.budget:
-            self.stop_reason = f"budget spent after interval {self.interval - 1} (at {self.ends[self.interval - 1]} epochs)"
+            self.stop_reason = (
+                f"budget spent after interval {self.interval - 1} (at {self.ends[self.interval - 1]} epochs)"
+            )
         if self.stop_reason:
             return None
         k, start = self.interval, (self.ends[self.interval - 1] if self.interval else 0)
@@ -170,7 +172,9 @@ class PopulationBasedTraining:
             ],
         })  # fmt: skip
         finite = [f for f in fitness if math.isfinite(f)]
-        report = GroupReport(metrics={"best_val_score": max(finite) if self.maximize else -max(finite)} if finite else {})
+        report = GroupReport(
+            metrics={"best_val_score": max(finite) if self.maximize else -max(finite)} if finite else {}
+        )
         if any(s is None for s in scored):
             self.stop_reason = f"budget spent in interval {k} (at {self.ends[k]} epochs)"
             return report

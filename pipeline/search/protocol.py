@@ -90,7 +90,8 @@ class FixedBatch:
         if self._told:
             return None
         proposals = tuple(
-            Proposal(g, f"{self.method}-{i:03d}", {"method": self.method, "index": i}) for i, g in enumerate(self.genomes)
+            Proposal(g, f"{self.method}-{i:03d}", {"method": self.method, "index": i})
+            for i, g in enumerate(self.genomes)
         )
         return Batch(proposals)
 

@@ -53,4 +53,6 @@ class RandomSearch(FixedBatch):
         super().__init__(SAMPLERS_BY_KIND[space.kind](space, budget, seed), f"{budget} random draws evaluated")
 
 
-METHOD = Method("random", "Random search", lambda config, space: RandomSearch(space, config.budget.evaluations, config.seed))
+METHOD = Method(
+    "random", "Random search", lambda config, space: RandomSearch(space, config.budget.evaluations, config.seed)
+)

@@ -132,7 +132,11 @@ class OptunaSearch:
     method = ""
 
     def __init__(
-        self, space: SearchSpace | ArchitectureSpace, budget: int, seed: int, sampler: optuna.samplers.BaseSampler,
+        self,
+        space: SearchSpace | ArchitectureSpace,
+        budget: int,
+        seed: int,
+        sampler: optuna.samplers.BaseSampler,
         batch_size: int = 1,
     ) -> None:
         if budget < 1 or batch_size < 1:

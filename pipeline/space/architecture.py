@@ -32,7 +32,15 @@ if TYPE_CHECKING:  # annotations only: the config validates through this package
     from pipeline.config.sections import SpaceConfig
 
 CONV_KEYS = (
-    "filters", "kernel_size", "stride", "padding", "pool_size", "pool_type", "activation", "batch_norm", "skip"
+    "filters",
+    "kernel_size",
+    "stride",
+    "padding",
+    "pool_size",
+    "pool_type",
+    "activation",
+    "batch_norm",
+    "skip",
 )
 FC_KEYS = ("units", "activation", "dropout")
 LAYER_LISTS = ("conv", "fc")

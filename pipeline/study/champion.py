@@ -61,8 +61,16 @@ def retrain_fingerprint(
 
 
 def _retrain(
-    genome: dict, seed: int, config: StudyConfig, build: NetworkBuilder, splits: dict[str, TensorSplit],
-    tracker: Tracker, run_id: str, task: Task, schedule: list | None = None, study_seed: int = 0,
+    genome: dict,
+    seed: int,
+    config: StudyConfig,
+    build: NetworkBuilder,
+    splits: dict[str, TensorSplit],
+    tracker: Tracker,
+    run_id: str,
+    task: Task,
+    schedule: list | None = None,
+    study_seed: int = 0,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     if schedule:
         # PBT's result is a schedule, not a configuration: replayed from scratch, at its own epochs,
@@ -238,13 +246,24 @@ def progress_line(done: int, total: int, method: str, seed: int, result: dict[st
     how = "reused" if reused else f"retrained in {result.get('train_seconds', 0.0):.1f}s"
     if task.test_key not in result:
         return f"[champion] {done}/{total} {method} seed {seed}: FAILED ({result.get('failure', 'unknown')}), {how}"
-    return (f"[champion] {done}/{total} {method} seed {seed}: validation {task.label} {result[task.val_key]:.4f}, "
-            f"test {task.label} {result[task.test_key]:.4f}, {how}")
+    return (
+        f"[champion] {done}/{total} {method} seed {seed}: validation {task.label} {result[task.val_key]:.4f}, "
+        f"test {task.label} {result[task.test_key]:.4f}, {how}"
+    )
 
 
 def _retrain_logged(
-    method: str, summary: dict[str, Any], genome: dict, seed: int, key: str, config: StudyConfig,
-    build: NetworkBuilder, splits: dict[str, TensorSplit], tracker: Tracker, stage_run: str, cache: RetrainCache,
+    method: str,
+    summary: dict[str, Any],
+    genome: dict,
+    seed: int,
+    key: str,
+    config: StudyConfig,
+    build: NetworkBuilder,
+    splits: dict[str, TensorSplit],
+    tracker: Tracker,
+    stage_run: str,
+    cache: RetrainCache,
     task: Task,
 ) -> dict[str, Any]:
     """One retraining in its own MLflow run under the stage's; a failure is recorded, not raised."""
@@ -310,8 +329,10 @@ def _log_model(network: torch.nn.Module, test: TensorSplit, config: StudyConfig,
         tracker.end_run(run_id, "FINISHED")
         where = exc.filename or "the MLflow artifact store"
         why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
-        raise TrackingError(f"{where}: cannot store the champion's model ({why}); the retrainings are kept "
-                            "(checkpoints/champion/) and reused when the stage runs again") from None
+        raise TrackingError(
+            f"{where}: cannot store the champion's model ({why}); the retrainings are kept "
+            "(checkpoints/champion/) and reused when the stage runs again"
+        ) from None
     version = getattr(info, "registered_model_version", None)
     if version is not None:
         # The alias follows the newest champion: models:/<name>@champion loads it.

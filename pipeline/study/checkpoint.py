@@ -53,7 +53,9 @@ def source_digest(model: ModelConfig) -> str | None:
     if not model.custom:
         return None
     root = Path(model.source)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if root.is_dir() else [root]
+    files = (
+        sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if root.is_dir() else [root]
+    )
     digest = hashlib.sha256()
     for path in files:
         digest.update(str(path).encode())

@@ -384,7 +384,9 @@ def answer(val_stats: dict[str, dict], verdicts: list[dict], repeats: int, task:
             other = v["method_b"] if v["method_a"] == leader else v["method_a"]
             flipped = v["method_a"] != leader
             p_better = v["p_worse"] if flipped else v["p_better"]
-            verdict = {"better": "worse", "worse": "better"}.get(v["verdict"], v["verdict"]) if flipped else v["verdict"]
+            verdict = (
+                {"better": "worse", "worse": "better"}.get(v["verdict"], v["verdict"]) if flipped else v["verdict"]
+            )
             against[other] = (verdict, p_better, v["p_equivalent"], v["rope"])
     others = [m for m in ranked[1:] if m in against]
     mean = f"mean final validation {task.label} {_ci_text(val_stats[leader])} over {repeats} repeat(s)"
@@ -447,9 +449,11 @@ def power_note(repeats: int, methods: int) -> str:
     best = min(1.0, smallest_wilcoxon_p(repeats) * pairs)
     if best < ALPHA:
         return ""
-    return (f" With {repeats} repeats the smallest possible p is {smallest_wilcoxon_p(repeats):.2g} before and "
-            f"{best:.2g} after correcting for {pairs} pairs: no difference can be significant at {ALPHA}, "
-            "so read the effect sizes and intervals, and raise study.repeats (10 or more) for a verdict.")
+    return (
+        f" With {repeats} repeats the smallest possible p is {smallest_wilcoxon_p(repeats):.2g} before and "
+        f"{best:.2g} after correcting for {pairs} pairs: no difference can be significant at {ALPHA}, "
+        "so read the effect sizes and intervals, and raise study.repeats (10 or more) for a verdict."
+    )
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -484,7 +488,9 @@ def method_table(runs: dict[str, list[Repeat]], val_stats: dict, test_stats: dic
                 [s.get("evaluations_to_best", np.nan) for s in summaries])), 1),
         })  # fmt: skip
         if fidelity:  # multi-fidelity: evaluations successive halving stopped before their full epochs
-            rows[-1]["stopped early per repeat"] = _fmt(float(np.mean([s.get("stopped_early", 0) for s in summaries])), 1)
+            rows[-1]["stopped early per repeat"] = _fmt(
+                float(np.mean([s.get("stopped_early", 0) for s in summaries])), 1
+            )
     return pd.DataFrame(rows)
 
 
@@ -547,8 +553,10 @@ def pbt_note(runs: dict[str, list[Repeat]]) -> str:
         rule = (ga[0].get("operators") or {}).get("weights") or "none"
         text += (f" compare with the GA's {np.mean([s['epochs_trained'] for s in ga]):.1f} (`ga.weights: {rule}`) "
                  "in the equal-budget table below, at equal training epochs and wall time")  # fmt: skip
-    return text + ". Its result is a schedule (the best member's genes per interval, and whose weights it copied); " \
+    return (
+        text + ". Its result is a schedule (the best member's genes per interval, and whose weights it copied); "
         "the champion replays that schedule from scratch."
+    )
 
 
 EVALUATIONS_FILE = "evaluations.csv"
@@ -590,8 +598,14 @@ def search_space_section(
 
 
 def build_report(
-    results_dir: Path, config: Any, methods: list[str], params_text: str = "", commit: str | None = None,
-    data_summary: dict | None = None, ui_runs_url: str | None = None, study_name: str = "evohpo study",
+    results_dir: Path,
+    config: Any,
+    methods: list[str],
+    params_text: str = "",
+    commit: str | None = None,
+    data_summary: dict | None = None,
+    ui_runs_url: str | None = None,
+    study_name: str = "evohpo study",
     ui_study_url: str | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.html``, the plots and the curves' DVC plot data under

@@ -79,7 +79,8 @@ def to_markdown(blocks: list[Block], relative_to: Path) -> str:
 def _table_html(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{inline_html(str(v))}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+        "<tr>" + "".join(f"<td>{inline_html(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 

@@ -54,7 +54,9 @@ def check_builder_on(config: StudyConfig, data: PreparedData, space: Any) -> Non
     """The study's model builder on a genome of the space (seeded), before anything trains."""
     genome = space.sample(np.random.default_rng(config.seed))
     task = task_of(data.summary)
-    check_builder(BuilderSource.for_study(config), config.model, genome, data.image_shape, task.outputs(data.num_classes))
+    check_builder(
+        BuilderSource.for_study(config), config.model, genome, data.image_shape, task.outputs(data.num_classes)
+    )
 
 
 def epoch_cost(config: StudyConfig, method: str = "") -> Callable[[Proposal], float]:
@@ -78,7 +80,11 @@ def interval_epochs(proposal: Proposal) -> float:
 
 
 def search_summary(
-    method: str, budget: int, records: list[EvaluationRecord], wall_seconds: float, val_key: str = "val_acc",
+    method: str,
+    budget: int,
+    records: list[EvaluationRecord],
+    wall_seconds: float,
+    val_key: str = "val_acc",
     rank_by_rung: bool = True,
 ) -> dict[str, Any]:
     """One repeat's results: counts, times and its best (the earliest evaluation to reach the best

@@ -146,8 +146,12 @@ def smallest_wilcoxon_p(n: int) -> float:
 
 
 def pairwise_comparisons(
-    results: Mapping[str, Mapping[int, float]], *, higher_is_better: bool = True, alpha: float = ALPHA,
-    labels: Mapping[str, str] | None = None, metric_word: str = "",
+    results: Mapping[str, Mapping[int, float]],
+    *,
+    higher_is_better: bool = True,
+    alpha: float = ALPHA,
+    labels: Mapping[str, str] | None = None,
+    metric_word: str = "",
 ) -> list[dict[str, Any]]:
     """Every unordered pair of methods (in the mapping's order) tested on their per-seed results
     (``{method: {seed: value}}``), Holm-corrected over all pairs, each with the ``better`` method and
@@ -240,7 +244,7 @@ def headline(summaries: Mapping[str, Mapping[str, Any]], comparisons: Sequence[M
 
 
 def format_p(p: float) -> str:
-    """"p = 0.04" to two significant digits; "p < 0.001" below (more digits claim false precision)."""
+    """ "p = 0.04" to two significant digits; "p < 0.001" below (more digits claim false precision)."""
     if math.isnan(p):
         return "p not computed"
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
@@ -294,8 +298,14 @@ VERDICT_PROBABILITY = 0.95
 
 
 def bayesian_signed_rank(
-    x: Sequence[float], y: Sequence[float], rope: float, *, higher_is_better: bool = True,
-    nsamples: int = 20_000, seed: int = 0, decide_at: float = VERDICT_PROBABILITY,
+    x: Sequence[float],
+    y: Sequence[float],
+    rope: float,
+    *,
+    higher_is_better: bool = True,
+    nsamples: int = 20_000,
+    seed: int = 0,
+    decide_at: float = VERDICT_PROBABILITY,
 ) -> dict[str, Any]:
     """The Bayesian signed-rank test (Benavoli et al. 2014; ``baycomp.SignedRankTest``) of paired
     results ``x`` (the first method) and ``y``: the posterior probabilities that the first is
@@ -335,8 +345,12 @@ def verdict_sentence(first: str, second: str, result: Mapping[str, Any], unit: s
 
 
 def bayesian_verdicts(
-    results: Mapping[str, Mapping[int, float]], rope: float, labels: Mapping[str, str], *,
-    higher_is_better: bool = True, unit: str = "",
+    results: Mapping[str, Mapping[int, float]],
+    rope: float,
+    labels: Mapping[str, str],
+    *,
+    higher_is_better: bool = True,
+    unit: str = "",
 ) -> list[dict[str, Any]]:
     """``bayesian_signed_rank`` of every unordered pair of methods on their per-seed results
     (``{method: {seed: value}}``, paired by the seeds both finished), each with its ``sentence``."""

@@ -1,6 +1,6 @@
 """What `make study` prints when it ends: the report's first sentence and where to look next.
 
-    python -m pipeline.study.summary [results_dir]
+python -m pipeline.study.summary [results_dir]
 """
 
 from __future__ import annotations

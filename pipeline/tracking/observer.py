@@ -41,7 +41,9 @@ class SearchTracking:
                     description: str | None = None) -> str:  # fmt: skip
         return self.tracker.start_run(name, params=params, tags=tags, description=description)
 
-    def reopen_stage(self, stage_run: str, group_runs: Sequence[str], records: Sequence[EvaluationRecord]) -> str | None:
+    def reopen_stage(
+        self, stage_run: str, group_runs: Sequence[str], records: Sequence[EvaluationRecord]
+    ) -> str | None:
         """Set a killed stage's run RUNNING again and settle the runs under it with the checkpoint,
         so that no genome ends FINISHED twice and nothing stays RUNNING:
 
@@ -106,10 +108,12 @@ class SearchTracking:
         """A RUNNING run for a proposal that starts training, with its genes as params and its tags."""
         seed = genome_seed(self.study_seed, proposal.genome)
         return self.tracker.start_run(
-            proposal.name, parent_id=parent_run, params={**mlflow_params(proposal.genome), "seed": seed},
+            proposal.name,
+            parent_id=parent_run,
+            params={**mlflow_params(proposal.genome), "seed": seed},
             tags={**proposal.tags, "genome_hash": proposal.genome_hash},
             description="One evaluated individual: its genes as params, per-epoch training and validation "
-                        "curves, its final validation score and training seconds.",
+            "curves, its final validation score and training seconds.",
         )
 
     def finish_individual(self, record: EvaluationRecord) -> None:
@@ -143,10 +147,20 @@ class SearchTracking:
             self.tracker.end_run(run_id, "KILLED")
 
     def finish_stage(self, stage_run: str, summary: Mapping[str, Any]) -> None:
-        keys = (f"best_{self.val_key}", "best_val_loss", "evaluations", "failed", "epochs_trained", "total_train_seconds",
-                "train_seconds_to_best", "wall_seconds_to_best")
+        keys = (
+            f"best_{self.val_key}",
+            "best_val_loss",
+            "evaluations",
+            "failed",
+            "epochs_trained",
+            "total_train_seconds",
+            "train_seconds_to_best",
+            "wall_seconds_to_best",
+        )
         self.tracker.log_metrics(stage_run, {k: summary[k] for k in keys})
-        self.tracker.set_tags(stage_run, {"best_run_id": summary["best_run_id"], "best_genome_hash": summary["best_genome_hash"]})
+        self.tracker.set_tags(
+            stage_run, {"best_run_id": summary["best_run_id"], "best_genome_hash": summary["best_genome_hash"]}
+        )
         self.tracker.end_run(stage_run)
 
     def fail_stage(self, stage_run: str, status: str, reason: str | None = None) -> None:

@@ -34,7 +34,8 @@ CHECKPOINT_FOLDER_TAG = "checkpoint_folder"  # a stage run's checkpoints (which 
 EXPERIMENT_DESCRIPTION = (
     "An evohpo study: one run per search stage and repeat (nested: the GA's generations, then one run "
     "per evaluated individual), the champion's retrainings and the report. The study's params, "
-    "report and results are in the repository (results/report.html).")
+    "report and results are in the repository (results/report.html)."
+)
 # MLflow 3.17's UI opens an experiment in GenAI mode whatever its tags; this view is the classic runs
 # table, filtered to the top-level runs (only those carry the workspace tag), so every stage run shows
 # without "Load more" however many individuals lie under them.
@@ -77,7 +78,9 @@ def _prepare_sqlite_store(uri: str) -> None:
         with sqlite3.connect(path) as connection:
             connection.execute("PRAGMA journal_mode=wal")
     except (OSError, sqlite3.Error) as exc:
-        raise TrackingError(f"{path}: cannot open the MLflow store ({exc}); check that {path.parent} is writable") from None
+        raise TrackingError(
+            f"{path}: cannot open the MLflow store ({exc}); check that {path.parent} is writable"
+        ) from None
 
 
 def _create_sqlite_store(path: Path) -> None:
@@ -130,7 +133,6 @@ def relocate_artifacts(database: Path, old: str, new: str) -> int:
 
 def _param_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
-
 
 
 def _store_is_busy(exc: BaseException) -> bool:

@@ -62,11 +62,17 @@ class TrainingContext:
 
     def network_builder(self) -> NetworkBuilder:
         """genome -> its freshly initialised network."""
-        return network_builder(self.builder or self.space_kind, self.model_config, self.image_shape, self.task.outputs(self.num_classes))
+        return network_builder(
+            self.builder or self.space_kind, self.model_config, self.image_shape, self.task.outputs(self.num_classes)
+        )
 
 
 def train_proposal(
-    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict],
+    proposal: Proposal,
+    context: TrainingContext,
+    train: TensorSplit,
+    val: TensorSplit,
+    parents: Sequence[StateDict],
     resume: Resume | None = None,
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     """One individual: its record (failed for any exception inside its training: divergence, out of
@@ -85,7 +91,11 @@ def train_proposal(
 
 
 def _train(
-    proposal: Proposal, context: TrainingContext, train: TensorSplit, val: TensorSplit, parents: Sequence[StateDict],
+    proposal: Proposal,
+    context: TrainingContext,
+    train: TensorSplit,
+    val: TensorSplit,
+    parents: Sequence[StateDict],
     resume: Resume,
 ) -> tuple[EvaluationRecord, dict[str, torch.Tensor] | None]:
     genome = proposal.genome
@@ -109,7 +119,9 @@ def _train(
         )
     except Exception as exc:  # noqa: BLE001 - the individual's failure, not the search's
         _free_memory()
-        return EvaluationRecord.failed(genome, seed, f"{type(exc).__name__}: {exc}", time.perf_counter() - started, **initial), None
+        return EvaluationRecord.failed(
+            genome, seed, f"{type(exc).__name__}: {exc}", time.perf_counter() - started, **initial
+        ), None
     history = outcome.module.epoch_metrics
     last = history[-1]
     record = EvaluationRecord(
@@ -134,7 +146,9 @@ def trained_epochs(history: list[dict[str, float]], resume: Resume | None) -> li
     return history[first_recorded_epoch(resume) :]
 
 
-def _initialise(network: torch.nn.Module, proposal: Proposal, rule: str, parents: Sequence[StateDict]) -> dict[str, Any]:
+def _initialise(
+    network: torch.nn.Module, proposal: Proposal, rule: str, parents: Sequence[StateDict]
+) -> dict[str, Any]:
     """Start ``network`` from its parents' trained weights by ``rule``; freeze the transferred conv
     layers. Returns how it was initialised."""
     if rule == "none" or not parents:
@@ -198,7 +212,9 @@ class SequentialEvaluator(_DriverSide):
         return evaluate_in_order(proposals, on_start, self.train)
 
     def train(self, proposal: Proposal) -> EvaluationRecord:
-        record, state = train_proposal(proposal, self.context, self.train_split, self.val_split, self.parent_states(proposal))
+        record, state = train_proposal(
+            proposal, self.context, self.train_split, self.val_split, self.parent_states(proposal)
+        )
         return self.keep(record, state)
 
 

@@ -190,4 +190,3 @@ class RungScheduledEvaluator:
 
     def _forget(self, proposal: Proposal) -> None:
         shutil.rmtree(self._folder(proposal), ignore_errors=True)
-

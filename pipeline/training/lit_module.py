@@ -83,7 +83,9 @@ class LitClassifier(pl.LightningModule):
         outputs = self(images)
         loss = self.task.loss(outputs, labels)
         self.log(f"{prefix}_loss", loss, on_epoch=True, batch_size=len(labels))
-        self.log(f"{prefix}_{self.task.metric}", self.task.score(outputs, labels), on_epoch=True, batch_size=len(labels))
+        self.log(
+            f"{prefix}_{self.task.metric}", self.task.score(outputs, labels), on_epoch=True, batch_size=len(labels)
+        )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate_batch(batch, "val")

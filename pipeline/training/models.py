@@ -217,7 +217,9 @@ class BuilderSource:
         try:
             return cls(reference, path.read_text(encoding="utf-8"), str(path.resolve()))
         except (OSError, UnicodeDecodeError) as exc:
-            raise BuilderError(f"model.builder: cannot read {where} ({getattr(exc, 'strerror', None) or exc})") from None
+            raise BuilderError(
+                f"model.builder: cannot read {where} ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
 
     @property
     def user_file(self) -> str | None:
@@ -294,7 +296,10 @@ def network_builder(
 
 
 def _built_by_user(
-    builder: Callable[..., Any], genome: Mapping[str, Any], image_shape: tuple[int, int, int], outputs: int,
+    builder: Callable[..., Any],
+    genome: Mapping[str, Any],
+    image_shape: tuple[int, int, int],
+    outputs: int,
     source: BuilderSource,
 ) -> nn.Module:
     """A user's builder called; what it raises becomes one line with the user's file and line (the
@@ -304,12 +309,17 @@ def _built_by_user(
     except Exception as exc:  # noqa: BLE001 - whatever the user's code raises
         raise BuilderError(f"model.builder: {source.reference} failed: {_user_error(exc, source)}") from exc
     if not isinstance(network, nn.Module):
-        raise BuilderError(f"model.builder: {source.reference} returned {type(network).__name__}, not a torch.nn.Module")
+        raise BuilderError(
+            f"model.builder: {source.reference} returned {type(network).__name__}, not a torch.nn.Module"
+        )
     return network
 
 
 def check_builder(
-    source: BuilderSource, model_config: ModelConfig, genome: Mapping[str, Any], image_shape: tuple[int, int, int],
+    source: BuilderSource,
+    model_config: ModelConfig,
+    genome: Mapping[str, Any],
+    image_shape: tuple[int, int, int],
     outputs: int,
 ) -> None:
     """Build ``genome``'s network and pass two inputs through it, before any training: a builder that

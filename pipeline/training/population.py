@@ -40,7 +40,13 @@ from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.evaluation import EvaluationRecord, Proposal, Resume, StartCallback
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import Task
-from pipeline.training.evaluator import TrainingContext, _DriverSide, first_recorded_epoch, train_proposal, trained_epochs
+from pipeline.training.evaluator import (
+    TrainingContext,
+    _DriverSide,
+    first_recorded_epoch,
+    train_proposal,
+    trained_epochs,
+)
 from pipeline.training.fit import fit_genome, make_trainer, training_device
 from pipeline.training.lit_module import EPOCH_METRICS_KEY, optimizer_of, rescaled_rate
 
@@ -240,8 +246,7 @@ class PopulationModule(pl.LightningModule):
         if diverged.any():
             for k in diverged.nonzero().flatten().tolist():
                 self.members[self.active[k]].failure = (
-                    f"DivergedError: training loss became {losses[k].item()} at epoch {self.epoch}, "
-                    f"batch {batch_idx}"
+                    f"DivergedError: training loss became {losses[k].item()} at epoch {self.epoch}, batch {batch_idx}"
                 )
             self._keep(~diverged)
             if not self.active:
@@ -318,8 +323,9 @@ class PopulationModule(pl.LightningModule):
             self.params = {k: v.index_select(0, index).detach().requires_grad_(True) for k, v in self.params.items()}
             self.buffers_ = {k: v.index_select(0, index) for k, v in self.buffers_.items()}
             self.momentum_buffers = {k: v.index_select(0, index) for k, v in self.momentum_buffers.items()}
-        self.lr, self.momentum, self.weight_decay = (t.index_select(0, index) for t in (self.lr, self.momentum,
-                                                                                       self.weight_decay))
+        self.lr, self.momentum, self.weight_decay = (
+            t.index_select(0, index) for t in (self.lr, self.momentum, self.weight_decay)
+        )
         self._sums = {k: v.index_select(0, index.to(v.device)) for k, v in self._sums.items()}
 
     def configure_optimizers(self) -> None:
@@ -327,8 +333,13 @@ class PopulationModule(pl.LightningModule):
 
 
 def train_group(
-    proposals: Sequence[Proposal], positions: Sequence[int], context: TrainingContext, train: TensorSplit,
-    val: TensorSplit, starts: Mapping[int, SavedStart] | None = None, templates: dict[tuple, dict] | None = None,
+    proposals: Sequence[Proposal],
+    positions: Sequence[int],
+    context: TrainingContext,
+    train: TensorSplit,
+    val: TensorSplit,
+    starts: Mapping[int, SavedStart] | None = None,
+    templates: dict[tuple, dict] | None = None,
 ) -> tuple[list[Member], float]:
     """Train the proposals at ``positions`` together; their members (history, failure, weights) and
     the seconds the group's fit took. Rungs of multi-fidelity (``proposal.resume``) train to their
@@ -378,8 +389,7 @@ def train_group(
             templates[key] = _state_template(first, context, train, val)
         template = templates[key]
         for member in saving:
-            write_training_state(_save_to(proposals[member.position]), template, member, len(batches),
-                                 len(val_batches))
+            write_training_state(_save_to(proposals[member.position]), template, member, len(batches), len(val_batches))
     return members, seconds
 
 
@@ -478,8 +488,10 @@ class PopulationEvaluator(_DriverSide):
             return False  # the fused fit adds one noise level to every member: a gene of its own trains alone
         if proposal.resume is not None and self.context.train_config.early_stopping is not None:
             return False  # the fused fit has no early stopping, whose state a rung would have to carry on
-        if optimizer_of(proposal.genome, self.context.train_config) != "sgd" or \
-                self.context.train_config.lr_schedule != "step":
+        if (
+            optimizer_of(proposal.genome, self.context.train_config) != "sgd"
+            or self.context.train_config.lr_schedule != "step"
+        ):
             return False  # the fused update is SGD with StepLR: Adam, AdamW and other schedules train one by one
         build = self.context.network_builder()
         try:

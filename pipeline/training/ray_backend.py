@@ -48,7 +48,6 @@ def _probe(address: str | None, timeout: float = 10.0) -> None:
         pass
 
 
-
 class RayEvaluator(_DriverSide):
     """Submits a batch's proposals as Ray tasks, as many at once as the cluster has room for, and
     yields each record as it finishes (the runner commits them in proposal order)."""
@@ -99,7 +98,9 @@ class RayEvaluator(_DriverSide):
                     if on_start is not None:
                         on_start(position)
                     proposal = proposals[position]
-                    ref = self._task.remote(proposal, self._context, self._train, self._val, self.parent_states(proposal))
+                    ref = self._task.remote(
+                        proposal, self._context, self._train, self._val, self.parent_states(proposal)
+                    )
                     running[ref] = position
                 done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
                 if not done:

@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 
 
 def replay_schedule(
-    schedule: Sequence[dict[str, Any]], *, study_seed: int, build_network: NetworkBuilder, train_split: TensorSplit,
-    val_split: TensorSplit, train_config: TrainConfig, task: Task = CLASSIFICATION,
+    schedule: Sequence[dict[str, Any]],
+    *,
+    study_seed: int,
+    build_network: NetworkBuilder,
+    train_split: TensorSplit,
+    val_split: TensorSplit,
+    train_config: TrainConfig,
+    task: Task = CLASSIFICATION,
 ) -> FitOutcome:
     """The last step's fit, after every step before it (``{"epochs": E, "genome": {...}}``, epochs
     increasing); its module's ``epoch_metrics`` hold the whole schedule's epochs. Seconds: all steps'."""

@@ -27,8 +27,10 @@ def crop_or_pad(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:
     """A new tensor of `shape`: each dimension cropped (leading indices kept) or zero-padded at the end."""
     shape = tuple(int(size) for size in shape)
     if tensor.dim() != len(shape):
-        raise ValueError(f"cannot crop or pad a tensor of shape {tuple(tensor.shape)} to shape {shape}: "
-                         "the number of dimensions differs")
+        raise ValueError(
+            f"cannot crop or pad a tensor of shape {tuple(tensor.shape)} to shape {shape}: "
+            "the number of dimensions differs"
+        )
     result = torch.zeros(shape, dtype=tensor.dtype, device=tensor.device)
     # The block both shapes share, anchored at index 0 in every dimension.
     overlap = tuple(slice(0, min(have, want)) for have, want in zip(tensor.shape, shape))
@@ -54,8 +56,9 @@ def inherit_weights(child: Mapping[str, Tensor], parent: Mapping[str, Tensor]) -
     return result, taken
 
 
-def merge_weights(child: Mapping[str, Tensor],
-                  parents: Sequence[Mapping[str, Tensor]]) -> tuple[dict[str, Tensor], list[str]]:
+def merge_weights(
+    child: Mapping[str, Tensor], parents: Sequence[Mapping[str, Tensor]]
+) -> tuple[dict[str, Tensor], list[str]]:
     """The child's state dict with each floating tensor replaced by the mean of its parents' tensors.
 
     Each parent holding the key with a floating tensor of the same number of dims contributes
@@ -66,11 +69,15 @@ def merge_weights(child: Mapping[str, Tensor],
     result: dict[str, Tensor] = {}
     merged: list[str] = []
     for key, own in child.items():
-        contributions = [] if not own.is_floating_point() else [
-            crop_or_pad(parent[key], tuple(own.shape)).to(dtype=own.dtype, device=own.device)
-            for parent in parents
-            if key in parent and parent[key].is_floating_point() and parent[key].dim() == own.dim()
-        ]
+        contributions = (
+            []
+            if not own.is_floating_point()
+            else [
+                crop_or_pad(parent[key], tuple(own.shape)).to(dtype=own.dtype, device=own.device)
+                for parent in parents
+                if key in parent and parent[key].is_floating_point() and parent[key].dim() == own.dim()
+            ]
+        )
         if contributions:
             result[key] = torch.stack(contributions).mean(dim=0)
             merged.append(key)
@@ -88,8 +95,7 @@ def transferable_fraction(child: Mapping[str, Tensor], taken_keys: Sequence[str]
     total = sum(tensor.numel() for tensor in child.values() if tensor.is_floating_point())
     if total == 0:
         return 0.0
-    from_parents = sum(tensor.numel() for key, tensor in child.items()
-                       if key in taken and tensor.is_floating_point())
+    from_parents = sum(tensor.numel() for key, tensor in child.items() if key in taken and tensor.is_floating_point())
     return from_parents / total
 
 
