@@ -244,7 +244,7 @@ def headline(summaries: Mapping[str, Mapping[str, Any]], comparisons: Sequence[M
 
 
 def format_p(p: float) -> str:
-    """ "p = 0.04" to two significant digits; "p < 0.001" below (more digits claim false precision)."""
+    """A p-value as "p = 0.04" (two significant digits) or "p < 0.001" (more digits claim false precision)."""
     if math.isnan(p):
         return "p not computed"
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
