@@ -195,7 +195,11 @@ SUITE_CODE = [
     "pipeline/study/lock.py",
     "pipeline/study/runner.py",
 ]
-SUITE_REPORT_CODE = SUITE_CODE + ["pipeline/study/report_content.py", "pipeline/study/statistics.py"]
+SUITE_REPORT_CODE = SUITE_CODE + [
+    "pipeline/report/__init__.py",
+    "pipeline/report/content.py",
+    "pipeline/report/statistics.py",
+]
 # Each stage names the params it reads: editing ga reruns the GA's stages and the report only.
 SUITE_PARAMS = ["seed", "data", "space", "budget", "study", "suite.noise", "mlflow"]
 

@@ -23,7 +23,7 @@ from pipeline.benchmarks.suite import run_cell
 from pipeline.benchmarks.tables import expand_task_names, genome_of, load_table, table_names
 from pipeline.errors import ConfigError
 from pipeline.evaluation import Proposal
-from pipeline.study.statistics import bayesian_signed_rank
+from pipeline.report.statistics import bayesian_signed_rank
 
 SUITE = {
     "seed": 0,

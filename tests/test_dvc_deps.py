@@ -72,7 +72,7 @@ def test_light_stages_do_not_load_the_training_stack(name, allowed_heavy):
 def test_the_coverage_check_sees_a_missing_dep():
     assert covered("pipeline/search/ga.py", ["pipeline/search"])
     assert not covered("pipeline/search/ga.py", ["pipeline/sear"])
-    assert not covered("pipeline/study/report.py", ["pipeline/study/cli.py"])
+    assert not covered("pipeline/report/build.py", ["pipeline/study/cli.py"])
 
 
 def test_the_committed_studies_run_the_projects_stages(capsys):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.stats import bootstrap, skew, wilcoxon
 
-from pipeline.study.report import Repeat, best_so_far, build_report, evaluation_time_groups, generation_scores
+from pipeline.report.build import Repeat, best_so_far, build_report, evaluation_time_groups, generation_scores
 from pipeline.task import task_of
 
 
@@ -369,7 +369,7 @@ def test_regression_answer_names_the_lowest_mean_mae_and_its_statistics_match_sc
     leader = min(FINAL_MAE, key=lambda m: np.mean(FINAL_MAE[m]))
     assert leader == "tpe"  # the study is built so; the highest means (grid, random) must not lead
     first = markdown.split("\n\n")[1]  # after the title
-    from pipeline.study.statistics import bayesian_signed_rank
+    from pipeline.report.statistics import bayesian_signed_rank
 
     # Lower MAE is better: TPE's errors are lower than every other method's by far more than the ROPE.
     verdicts = [bayesian_signed_rank(FINAL_MAE["tpe"], FINAL_MAE[m], 0.005, higher_is_better=False)
@@ -443,7 +443,7 @@ def test_regression_best_so_far_curves_never_rise(tmp_path):
 
 @pytest.mark.slow
 def test_the_sensitivity_section_appears_when_the_stage_ran_enabled(tmp_path):
-    from pipeline.study.sensitivity_table import plot_sensitivity
+    from pipeline.report.sensitivity_table import plot_sensitivity
 
     _, without = report_of(tmp_path / "off")
     assert "GA sensitivity" not in without
@@ -463,7 +463,7 @@ def test_the_sensitivity_section_appears_when_the_stage_ran_enabled(tmp_path):
 
 
 def test_the_method_table_counts_evaluations_stopped_early_only_when_fidelity_ran():
-    from pipeline.study.report import Repeat, method_table
+    from pipeline.report.build import Repeat, method_table
     from pipeline.task import CLASSIFICATION
 
     def summary(stopped=None):
@@ -482,7 +482,7 @@ def test_the_method_table_counts_evaluations_stopped_early_only_when_fidelity_ra
 def test_the_bayesian_verdict_says_equivalent_for_level_methods_and_better_for_a_clear_gap(tmp_path):
     """The report quotes the Bayesian probabilities of each pair (grid and random lie close in FINAL); the
     GA, far above random in every seed, is better with certainty."""
-    from pipeline.study.statistics import bayesian_signed_rank
+    from pipeline.report.statistics import bayesian_signed_rank
 
     _, markdown = report_of(tmp_path)
     assert "Bayesian signed-rank test (baycomp)" in markdown

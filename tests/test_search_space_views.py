@@ -14,8 +14,8 @@ import pytest
 
 from pipeline.config import SpaceConfig
 from pipeline.space.dimensions import SearchSpace
-from pipeline.study import search_space_views as views
-from pipeline.study.report import EVALUATIONS_FILE, search_space_section
+from pipeline.report import search_space_views as views
+from pipeline.report.build import EVALUATIONS_FILE, search_space_section
 from pipeline.task import CLASSIFICATION
 from tests.conftest import MIXED_SPACE
 
@@ -87,7 +87,7 @@ def test_importances_equal_optunas_own_on_the_same_trials(tmp_path: Path):
 
 @pytest.mark.slow  # seconds: fANOVA's forests
 def test_the_report_section_shows_each_repeats_best_and_the_importances(tmp_path: Path):
-    from pipeline.study.report import Repeat
+    from pipeline.report.build import Repeat
 
     runs = {m: [Repeat({"seed": s, "repeat": r}, h) for r, s, h in repeats] for m, repeats in HISTORIES.items()}
     config = SimpleNamespace(space=SpaceConfig.model_validate(MIXED_SPACE))

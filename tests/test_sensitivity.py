@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.config import ConfigError, parse_config
 from pipeline.config.loading import variant_params
 from pipeline.study.sensitivity import run_sensitivity_stage, variants
-from pipeline.study.statistics import summarise
+from pipeline.report.statistics import summarise
 from pipeline.tracking.store import Tracker
 from tests.conftest import tiny_params
 

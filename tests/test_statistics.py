@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import bootstrap, mannwhitneyu, wilcoxon
 
-from pipeline.study.statistics import (
+from pipeline.report.statistics import (
     a12,
     a12_magnitude,
     compare_pair,

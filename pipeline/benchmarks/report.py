@@ -26,9 +26,9 @@ from pipeline.benchmarks.config import SuiteConfig  # noqa: E402
 from pipeline.benchmarks.regret import at_evaluations, at_times  # noqa: E402
 from pipeline.benchmarks.suite import TUNED_GA, suite_methods, task_slug  # noqa: E402
 from pipeline.jsonio import write_json  # noqa: E402
-from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
-from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
-from pipeline.study.statistics import bayesian_signed_rank, holm, verdict_sentence  # noqa: E402
+from pipeline.report.content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
+from pipeline.report.content import to_html, to_markdown  # noqa: E402
+from pipeline.report.statistics import bayesian_signed_rank, holm, verdict_sentence  # noqa: E402
 
 LABELS = {"ga": "GA", TUNED_GA: "GA (tuned)", "grid": "Grid", "random": "Random", "tpe": "TPE"}
 ALPHA = 0.05

@@ -1,4 +1,5 @@
-"""The study: the runner loop that drives any search strategy (``runner``), its append-only
-checkpoint (``checkpoint``), a search stage end to end (``search_stage``), the champion
-(``champion``), the report (``report``), and what stage scripts share (``cli``). Import the module
-you need: ``report`` must stay free of torch, Lightning and MLflow's training stack."""
+"""The study's engine and stage drivers: the runner loop that drives any search strategy
+(``runner``), its append-only checkpoint (``checkpoint``) and lock (``lock``), a search stage end to
+end (``search_stage``), the champion (``champion``), the GA's sensitivity (``sensitivity``), the
+report stage (``report_stage``, which builds the report of ``pipeline.report`` and logs it), and
+what stage scripts share (``cli``, ``layout``). Import the module you need."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipeline.config.sections import StudyConfig
 from pipeline.search.registry import study_methods
-from pipeline.study.report import build_report
+from pipeline.report.build import build_report
 from pipeline.tracking.store import Tracker
 
 

@@ -23,8 +23,8 @@ from pipeline.data import PreparedData
 from pipeline.jsonio import write_json
 from pipeline.study.checkpoint import fingerprint
 from pipeline.study.search_stage import run_search_stage
-from pipeline.study.sensitivity_table import plot_sensitivity, sensitivity_frame
-from pipeline.study.statistics import summarise
+from pipeline.report.sensitivity_table import plot_sensitivity, sensitivity_frame
+from pipeline.report.statistics import summarise
 from pipeline.task import task_of_dataset
 from pipeline.tracking.store import Tracker
 

@@ -26,12 +26,12 @@ from pipeline.jsonio import write_json  # noqa: E402
 from pipeline.search.registry import get_method  # noqa: E402
 from pipeline.space.dimensions import SearchSpace  # noqa: E402
 from pipeline.study.layout import repeat_files  # noqa: E402
-from pipeline.study.report_content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
-from pipeline.study.report_content import to_html, to_markdown  # noqa: E402
-from pipeline.study.sensitivity_table import load_sensitivity, sensitivity_frame  # noqa: E402
-from pipeline.study.statistics import ALPHA, pairwise_comparisons, smallest_wilcoxon_p, summarise  # noqa: E402
-from pipeline.study.statistics import bayesian_verdicts, format_p  # noqa: E402
-from pipeline.study import search_space_views as views  # noqa: E402
+from pipeline.report.content import Block, Bullets, Code, Heading, Image, Paragraph, Table  # noqa: E402
+from pipeline.report.content import to_html, to_markdown  # noqa: E402
+from pipeline.report.sensitivity_table import load_sensitivity, sensitivity_frame  # noqa: E402
+from pipeline.report.statistics import ALPHA, pairwise_comparisons, smallest_wilcoxon_p, summarise  # noqa: E402
+from pipeline.report.statistics import bayesian_verdicts, format_p  # noqa: E402
+from pipeline.report import search_space_views as views  # noqa: E402
 from pipeline.task import CLASSIFICATION, Task, task_of  # noqa: E402
 
 
@@ -597,6 +597,120 @@ def search_space_section(
     return blocks, importance
 
 
+def write_plots(runs: dict[str, list[Repeat]], task: Task, plots: Path, curves_dir: Path) -> dict[str, dict]:
+    """The best-so-far curves (plots and DVC plot data), the GA's generations and the evaluation-time
+    plot; returns the pooled histories the time table reads."""
+    plots.mkdir(parents=True, exist_ok=True)
+    curves_dir.mkdir(parents=True, exist_ok=True)
+    for axis in AXES:
+        grid, curves = band(runs, axis, task)
+        plot_curves(grid, curves, axis, task, plots / PLOT_FILES[axis])
+        write_curve_data(grid, curves, axis, curves_dir / AXES[axis][1])
+    if "ga" in runs:
+        plot_ga_generations(runs["ga"], task, plots / PLOT_FILES["generations"])
+    pooled = pooled_histories(runs)
+    plot_evaluation_times(pooled, plots / PLOT_FILES["evaluation_time"])
+    return pooled
+
+
+def champion_sentence(champion: dict, task: Task, ui_runs_url: str | None) -> str:
+    """Which search's best became the champion, how it was retrained, and its test score."""
+    best = champion["champion"]
+    genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items()
+                      if not isinstance(v, list))  # fmt: skip
+    epochs = best.get("epochs", champion["epochs"])  # a PBT champion's schedule has its own length
+    examples = EXAMPLE_WORDS[task.kind]
+    return (
+        f"Champion, chosen by validation {task.label} after retraining (never by test {task.label}): "
+        f"{method_label(best['method'])}'s best of seed {best['seed']} ({genes}), "
+        f"{'its schedule replayed from scratch to' if best.get('schedule') else 'retrained for'} {epochs} "
+        f"epoch{'s' if epochs != 1 else ''} on {champion['train_size']} {examples}: validation {task.label} "
+        f"{best[task.val_key]:.4f}, test {task.label} **{best[task.test_key]:.4f}** on {champion['test_size']} "
+        f"held-out {examples} "
+        f"({run_link(best.get('run_id'), ui_runs_url)}; registered as {best.get('registered_model')} "
+        f"version {best.get('registered_version')})."
+    )
+
+
+def significant_sentences(comparisons: list[dict]) -> tuple[str, ...]:
+    return tuple(c["sentence"] for c in comparisons if c["p_adjusted"] < ALPHA) or (
+        "No pair differs significantly after correction.",
+    )
+
+
+def comparison_blocks(
+    val: dict[str, dict[int, float]],
+    test: dict[str, dict[int, float]],
+    methods: list[str],
+    repeats: int,
+    rope: float,
+    task: Task,
+) -> tuple[list[Block], list[dict]]:
+    """The pairwise comparisons of validation and test scores, and the Bayesian verdicts (returned
+    too: the answer is phrased from them)."""
+    labels = {m: method_label(m) for m in methods}
+    val_comparisons = pairwise_comparisons(val, labels=labels, higher_is_better=task.maximize)
+    test_comparisons = pairwise_comparisons({m: test[m] for m in methods}, labels=labels,
+                                            higher_is_better=task.maximize)  # fmt: skip
+    verdicts = bayesian_verdicts(val, rope, labels, higher_is_better=task.maximize, unit=task.label)
+    blocks: list[Block] = [
+        Heading("Pairwise comparisons"),
+        Paragraph(f"Final best validation {task.label} of each search (paired by seed: Wilcoxon signed-rank; "
+                  "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12, the "
+                  f"probability that a run of the row's method beats one of the column's).{power_note(repeats, len(methods))}"),
+        Table(pairwise_matrix(val_comparisons, methods)),
+        Bullets(significant_sentences(val_comparisons)),
+        Paragraph(f"Bayesian signed-rank test (baycomp) of the same pairs, paired by seed, region of practical "
+                  f"equivalence {rope:g} {task.label} (`report.rope`); a verdict is stated at probability 0.95:"),
+        Bullets(verdict_lines(verdicts)),
+        Paragraph(f"Test {task.label} of each search's best, retrained at full fidelity (rows beat columns):"),
+        Table(pairwise_matrix(test_comparisons, methods)),
+        Bullets(significant_sentences(test_comparisons)),
+    ]  # fmt: skip
+    return blocks, verdicts
+
+
+def sensitivity_blocks(results_dir: Path, task: Task) -> list[Block]:
+    """The GA sensitivity section, when the ``ga_sensitivity`` stage ran enabled."""
+    sensitivity = load_sensitivity(results_dir / "sensitivity")
+    if sensitivity is None:
+        return []
+    return [
+        Heading("GA sensitivity to its own settings"),
+        Paragraph(f"Each setting varied alone around the study's `ga` settings, {sensitivity['repeats']} "
+                  "repeat(s) per value (seeds from `seed`); population size at the study's budget, generations "
+                  "with a budget of population x generations (the `ga_sensitivity` stage; `sensitivity` in "
+                  "params.yaml)."),
+        Table(sensitivity_frame(sensitivity["rows"], task.label)),
+        Image(results_dir / "sensitivity" / "sensitivity.png", "GA sensitivity"),
+    ]  # fmt: skip
+
+
+def reproduce_blocks(commit: str | None, data_summary: dict | None, params_text: str) -> list[Block]:
+    return [
+        Heading("Reproduce"),
+        Bullets(tuple([
+            f"Git commit: {commit or 'unknown (not a git checkout)'}",
+            *[f"Data file {name}: sha256 {digest}" for name, digest in (data_summary or {}).get("files", {}).items()],
+            "Rebuild: `make study` (or `dvc repro`) with these params:",
+        ])),
+        Code(params_text),
+    ]  # fmt: skip
+
+
+def report_metrics(
+    champion: dict, val_stats: dict, test_stats: dict, importance: dict[str, float], methods: list[str], task: Task
+) -> dict[str, float | None]:
+    """What ``report.json`` holds for ``dvc metrics``: numbers only (a missing one as null)."""
+    metrics = {
+        f"champion_{task.test_key}": champion["champion"][task.test_key],
+        **{f"{m}_best_{task.val_key}_mean": val_stats[m]["mean"] for m in methods},
+        **{f"{m}_{task.test_key}_mean": test_stats[m]["mean"] for m in methods},
+    }
+    metrics |= {f"importance_{gene}": value for gene, value in importance.items()}
+    return {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()}
+
+
 def build_report(
     results_dir: Path,
     config: Any,
@@ -614,115 +728,49 @@ def build_report(
     seeds = config.repeat_seeds()
     runs, champion = load_results(results_dir, methods, seeds)
     plots = results_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    curves_dir = results_dir / "curves"
-    curves_dir.mkdir(parents=True, exist_ok=True)
-    for axis in AXES:
-        grid, curves = band(runs, axis, task)
-        plot_curves(grid, curves, axis, task, plots / PLOT_FILES[axis])
-        write_curve_data(grid, curves, axis, curves_dir / AXES[axis][1])
-    if "ga" in runs:
-        plot_ga_generations(runs["ga"], task, plots / PLOT_FILES["generations"])
-    pooled = pooled_histories(runs)
-    plot_evaluation_times(pooled, plots / PLOT_FILES["evaluation_time"])
-
+    pooled = write_plots(runs, task, plots, results_dir / "curves")
     space_blocks, importance = search_space_section(results_dir, runs, config, task, plots)
     val = final_scores(runs, task)
     test = retrained_test_scores(champion, methods, task)
     val_stats = {m: summarise(list(v.values())) for m, v in val.items()}
     test_stats = {m: summarise(list(test[m].values())) for m in methods}
-    labels = {m: method_label(m) for m in methods}
-    val_comparisons = pairwise_comparisons(val, labels=labels, higher_is_better=task.maximize)
-    test_comparisons = pairwise_comparisons({m: test[m] for m in methods}, labels=labels,
-                                            higher_is_better=task.maximize)  # fmt: skip
     rope = getattr(getattr(config, "report", None), "rope", 0.005)
-    verdicts = bayesian_verdicts(val, rope, labels, higher_is_better=task.maximize, unit=task.label)
-    best = champion["champion"]
-    genes = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["genome"].items()
-                      if not isinstance(v, list))  # fmt: skip
-    epochs = best.get("epochs", champion["epochs"])  # a PBT champion's schedule has its own length
-    examples = EXAMPLE_WORDS[task.kind]
-    champion_text = (
-        f"Champion, chosen by validation {task.label} after retraining (never by test {task.label}): "
-        f"{method_label(best['method'])}'s best of seed {best['seed']} ({genes}), "
-        f"{'its schedule replayed from scratch to' if best.get('schedule') else 'retrained for'} {epochs} "
-        f"epoch{'s' if epochs != 1 else ''} on {champion['train_size']} {examples}: validation {task.label} "
-        f"{best[task.val_key]:.4f}, test {task.label} **{best[task.test_key]:.4f}** on {champion['test_size']} "
-        f"held-out {examples} "
-        f"({run_link(best.get('run_id'), ui_runs_url)}; registered as {best.get('registered_model')} "
-        f"version {best.get('registered_version')})."
-    )
-    title = " vs ".join(labels.values())
+    comparisons, verdicts = comparison_blocks(val, test, methods, len(seeds), rope, task)
+    title = " vs ".join(method_label(m) for m in methods)
     blocks: list[Block] = [
         Heading(f"{study_name}: {title}", 1),
         Paragraph(answer(val_stats, verdicts, len(seeds), task)),
-        Paragraph(champion_text),
+        Paragraph(champion_sentence(champion, task, ui_runs_url)),
         Heading("Methods over repeats"),
         Table(method_table(runs, val_stats, test_stats, task)),
         Bullets(tuple(method_notes(runs) + [
             "Training time counts the seconds spent training (failures included); wall time also counts "
             "tracking and checkpointing. Both times to the final best are training seconds.",
-        ])),  # fmt: skip
-        Heading("Pairwise comparisons"),
-        Paragraph(f"Final best validation {task.label} of each search (paired by seed: Wilcoxon signed-rank; "
-                  "otherwise Mann-Whitney U; Holm-corrected over all pairs; effect size Vargha-Delaney A12, the "
-                  f"probability that a run of the row's method beats one of the column's).{power_note(len(seeds), len(methods))}"),
-        Table(pairwise_matrix(val_comparisons, methods)),
-        Bullets(tuple(c["sentence"] for c in val_comparisons if c["p_adjusted"] < ALPHA)
-                or ("No pair differs significantly after correction.",)),
-        Paragraph(f"Bayesian signed-rank test (baycomp) of the same pairs, paired by seed, region of practical "
-                  f"equivalence {rope:g} {task.label} (`report.rope`); a verdict is stated at probability 0.95:"),
-        Bullets(verdict_lines(verdicts)),
-        Paragraph(f"Test {task.label} of each search's best, retrained at full fidelity (rows beat columns):"),
-        Table(pairwise_matrix(test_comparisons, methods)),
-        Bullets(tuple(c["sentence"] for c in test_comparisons if c["p_adjusted"] < ALPHA)
-                or ("No pair differs significantly after correction.",)),
+        ])),
+        *comparisons,
         Heading("Equal budgets"),
         Paragraph(f"Mean best-so-far validation {task.label} when every repeat of every method had spent the same "
                   "budget (the smallest total any of them spent), in evaluations, training epochs and wall time:"),
         Table(equal_budget_rows(runs, task)),
         *[Image(plots / PLOT_FILES[axis], f"Best so far against {AXES[axis][0]}") for axis in AXES],
+        *space_blocks,
     ]  # fmt: skip
-    blocks += space_blocks
     if "ga" in runs:
         blocks += [Heading("GA generations"), Image(plots / PLOT_FILES["generations"], "GA fitness per generation")]
-    sensitivity = load_sensitivity(results_dir / "sensitivity")
-    if sensitivity is not None:
-        blocks += [
-            Heading("GA sensitivity to its own settings"),
-            Paragraph(f"Each setting varied alone around the study's `ga` settings, {sensitivity['repeats']} "
-                      "repeat(s) per value (seeds from `seed`); population size at the study's budget, generations "
-                      "with a budget of population x generations (the `ga_sensitivity` stage; `sensitivity` in "
-                      "params.yaml)."),
-            Table(sensitivity_frame(sensitivity["rows"], task.label)),
-            Image(results_dir / "sensitivity" / "sensitivity.png", "GA sensitivity"),
-        ]  # fmt: skip
-    shown_times = shown_time_table(evaluation_time_groups(pooled, task), task)
+    blocks += sensitivity_blocks(results_dir, task)
     blocks += [
         Heading("Fitness-evaluation time"),
         Paragraph(weight_rule_sentence(runs["ga"][0].summary) if "ga" in runs else ""),
-        Table(shown_times),
+        Table(shown_time_table(evaluation_time_groups(pooled, task), task)),
         Image(plots / PLOT_FILES["evaluation_time"], "Fitness-evaluation time distribution"),
         Heading("Every repeat"),
         Paragraph(f"Run ids link to the MLflow UI (`make ui`); the study's runs: "
                   f"{f'[classic runs view]({ui_study_url})' if ui_study_url else ui_runs_url or 'make ui'}."),
         Table(repeat_table(runs, champion, ui_runs_url, task)),
-        Heading("Reproduce"),
-        Bullets(tuple([
-            f"Git commit: {commit or 'unknown (not a git checkout)'}",
-            *[f"Data file {name}: sha256 {digest}" for name, digest in (data_summary or {}).get("files", {}).items()],
-            "Rebuild: `make study` (or `dvc repro`) with these params:",
-        ])),
-        Code(params_text),
+        *reproduce_blocks(commit, data_summary, params_text),
     ]  # fmt: skip
     (results_dir / "report.md").write_text(to_markdown(blocks, results_dir))
     (results_dir / "report.html").write_text(to_html(blocks, f"{study_name}: {title}"))
-    metrics = {
-        f"champion_{task.test_key}": best[task.test_key],
-        **{f"{m}_best_{task.val_key}_mean": val_stats[m]["mean"] for m in methods},
-        **{f"{m}_{task.test_key}_mean": test_stats[m]["mean"] for m in methods},
-    }
-    metrics |= {f"importance_{gene}": value for gene, value in importance.items()}
-    metrics = {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()}
+    metrics = report_metrics(champion, val_stats, test_stats, importance, methods, task)
     write_json(results_dir / "report.json", metrics)
     return metrics
