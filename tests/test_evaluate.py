@@ -279,3 +279,27 @@ def test_a_fit_with_its_own_thread_count_leaves_the_process_as_it_was(prepared_d
                               prepared_digits.num_classes, threads=1 if before > 1 else 2)  # fmt: skip
     (record,) = evaluate(SequentialEvaluator(prepared_digits, context), [request({**GOOD, "epochs": 1}, "t")])
     assert record.status == "finished" and torch.get_num_threads() == before
+
+
+def test_the_champions_retraining_is_the_evaluations_fit_then_its_test_score(prepared_digits):
+    """retrain_and_test trains as an evaluation of the same context trains (same validation curve for
+    the same genome, seed and epochs), scores the returned network on the test split, and leaves the
+    process's torch threads as they were."""
+    from pipeline.data import TensorBatches
+    from pipeline.training.evaluator import retrain_and_test
+
+    context = TrainingContext("hyperparameters", SMALL_MODEL, TrainConfig(), 0, prepared_digits.image_shape,
+                              prepared_digits.num_classes, threads=1)  # fmt: skip
+    splits = {name: prepared_digits.load(name) for name in ("train", "val", "test")}
+    threads = torch.get_num_threads()
+    retrained = retrain_and_test(GOOD, genome_seed(0, GOOD), context, splits, epochs=GOOD["epochs"])
+    assert torch.get_num_threads() == threads
+    (record,) = evaluate(SequentialEvaluator(prepared_digits, context), [request(GOOD, "good")])
+    assert [e["val_acc"] for e in retrained.epoch_metrics] == [e["val_acc"] for e in record.epochs]
+    assert retrained.scores["val_acc"] == record.val_score and retrained.scores["epochs"] == GOOD["epochs"]
+    network = retrained.network.eval()
+    with torch.no_grad():
+        right = sum(
+            int((network(x).argmax(1) == y).sum()) for x, y in TensorBatches(splits["test"], 256, shuffle=False)
+        )
+    assert retrained.scores["test_acc"] == pytest.approx(right / len(splits["test"]), abs=1e-6)

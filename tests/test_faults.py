@@ -145,9 +145,9 @@ def test_kill_9_at_an_exact_point_then_resume(tmp_path, monkeypatch, prepared_di
 
 def _champion_until_killed(root: str, prepared: str, how: str) -> None:
     os.environ["DVC_ROOT"] = root
-    from pipeline.study import champion
+    from pipeline.training import evaluator  # the champion trains through retrain_and_test
 
-    real_fit = champion.fit_genome
+    real_fit = evaluator.fit_genome
 
     def fit_then_die(*args, **kwargs):
         outcome = real_fit(*args, **kwargs)
@@ -157,7 +157,7 @@ def _champion_until_killed(root: str, prepared: str, how: str) -> None:
         time.sleep(5)
         return outcome
 
-    champion.fit_genome = fit_then_die
+    evaluator.fit_genome = fit_then_die
     from pipeline.study.cli import _terminate
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -412,10 +412,10 @@ def test_unwritable_artifacts_fail_the_champion_before_any_training(tmp_path, mo
     for method in method_names():  # the champion reads every registered method's results
         run_search_stage(method, config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
     (tmp_path / "mlruns" / "artifacts").write_text("a file where the artifact folder should be")
-    from pipeline.study import champion
+    from pipeline.training import evaluator
 
     trained = []
-    monkeypatch.setattr(champion, "fit_genome", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(evaluator, "fit_genome", lambda *a, **k: trained.append(1))
     with pytest.raises(TrackingError, match=r"mlruns/artifacts: cannot write MLflow artifacts there"):
         run_champion_stage(
             config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt"
@@ -429,14 +429,16 @@ def test_artifacts_unwritable_after_the_start_up_check_is_one_line_and_keeps_the
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     for method in method_names():
         run_search_stage(method, config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "ckpt")
-    from pipeline.study import champion
+    import mlflow.pytorch
+
+    from pipeline.training import evaluator
 
     artifacts = tmp_path / "mlruns" / "artifacts" / "1"
 
     def read_only(*args, **kwargs):  # what log_model meets once the folder turned read-only
         raise OSError(errno.EROFS, "Read-only file system", str(artifacts))
 
-    monkeypatch.setattr(champion.mlflow.pytorch, "log_model", read_only)
+    monkeypatch.setattr(mlflow.pytorch, "log_model", read_only)
     with pytest.raises(TrackingError) as info:
         run_champion_stage(
             config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt"
@@ -450,8 +452,8 @@ def test_artifacts_unwritable_after_the_start_up_check_is_one_line_and_keeps_the
     monkeypatch.undo()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     trained = []
-    real_fit = champion.fit_genome
-    monkeypatch.setattr(champion, "fit_genome", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
+    real_fit = evaluator.fit_genome
+    monkeypatch.setattr(evaluator, "fit_genome", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
     run_champion_stage(config_of(), prepared_digits.folder, tmp_path / "results", tmp_path / "m.pt", tmp_path / "ckpt")
     assert trained == []  # every retraining reused
     assert (tmp_path / "m.pt").is_file()

@@ -1,22 +1,19 @@
 """The champion: each method's best configuration of each repeat retrained at full fidelity and
 scored on the held-out test set; the best by the task's validation metric (accuracy, or MAE) is
-logged to MLflow as a model and registered."""
+logged to MLflow as a model and registered. It trains through the evaluators' ``TrainingContext``
+(``retrain_and_test``) and logs through ``pipeline.tracking``, like every other training."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import dataclasses
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import mlflow
-import mlflow.pytorch
 import torch
 
 from pipeline.config.sections import StudyConfig
-from pipeline.data import PreparedData, TensorBatches, TensorSplit
+from pipeline.data import PreparedData, TensorSplit
 from pipeline.errors import SearchFailed, TrackingError
 from pipeline.jsonio import write_json
 from pipeline.search.registry import own_training, study_methods
@@ -24,13 +21,14 @@ from pipeline.space import genome_hash, genome_seed
 from pipeline.study.checkpoint import fingerprint, platform_signature, source_digest
 from pipeline.study.lock import StageLock
 from pipeline.study.layout import repeat_files
+from pipeline.task import Task, task_of
+from pipeline.tracking.models import log_registered_model
 from pipeline.tracking.observer import mlflow_params
 from pipeline.tracking.store import Tracker
-from pipeline.training.fit import fit_genome, training_device
+from pipeline.training.evaluator import TrainingContext, retrain_and_test
+from pipeline.training.fit import training_device
 from pipeline.training.lit_module import DivergedError
-from pipeline.task import Task, task_of
-from pipeline.training.models import BuilderSource, NetworkBuilder, check_builder, network_builder
-from pipeline.training.schedule import replay_schedule
+from pipeline.training.models import BuilderSource, check_builder
 
 
 def load_repeat_summaries(results_dir: Path, config: StudyConfig) -> dict[str, list[dict[str, Any]]]:
@@ -58,46 +56,6 @@ def retrain_fingerprint(
         "champion": {"epochs": config.champion.epochs, "train_size": config.champion.train_size},
         "platform": platform_signature(),
     })  # fmt: skip
-
-
-def _retrain(
-    genome: dict,
-    seed: int,
-    config: StudyConfig,
-    build: NetworkBuilder,
-    splits: dict[str, TensorSplit],
-    tracker: Tracker,
-    run_id: str,
-    task: Task,
-    schedule: list | None = None,
-    study_seed: int = 0,
-) -> tuple[dict[str, Any], torch.nn.Module]:
-    if schedule:
-        # PBT's result is a schedule, not a configuration: replayed from scratch, at its own epochs,
-        # trained as its search trained it (``own_training``: no early stopping cuts an interval short).
-        outcome = replay_schedule(schedule, study_seed=study_seed, build_network=build, train_split=splits["train"],
-                                  val_split=splits["val"], train_config=config.train, task=task)  # fmt: skip
-    else:
-        outcome = fit_genome(
-            genome, seed=seed, build_network=build, train_split=splits["train"], val_split=splits["val"],
-            train_config=config.train, epochs=config.champion.epochs, task=task,
-        )  # fmt: skip
-    test_batches = TensorBatches(splits["test"], config.train.eval_batch_size, shuffle=False)
-    (test_metrics,) = outcome.trainer.test(outcome.module, dataloaders=test_batches, verbose=False)
-    for epoch, metrics in enumerate(outcome.module.epoch_metrics):
-        tracker.log_metrics(run_id, metrics, step=epoch)
-    last = outcome.module.epoch_metrics[-1]
-    result = {
-        task.val_key: last[task.val_key],
-        "val_loss": last["val_loss"],
-        task.test_key: float(test_metrics[task.test_key]),
-        "test_loss": float(test_metrics["test_loss"]),
-        "train_seconds": outcome.seconds,
-        "epochs": len(outcome.module.epoch_metrics),
-    }
-    # Validation was logged per epoch above; logging it again here would add a second point.
-    tracker.log_metrics(run_id, {k: result[k] for k in (task.test_key, "test_loss", "train_seconds")})
-    return result, outcome.module.network
 
 
 class RetrainCache:
@@ -165,7 +123,8 @@ def _run_champion_stage(
     }
     task = task_of(data.summary)
     builder = BuilderSource.for_study(config)
-    build = network_builder(builder, config.model, data.image_shape, task.outputs(data.num_classes))
+    # The searches' training context; the champion trains one network at a time, on all of its threads.
+    context = dataclasses.replace(TrainingContext.for_study(config, data), threads=None)
     first_best = next(s["best_genome"] for repeats in summaries.values() for s in repeats if "best_genome" in s)
     check_builder(builder, config.model, first_best, data.image_shape, task.outputs(data.num_classes))
     stage_run = tracker.start_run(
@@ -189,7 +148,7 @@ def _run_champion_stage(
                 result = cache.get(key, tracker)
                 was_reused = result is not None
                 if result is None:
-                    result = _retrain_logged(method, summary, genome, seed, key, config, build, splits, tracker,
+                    result = _retrain_logged(method, summary, genome, seed, key, config, context, splits, tracker,
                                              stage_run, cache, task)  # fmt: skip
                     trained += 1
                 else:
@@ -205,9 +164,9 @@ def _run_champion_stage(
         champion = choose_champion(entries, task)
         if champion is None:
             raise SearchFailed("every best configuration failed when retrained at full fidelity; see MLflow")
-        network = build(champion["genome"])
+        network = context.network_builder()(champion["genome"])
         network.load_state_dict(cache.weights(champion["key"]))
-        champion = champion | _log_model(network, splits["test"], config, tracker, champion["run_id"])
+        champion = champion | _log_champion_model(network, splits["test"], config, tracker, champion["run_id"])
     model_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": network.state_dict(), "genome": champion["genome"], "schedule": champion.get("schedule"),
                 "model": config.model.model_dump(), "dataset": data.summary}, model_path)  # fmt: skip
@@ -259,7 +218,7 @@ def _retrain_logged(
     seed: int,
     key: str,
     config: StudyConfig,
-    build: NetworkBuilder,
+    context: TrainingContext,
     splits: dict[str, TensorSplit],
     tracker: Tracker,
     stage_run: str,
@@ -280,67 +239,33 @@ def _retrain_logged(
                     "the held-out test set.",
     )  # fmt: skip
     with tracker.ends_on_error(run_id):  # Ctrl-C or SIGTERM: KILLED
+        # PBT's result is a schedule, not a configuration: replayed from scratch with its repeat's seed, at
+        # its own epochs, trained as its search trained it (``own_training``: no early stopping cuts an
+        # interval short).
+        own = dataclasses.replace(context, study_seed=summary["seed"], train_config=own_training(method, config).train)
         try:
-            result, network = _retrain(genome, seed, own_training(method, config), build, splits, tracker, run_id,
-                                       task, schedule, summary["seed"])  # fmt: skip
+            retrained = retrain_and_test(genome, seed, own, splits, config.champion.epochs, schedule)
         except (DivergedError, RuntimeError, ValueError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
             tracker.set_tags(run_id, {"failure_reason": failure})
             tracker.end_run(run_id, "FAILED")
             return {"failure": failure, "run_id": run_id}
+    for epoch, metrics in enumerate(retrained.epoch_metrics):
+        tracker.log_metrics(run_id, metrics, step=epoch)
+    result = dict(retrained.scores)
+    # Validation was logged per epoch above; logging it again here would add a second point.
+    tracker.log_metrics(run_id, {k: result[k] for k in (task.test_key, "test_loss", "train_seconds")})
     tracker.end_run(run_id)
     result["run_id"] = run_id
-    cache.put(key, result, network)
+    cache.put(key, result, retrained.network)
     return result
 
 
-@contextlib.contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API pointed at ``uri`` for a while. ``mlflow.set_tracking_uri`` also sets
-    ``MLFLOW_TRACKING_URI`` for the whole process: put back what was there."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
+def _log_champion_model(network: torch.nn.Module, test: TensorSplit, config: StudyConfig, tracker: Tracker,
+                        run_id: str) -> dict[str, Any]:  # fmt: skip
     try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)  # None unsets the variable again
-
-
-CHAMPION_ALIAS = "champion"
-
-
-def _log_model(network: torch.nn.Module, test: TensorSplit, config: StudyConfig, tracker: Tracker, run_id: str) -> dict:
-    network = network.cpu().eval()
-    try:
-        with _fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                network,
-                name="model",
-                # MLflow 3 saves a traced (pt2) graph: tracing needs an example batch, and the
-                # signature is inferred from it.
-                input_example=test.images[:4].numpy(),
-                registered_model_name=config.champion.registered_model,
-                # Explicit requirements: inferring them imports the model in a subprocess, slowly.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
-    except OSError as exc:
-        # The artifact store changed under a running stage (full, read-only): the retrained run itself
-        # finished, and every retraining is kept for the next run.
-        tracker.end_run(run_id, "FINISHED")
-        where = exc.filename or "the MLflow artifact store"
-        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        return log_registered_model(tracker, run_id, network, test.images[:4].numpy(), config.champion.registered_model)
+    except TrackingError as exc:
         raise TrackingError(
-            f"{where}: cannot store the champion's model ({why}); the retrainings are kept "
-            "(checkpoints/champion/) and reused when the stage runs again"
+            f"{exc}; the retrainings are kept (checkpoints/champion/) and reused when the stage runs again"
         ) from None
-    version = getattr(info, "registered_model_version", None)
-    if version is not None:
-        # The alias follows the newest champion: models:/<name>@champion loads it.
-        tracker._call(tracker.client.set_registered_model_alias, config.champion.registered_model, CHAMPION_ALIAS,
-                      str(version))  # fmt: skip
-    return {
-        "model_uri": info.model_uri,
-        "registered_model": config.champion.registered_model,
-        "registered_version": version,
-        "alias": CHAMPION_ALIAS if version is not None else None,
-    }

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
-from pipeline.data import PreparedData, TensorSplit
+from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.evaluation import EvaluationRecord, Proposal, Resume, StartCallback, evaluate_in_order
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import CLASSIFICATION, Task, task_of
 from pipeline.training.fit import fit_genome, training_device
 from pipeline.training.models import BuilderSource, NetworkBuilder, freeze_conv_layers, network_builder
+from pipeline.training.schedule import replay_schedule
 from pipeline.training.weights import WeightStore, inherit_weights, merge_weights, transferable_fraction
 
 if TYPE_CHECKING:
@@ -133,6 +134,59 @@ def _train(
     if context.weights != "none":
         state = {k: v.detach().cpu().clone() for k, v in outcome.module.network.state_dict().items()}
     return record, state
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A configuration trained at full fidelity and tested: its scores (the task's validation and test
+    metrics, both losses, ``train_seconds``, ``epochs``), each epoch's metrics, and the network."""
+
+    scores: dict[str, float]
+    epoch_metrics: list[dict[str, float]]
+    network: torch.nn.Module
+
+
+def retrain_and_test(
+    genome: dict,
+    seed: int,
+    context: TrainingContext,
+    splits: Mapping[str, TensorSplit],
+    epochs: int,
+    schedule: Sequence[dict[str, Any]] | None = None,
+) -> Retrained:
+    """The champion's training: ``genome`` from scratch for ``epochs`` epochs with ``seed`` (or, for
+    PBT, its ``schedule`` replayed from scratch with the study seed), on the same network builder,
+    training settings, task and threads as every evaluation of the context, then tested on
+    ``splits["test"]``. Raises on a failed fit (a champion's failure is its caller's to record)."""
+    previous = torch.get_num_threads()
+    if context.threads is not None and previous != context.threads:
+        torch.set_num_threads(context.threads)
+    try:
+        build = context.network_builder()
+        if schedule:
+            outcome = replay_schedule(schedule, study_seed=context.study_seed, build_network=build,
+                                      train_split=splits["train"], val_split=splits["val"],
+                                      train_config=context.train_config, task=context.task)  # fmt: skip
+        else:
+            outcome = fit_genome(genome, seed=seed, build_network=build, train_split=splits["train"],
+                                 val_split=splits["val"], train_config=context.train_config, epochs=epochs,
+                                 task=context.task)  # fmt: skip
+        test_batches = TensorBatches(splits["test"], context.train_config.eval_batch_size, shuffle=False)
+        (test_metrics,) = outcome.trainer.test(outcome.module, dataloaders=test_batches, verbose=False)
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+    history = outcome.module.epoch_metrics
+    task = context.task
+    scores = {
+        task.val_key: history[-1][task.val_key],
+        "val_loss": history[-1]["val_loss"],
+        task.test_key: float(test_metrics[task.test_key]),
+        "test_loss": float(test_metrics["test_loss"]),
+        "train_seconds": outcome.seconds,
+        "epochs": len(history),
+    }
+    return Retrained(scores, list(history), outcome.module.network)
 
 
 def first_recorded_epoch(resume: Resume | None) -> int:
