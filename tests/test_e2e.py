@@ -306,7 +306,7 @@ ARCHITECTURE_SPACE = {
 def test_architecture_search_with_merged_weights_runs_end_to_end(tmp_path):
     repo = make_study_repo(
         tmp_path / "arch",
-        {"space": ARCHITECTURE_SPACE, "budget": {"evaluations": 8},
+        {"space": ARCHITECTURE_SPACE, "budget": {"evaluations": 8}, "study": {"methods": ["ga", "grid", "tpe"]},
          "ga": {"weights": "merge", "survival": {"fraction": 0.5, "immigrants": 0},
                 "mutation": {"name": "adaptive", "rate": 0.2, "max_rate": 0.8}}},
     )  # fmt: skip
@@ -330,7 +330,7 @@ def test_architecture_search_with_merged_weights_runs_end_to_end(tmp_path):
             assert len(record["genome"]["conv"]) == len(best0["genome"]["conv"]) + 1
             assert record["init"] == "merge"  # the grown genomes start from the best's weights
     assert (repo / "checkpoints" / "ga_search" / "seed-42-weights").is_dir()
-    for method in ("grid", "random", "tpe"):
+    for method in ("grid", "tpe"):  # the baselines search architectures too (random, PBT and CMA-ES left out)
         history = json.loads((repo / "results" / f"{method}_search" / "seed-42_history.json").read_text())
         assert history["evaluations"] and all("conv" in r["genome"] for r in history["evaluations"])
     champion = json.loads((repo / "results" / "champion_details.json").read_text())
