@@ -64,14 +64,14 @@ exp:
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/python -m pytest -q --durations=15  # the slowest tests listed: where the suite's time goes
 
 # What a change broke, in about a minute: the tests not marked slow (no training, no dvc, no subprocess).
 # tests/conftest.py fails a test not marked slow that trains (Trainer.fit) or starts a process.
 check: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .  # `ruff format .` mends what it names
+	$(BIN)/ruff format --check --no-cache .  # `ruff format .` mends what it names
 	HYPOTHESIS_PROFILE=check $(BIN)/python -m pytest -q -x -m "not slow" -p no:cacheprovider
 
 # The documentation as a site: strict, so a broken link or a page missing from the navigation fails.

@@ -245,9 +245,8 @@ class PopulationModule(pl.LightningModule):
         diverged = ~torch.isfinite(losses.detach())
         if diverged.any():
             for k in diverged.nonzero().flatten().tolist():
-                self.members[self.active[k]].failure = (
-                    f"DivergedError: training loss became {losses[k].item()} at epoch {self.epoch}, batch {batch_idx}"
-                )
+                why = f"training loss became {losses[k].item()} at epoch {self.epoch}, batch {batch_idx}"
+                self.members[self.active[k]].failure = f"DivergedError: {why}"
             self._keep(~diverged)
             if not self.active:
                 self.trainer.should_stop = True
