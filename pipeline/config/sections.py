@@ -46,9 +46,8 @@ class DataConfig(_Section):
     # prepare (dvc.yaml interpolates ${data.path}), so replacing it reruns the study. Unused by the built-ins.
     path: Annotated[str, Field(min_length=1)] = "data/source"
     target: Annotated[str, Field(min_length=1)] | None = None  # csv: the column to predict
-    features: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = (
-        None  # csv; None: all but the target
-    )
+    # csv; None: all but the target
+    features: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
     # csv: classification or regression; auto: classification for a text, true/false or integer target with
     # at most AUTO_MAX_CLASSES distinct values, else regression.
     task: Literal["auto", "classification", "regression"] = "auto"
@@ -198,9 +197,8 @@ class ArchitectureConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    kind: Literal["hyperparameters", "architecture"] = (
-        "hyperparameters"  # the optimiser's genes only, or the network too
-    )
+    # the optimiser's genes only, or the network too
+    kind: Literal["hyperparameters", "architecture"] = "hyperparameters"
     genes: dict[str, GeneConfig]  # the optimiser genes (both kinds); the network itself only for architecture
     architecture: ArchitectureConfig | None = None  # architecture: the layers' genes (null: the defaults below)
 
@@ -457,9 +455,8 @@ class PBTConfig(_Section):
     population_size: Annotated[int, Field(ge=2, le=1024)] = 4  # members training side by side
     perturbation_interval: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 1  # epochs between exploit/explore steps
     quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25  # the bottom share copies one of the top share
-    resample_probability: Annotated[float, Field(ge=0, le=1)] = (
-        0.25  # explore redraws a gene from its range, else perturbs it
-    )
+    # explore redraws a gene from its range, else perturbs it
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25
     perturbation_factors: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=16)] = [
         1.2,
         0.8,
