@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.space.dimensions import ChoiceDimension, Dimension, FloatDimension, IntDimension  # noqa: E402
+from pipeline.space.dimensions import ChoiceDimension, Dimension, FloatDimension, IntDimension, python_scalar  # noqa: E402
 
 GENE_PREFIX = "gene."  # gene columns of the evaluations table
 RECORD_COLUMNS = ("index", "generation", "rung", "stopped_early", "status", "val_score", "val_loss", "train_loss",
@@ -81,7 +81,7 @@ def importance_study(frame: pd.DataFrame, dimensions: Sequence[Dimension], maxim
     study = optuna.create_study(direction="maximize" if maximize else "minimize")
     trials = []
     for _, row in finished.iterrows():
-        params = {d.name: _native(row[GENE_PREFIX + d.name], d) for d in dims}
+        params = {d.name: python_scalar(row[GENE_PREFIX + d.name], d) for d in dims}
         trials.append(optuna.trial.create_trial(params=params, distributions=distributions,
                                                 value=float(row["val_score"])))  # fmt: skip
     study.add_trials(trials)
@@ -96,14 +96,6 @@ def parameter_importance(study: Any, seed: int = 0) -> dict[str, float]:
         return {}
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
-
-
-def _native(value: Any, dim: Dimension) -> Any:
-    if isinstance(dim, FloatDimension):
-        return float(value)
-    if isinstance(dim, IntDimension):
-        return int(value)
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def best_configurations(frame: pd.DataFrame, genes: Sequence[str], maximize: bool) -> pd.DataFrame:
@@ -159,7 +151,7 @@ def plot_parallel_coordinates(frame: pd.DataFrame, dimensions: Sequence[Dimensio
     dims = [d for d in dimensions if GENE_PREFIX + d.name in frame.columns]
     if len(dims) < 2 or finished.empty:
         return
-    units = np.array([[dim.to_unit(_native(row[GENE_PREFIX + dim.name], dim)) for dim in dims]
+    units = np.array([[dim.to_unit(python_scalar(row[GENE_PREFIX + dim.name], dim)) for dim in dims]
                       for _, row in finished.iterrows()])  # fmt: skip
     scores = finished["val_score"].to_numpy(dtype=float)
     order = np.argsort(scores if maximize else -scores)  # the best drawn last, on top

@@ -224,10 +224,11 @@ class SearchSpace:
 
     def canonical(self, genome: dict[str, Any]) -> Genome:
         """Reorder a genome to the space's order and turn numpy scalars into Python values."""
-        return {dim.name: _python_scalar(genome[dim.name], dim) for dim in self.dimensions}
+        return {dim.name: python_scalar(genome[dim.name], dim) for dim in self.dimensions}
 
 
-def _python_scalar(value: Any, dim: Dimension) -> Any:
+def python_scalar(value: Any, dim: Dimension) -> Any:
+    """``value`` as the Python type of ``dim``'s genes (float, int, or a choice's own value, not numpy's)."""
     if isinstance(dim, FloatDimension):
         return float(value)
     if isinstance(dim, IntDimension):
