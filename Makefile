@@ -61,11 +61,13 @@ benchmarks: install
 exp:
 	$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_KEEP)'
 
+# Every core runs tests (pytest-xdist); the tests sharing a module's study or cluster stay on one worker
+# (tests/conftest.py groups them). The slowest tests are listed: where the suite's time goes.
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check --no-cache .
-	$(BIN)/python -m pytest -q --durations=15  # the slowest tests listed: where the suite's time goes
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup --durations=15
 
 # What a change broke, in about a minute: the tests not marked slow (no training, no dvc, no subprocess).
 # tests/conftest.py fails a test not marked slow that trains (Trainer.fit) or starts a process.
