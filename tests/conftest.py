@@ -73,8 +73,8 @@ def module_fixture_groups(fixtures_by_test: dict[str, set[str]]) -> dict[str, st
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``), the tests sharing a
-    module-scoped fixture (the e2e study, an example's study, the Ray cluster) run on one worker, so
-    the fixture is built once; every other test goes wherever a worker is free."""
+    module-scoped fixture (the e2e study, an example's study) run on one worker, so the fixture is
+    built once; every other test goes wherever a worker is free."""
     by_module: dict[str, dict[str, set[str]]] = {}
     for item in items:
         fixture_info = getattr(item, "_fixtureinfo", None)
