@@ -61,16 +61,15 @@ benchmarks: install
 exp:
 	$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_KEEP)'
 
-# Every core runs tests (pytest-xdist); the tests sharing a module's study stay on one worker
-# (tests/conftest.py groups them), and a crashed worker fails the run at once rather than leave its group
-# unscheduled. The Ray cluster and worker-process tests (tests/test_execution.py) then run in a process of
-# their own: inside an xdist worker a Ray driver once crashed it, and once could not reach the test's
-# 127.0.0.1 cluster. The slowest tests are listed: where the suite's time goes.
+# Every core runs tests (pytest-xdist), a file's tests on one worker (--dist loadfile), so a module's shared
+# study is built once; a crashed worker fails the run at once rather than leave its tests unscheduled.
+# The Ray cluster and worker-process tests (tests/test_execution.py) then run alone: their cluster's teardown
+# (`ray stop --force`) stops every Ray process on the machine. The slowest tests are listed: where the time goes.
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check --no-cache .
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup --max-worker-restart=0 --durations=15 \
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile --max-worker-restart=0 --durations=15 \
 		--ignore=tests/test_execution.py
 	$(BIN)/python -m pytest -q --durations=5 tests/test_execution.py
 

@@ -52,45 +52,6 @@ def tiny_params() -> dict:
     return params
 
 
-def module_fixture_groups(fixtures_by_test: dict[str, set[str]]) -> dict[str, str]:
-    """Each test that uses a module-scoped fixture, and the group it runs in: tests whose module
-    fixtures overlap (directly or through another test) share a group, so each fixture is built once;
-    fixtures never used together (an example's two studies) land in groups that can run side by side."""
-    parent: dict[str, str] = {}
-
-    def root(name: str) -> str:
-        while parent.setdefault(name, name) != name:
-            name = parent[name]
-        return name
-
-    for fixtures in fixtures_by_test.values():
-        ordered = sorted(fixtures)
-        for other in ordered[1:]:
-            parent[root(other)] = root(ordered[0])
-    return {test: root(min(fixtures)) for test, fixtures in fixtures_by_test.items() if fixtures}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``), the tests sharing a
-    module-scoped fixture (the e2e study, an example's study) run on one worker, so the fixture is
-    built once; every other test goes wherever a worker is free."""
-    by_module: dict[str, dict[str, set[str]]] = {}
-    for item in items:
-        fixture_info = getattr(item, "_fixtureinfo", None)
-        definitions = fixture_info.name2fixturedefs.items() if fixture_info else ()
-        module_fixtures = {name for name, defs in definitions if defs and defs[-1].scope == "module"}
-        by_module.setdefault(item.module.__name__, {})[item.nodeid] = module_fixtures
-    groups = {
-        test: f"{module}::{group}"
-        for module, fixtures_by_test in by_module.items()
-        for test, group in module_fixture_groups(fixtures_by_test).items()
-    }
-    for item in items:
-        if item.nodeid in groups:
-            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-
-
 @pytest.fixture(autouse=True)
 def no_tracking_uri_from_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test picks its own MLflow store: none inherited from the shell or an earlier test."""
