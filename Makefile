@@ -63,14 +63,16 @@ exp:
 	$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_KEEP)'
 
 # Every core runs tests (pytest-xdist), a file's tests on one worker (--dist loadfile), so a module's shared
-# study is built once; a crashed worker fails the run at once rather than leave its tests unscheduled.
+# study is built once; the longest files first (tests/conftest.py's order: --no-loadscope-reorder keeps it);
+# a crashed worker fails the run at once rather than leave its tests unscheduled.
 # The Ray cluster and worker-process tests (tests/test_execution.py) then run alone: their cluster's teardown
 # (`ray stop --force`) stops every Ray process on the machine. The slowest tests are listed: where the time goes.
 test: install
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } || echo "warning: Debian's chromium is missing; the browser test will be skipped (sudo apt-get install chromium)"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check --no-cache .
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile --max-worker-restart=0 --durations=15 \
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder \
+		--max-worker-restart=0 --durations=15 \
 		--ignore=tests/test_execution.py
 	$(BIN)/python -m pytest -q --durations=5 tests/test_execution.py
 

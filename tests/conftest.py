@@ -33,6 +33,20 @@ settings.register_profile("evohpo", deadline=None)
 settings.register_profile("check", deadline=None, max_examples=25)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "evohpo"))
 
+# make test hands whole files to its workers in collection order (--dist loadfile --no-loadscope-reorder),
+# the next file to whichever worker frees up first. The files that take minutes (make test's --durations)
+# go first, longest first, so the short ones fill in at the end instead of a long one starting last
+# (xdist's default order, by number of tests, put the two longest last).
+LONGEST_FILES_FIRST = (
+    "test_e2e.py", "test_soak_paths.py", "test_soak.py", "test_examples.py", "test_faults.py", "test_reliability.py",
+    "test_dvc_deps.py", "test_e2e_architecture.py", "test_suite_e2e.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
 
 def tiny_params() -> dict:
     """params.yaml shrunk to seconds: digits, a small network, a 6-evaluation budget."""
