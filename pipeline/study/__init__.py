@@ -2,6 +2,4 @@
 (``runner``), its append-only checkpoint (``checkpoint``) and lock (``lock``), a search stage end to
 end (``search_stage``), the champion (``champion``), the GA's sensitivity (``sensitivity``), the
 report stage (``report_stage``, which builds the report of ``pipeline.report`` and logs it), and
-what stage scripts share (``cli``, ``layout``); beside them, what ``make`` runs around ``dvc repro``
-(``dataset_check``, ``offline_plots``, and ``dvc_rwlock``, which mends a lock file a kill of DVC left
-unreadable). Import the module you need."""
+what stage scripts share (``cli``, ``layout``). Import the module you need."""
