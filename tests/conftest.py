@@ -38,7 +38,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "evohpo"))
 # go first, longest first, so the short ones fill in at the end instead of a long one starting last
 # (xdist's default order, by number of tests, put the two longest last).
 LONGEST_FILES_FIRST = (
-    "test_e2e.py", "test_soak_paths.py", "test_soak.py", "test_faults.py", "test_examples.py", "test_execution.py",
+    "test_e2e.py", "test_soak_paths.py", "test_soak.py", "test_faults.py", "test_examples.py",
     "test_e2e_architecture.py", "test_suite_e2e.py", "test_reliability.py", "test_dvc_deps.py",
 )  # fmt: skip
 
