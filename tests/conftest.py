@@ -34,7 +34,7 @@ settings.register_profile("check", deadline=None, max_examples=25)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "evohpo"))
 
 # make test hands whole files to its workers in collection order (--dist loadfile --no-loadscope-reorder),
-# the next file to whichever worker frees up first. The files that take minutes (make test's --durations)
+# the next file to a worker as its current one nears its end. The files that take minutes (make test's --durations)
 # go first, longest first, so the short ones fill in at the end instead of a long one starting last
 # (xdist's default order, by number of tests, put the two longest last).
 LONGEST_FILES_FIRST = (
