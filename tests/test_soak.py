@@ -2,9 +2,8 @@
 and the champion, each followed by another ``dvc repro``, while another process reads the MLflow
 store; at the end the results equal an uninterrupted run's, no genome is FINISHED twice within a
 stage run, and nothing is left RUNNING (the same with fewer kills on four more paths:
-``test_soak_paths.py``). Before
-each ``dvc repro`` the soak mends ``.dvc/tmp/rwlock`` as ``make study`` does (a kill inside DVC's own
-write of it leaves it unreadable)."""
+``test_soak_paths.py``). Before each ``dvc repro`` the soak mends ``.dvc/tmp/rwlock`` as ``make study``
+does (a kill inside DVC's own write of it leaves it unreadable)."""
 
 from __future__ import annotations
 
