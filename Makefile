@@ -38,7 +38,7 @@ dataset: install
 study: install dataset
 	test -d .git || git init --quiet
 	test -d .dvc || $(BIN)/dvc init --quiet
-	$(BIN)/python -m pipeline repair-dvc  # a kill of DVC itself can leave .dvc/tmp/rwlock unreadable
+	$(BIN)/python -m pipeline repair-dvc  # a kill of DVC itself can leave .dvc/tmp/rwlock or dvc.lock unreadable
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline results-page  # docs/results.md's figures from the new report
 	@$(BIN)/python -m pipeline.study.summary results

@@ -3,8 +3,8 @@ allowed values and meaning, generated from the config sections (``pipeline.confi
 ``python -m pipeline results-page [--check]``: the Results page's figures from the reports
 (``pipeline.results_page``).
 ``python -m pipeline methods``: the registered search methods, by the name ``study.methods`` takes.
-``python -m pipeline repair-dvc [folder]``: mends the ``.dvc/tmp/rwlock`` a kill of DVC itself left
-unreadable (``pipeline.study.dvc_rwlock``); ``make study`` runs it before ``dvc repro``."""
+``python -m pipeline repair-dvc [folder]``: mends the ``.dvc/tmp/rwlock`` or ``dvc.lock`` a kill of DVC
+itself left unreadable (``pipeline.study.dvc_repair``); ``make study`` runs it before ``dvc repro``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.config.reference import params_reference, render_markdown, render_text
 from pipeline.results_page import main as results_page
 from pipeline.search.registry import METHODS
-from pipeline.study.dvc_rwlock import repair_dvc_rwlock
+from pipeline.study.dvc_repair import repair_dvc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     page = commands.add_parser("results-page", help="rewrite docs/results.md's generated figures from the reports")
     page.add_argument("--check", action="store_true", help="exit 1 where the page disagrees with its sources")
     commands.add_parser("methods", help="the registered search methods (study.methods names them)")
-    repair = commands.add_parser("repair-dvc", help="mend a .dvc/tmp/rwlock a kill of DVC left unreadable")
+    repair = commands.add_parser("repair-dvc", help="mend a .dvc/tmp/rwlock or dvc.lock a kill of DVC left unreadable")
     repair.add_argument("folder", nargs="?", default=".", type=Path, help="the DVC repository (default: here)")
     args = parser.parse_args(argv)
     if args.command == "repair-dvc":
-        if mended := repair_dvc_rwlock(args.folder):
+        for mended in repair_dvc(args.folder):
             print(f"{args.folder}: {mended}")
         return
     if args.command == "methods":

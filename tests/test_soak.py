@@ -2,8 +2,8 @@
 and the champion, each followed by another ``dvc repro``, while another process reads the MLflow
 store; at the end the results equal an uninterrupted run's, no genome is FINISHED twice within a
 stage run, and nothing is left RUNNING (the same with fewer kills on four more paths:
-``test_soak_paths.py``). Before each ``dvc repro`` the soak mends ``.dvc/tmp/rwlock`` as ``make study``
-does (a kill inside DVC's own write of it leaves it unreadable)."""
+``test_soak_paths.py``). Before each ``dvc repro`` the soak mends ``.dvc/tmp/rwlock`` and ``dvc.lock``
+as ``make study`` does (a kill inside DVC's own write of one leaves it unreadable)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.study.dvc_rwlock import repair_dvc_rwlock
+from pipeline.study.dvc_repair import repair_dvc
 from tests.test_e2e import make_study_repo, sh
 from tests.test_reliability import comparable
 
@@ -48,8 +48,8 @@ def forget_finished_work(repo: Path, stage: str) -> None:
 
 def mend_dvc(repo: Path) -> None:
     """What ``make study`` does before ``dvc repro``: a kill that lands while DVC itself rewrites
-    ``.dvc/tmp/rwlock`` leaves it unreadable to every later ``dvc repro`` (treeverse/dvc#7615)."""
-    if mended := repair_dvc_rwlock(repo):
+    ``.dvc/tmp/rwlock`` or ``dvc.lock`` leaves it unreadable to every later ``dvc repro``."""
+    for mended in repair_dvc(repo):
         print(mended, flush=True)
 
 

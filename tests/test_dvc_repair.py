@@ -1,5 +1,6 @@
-"""A kill of DVC itself while it rewrites ``.dvc/tmp/rwlock`` leaves the file unreadable, and every
-later ``dvc repro`` stops on it; ``python -m pipeline repair-dvc`` (run by ``make study``) mends it."""
+"""A kill of DVC itself while it rewrites ``.dvc/tmp/rwlock`` or ``dvc.lock`` leaves the file unreadable,
+and every later ``dvc repro`` stops on it; ``python -m pipeline repair-dvc`` (run by ``make study``)
+mends it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.study.dvc_rwlock import RWLOCK, repair_dvc_rwlock
+from pipeline.study.dvc_repair import LOCKFILE, RWLOCK, repair_dvc, repair_dvc_rwlock
+from tests.conftest import REPO_ROOT
 
 VALID = {"read": {}, "write": {"data/prepared": {"pid": 1234, "cmd": "dvc repro"}}}
 
@@ -38,8 +40,26 @@ def test_a_readable_rwlock_and_a_missing_one_are_left_alone(tmp_path):
     assert json.loads(path.read_text()) == VALID
 
 
+@pytest.mark.parametrize("cut", [0, 1, 40])
+def test_an_unreadable_dvc_lock_is_moved_aside_with_its_bytes_and_said(tmp_path, cut):
+    (tmp_path / RWLOCK).parent.mkdir(parents=True)
+    torn = (REPO_ROOT / LOCKFILE).read_bytes()[:cut]  # empty, or cut inside its first stage's entry
+    (tmp_path / LOCKFILE).write_bytes(torn)
+    said = repair_dvc(tmp_path)
+    assert len(said) == 1 and said[0].startswith(f"moved {LOCKFILE} to dvc.lock.unreadable ({cut} bytes")
+    assert not (tmp_path / LOCKFILE).exists() and (tmp_path / "dvc.lock.unreadable").read_bytes() == torn
+
+
+def test_the_projects_dvc_lock_and_a_readable_rwlock_are_left_alone(tmp_path):
+    write_rwlock(tmp_path, json.dumps(VALID).encode())
+    (tmp_path / LOCKFILE).write_bytes((REPO_ROOT / LOCKFILE).read_bytes())
+    assert repair_dvc(tmp_path) == []
+    assert (tmp_path / LOCKFILE).read_bytes() == (REPO_ROOT / LOCKFILE).read_bytes()
+    assert repair_dvc(tmp_path / "not-a-dvc-repository") == []
+
+
 @pytest.mark.slow
-def test_dvc_repro_stopped_by_a_torn_rwlock_runs_again_after_repair_dvc(tmp_path):
+def test_dvc_repro_stopped_by_a_torn_rwlock_or_dvc_lock_runs_again_after_repair_dvc(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -56,3 +76,12 @@ def test_dvc_repro_stopped_by_a_torn_rwlock_runs_again_after_repair_dvc(tmp_path
     assert run("dvc", "repro").returncode == 0
     assert (tmp_path / "out.txt").read_text() == "hello\n"
     assert run(sys.executable, "-m", "pipeline", "repair-dvc").stdout == ""  # nothing left to mend
+
+    (tmp_path / LOCKFILE).write_bytes(b"")  # killed right after DVC truncated dvc.lock
+    stopped = run("dvc", "repro")
+    assert stopped.returncode != 0 and "dvc.lock" in stopped.stderr
+    repaired = run(sys.executable, "-m", "pipeline", "repair-dvc")
+    assert repaired.returncode == 0 and f"moved {LOCKFILE} to dvc.lock.unreadable" in repaired.stdout
+    again = run("dvc", "repro")
+    assert again.returncode == 0 and "Running stage 'hello'" in again.stdout
+    assert "hello" in (tmp_path / LOCKFILE).read_text()
