@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.config.reference import params_reference, render_markdown, render_text
 from pipeline.results_page import main as results_page
 from pipeline.search.registry import METHODS
-from pipeline.study.dvc_repair import repair_dvc
+from pipeline.study.dvc_repair import DvcBusy, repair_dvc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     repair.add_argument("folder", nargs="?", default=".", type=Path, help="the DVC repository (default: here)")
     args = parser.parse_args(argv)
     if args.command == "repair-dvc":
-        for mended in repair_dvc(args.folder):
-            print(f"{args.folder}: {mended}")
+        try:
+            for mended in repair_dvc(args.folder):
+                print(f"{args.folder}: {mended}")
+        except DvcBusy as busy:
+            sys.exit(f"error: {busy}")
         return
     if args.command == "methods":
         print(render_methods(), end="")

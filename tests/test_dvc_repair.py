@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.study.dvc_repair import LOCKFILE, RWLOCK, repair_dvc, repair_dvc_rwlock
+from dvc.lock import make_lock
+
+from pipeline.study.dvc_repair import LOCKFILE, RWLOCK, DvcBusy, repair_dvc, repair_dvc_rwlock
 from tests.conftest import REPO_ROOT
 
 VALID = {"read": {}, "write": {"data/prepared": {"pid": 1234, "cmd": "dvc repro"}}}
@@ -58,6 +60,20 @@ def test_the_projects_dvc_lock_and_a_readable_rwlock_are_left_alone(tmp_path):
     assert repair_dvc(tmp_path / "not-a-dvc-repository") == []
 
 
+def test_nothing_is_touched_while_dvc_holds_the_repositorys_lock(tmp_path):
+    (tmp_path / RWLOCK).parent.mkdir(parents=True)
+    (tmp_path / LOCKFILE).write_bytes(b"")  # as DVC leaves it for a moment while it writes it
+    held = make_lock(str(tmp_path / ".dvc" / "tmp" / "lock"), tmp_dir=str(tmp_path / ".dvc" / "tmp"))
+    held.lock()  # as a running dvc repro holds it
+    try:
+        with pytest.raises(DvcBusy, match=r"lock: a DVC process holds it .*nothing mended"):
+            repair_dvc(tmp_path)
+    finally:
+        held.unlock()
+    assert (tmp_path / LOCKFILE).exists()
+    assert repair_dvc(tmp_path)[0].startswith(f"moved {LOCKFILE}")  # once DVC let go
+
+
 @pytest.mark.slow
 def test_dvc_repro_stopped_by_a_torn_rwlock_or_dvc_lock_runs_again_after_repair_dvc(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -85,3 +101,12 @@ def test_dvc_repro_stopped_by_a_torn_rwlock_or_dvc_lock_runs_again_after_repair_
     again = run("dvc", "repro")
     assert again.returncode == 0 and "Running stage 'hello'" in again.stdout
     assert "hello" in (tmp_path / LOCKFILE).read_text()
+
+    held = make_lock(str(tmp_path / ".dvc" / "tmp" / "lock"), tmp_dir=str(tmp_path / ".dvc" / "tmp"))
+    held.lock()  # a dvc repro running here
+    try:
+        busy = run(sys.executable, "-m", "pipeline", "repair-dvc")
+    finally:
+        held.unlock()
+    assert busy.returncode == 1 and busy.stderr.startswith("error: ") and "nothing mended" in busy.stderr
+    assert "Traceback" not in busy.stderr

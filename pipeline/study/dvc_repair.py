@@ -29,10 +29,17 @@ def repair_dvc(repo_root: Path) -> list[str]:
     tmp = repo_root / ".dvc" / "tmp"
     if not tmp.is_dir():
         return []
-    from dvc.lock import make_lock  # DVC's own locks, so no write of theirs is cut short
+    from dvc.lock import LockError, make_lock  # DVC's own locks, so no write of theirs is cut short
 
-    with make_lock(str(tmp / "lock"), tmp_dir=str(tmp)):
-        return [said for said in (repair_dvc_rwlock(repo_root), _repair_lockfile(repo_root)) if said]
+    try:
+        with make_lock(str(tmp / "lock"), tmp_dir=str(tmp)):
+            return [said for said in (repair_dvc_rwlock(repo_root), _repair_lockfile(repo_root)) if said]
+    except LockError:
+        raise DvcBusy(f"{tmp / 'lock'}: a DVC process holds it (dvc repro running here?): nothing mended") from None
+
+
+class DvcBusy(RuntimeError):
+    """DVC holds the repository's lock: a command of it is running there."""
 
 
 def repair_dvc_rwlock(repo_root: Path) -> str | None:
