@@ -16,34 +16,21 @@ from tests.conftest import REPO_ROOT
 
 STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
-# Imports a stage script under another name than __main__ (its main() does not run) and prints the
-# project files and the top-level packages it loaded.
+# Imports the stack named in argv[2] (comma-separated; none: a fresh interpreter), then each stage script
+# (argv[3:]) under another name than __main__ (its main() does not run), each in a fork of itself, where
+# only project modules are new: with the training stack imported once, the same project files as a fresh
+# interpreter per stage, without paying the stack's import (seconds) per stage. Prints, per script, the
+# project files (pipeline/, stages/) and the top-level packages it loaded.
 PROBE = """
-import importlib.util, json, sys
+import importlib, importlib.util, json, os, sys
 from pathlib import Path
 root = Path(sys.argv[1]).resolve()
 sys.path.insert(0, str(root))
-spec = importlib.util.spec_from_file_location("stage_under_test", root / sys.argv[2])
-module = sys.modules["stage_under_test"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
-                if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)})
-print(json.dumps({"files": files, "packages": sorted({name.split(".")[0] for name in sys.modules})}))
-"""
-
-
-# Imports the training and tracking stack once, then each stage script (argv[2:]) in a fork of itself,
-# where only project modules are new: the same project files as a fresh interpreter per stage, without
-# paying the stack's import (seconds) once per stage. Prints {script: project files (pipeline/, stages/) it loaded}.
-PROBE_EACH_IN_A_FORK = """
-import importlib.util, json, os, sys
-from pathlib import Path
-root = Path(sys.argv[1]).resolve()
-sys.path.insert(0, str(root))
-import lightning.pytorch, matplotlib.pyplot, mlflow, optuna, pandas, scipy.stats, sklearn.model_selection, torch
+for name in filter(None, sys.argv[2].split(",")):
+    importlib.import_module(name)
 assert not [name for name in sys.modules if name.split(".")[0] in ("pipeline", "stages")], "stack loaded the project"
 found = {}
-for script in sys.argv[2:]:
+for script in sys.argv[3:]:
     read, write = os.pipe()
     if os.fork() == 0:
         os.close(read)
@@ -52,8 +39,9 @@ for script in sys.argv[2:]:
         spec.loader.exec_module(module)
         files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
                         if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)})
-        files = [f for f in files if f.startswith(("pipeline/", "stages/"))]  # not the venv's, if it is under root
-        os.write(write, json.dumps(files).encode())
+        loaded = {"files": [f for f in files if f.startswith(("pipeline/", "stages/"))],  # not a venv under root
+                  "packages": sorted({name.split(".")[0] for name in sys.modules})}
+        os.write(write, json.dumps(loaded).encode())
         os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as answer:
@@ -62,22 +50,28 @@ for script in sys.argv[2:]:
     assert status == 0 and found[script] is not None, f"importing {script} failed"
 print(json.dumps(found))
 """
+TRAINING_STACK = ("lightning.pytorch", "matplotlib.pyplot", "mlflow", "optuna", "pandas", "scipy.stats",
+                  "sklearn.model_selection", "torch")  # fmt: skip
+
+
+def probe(scripts: list[str], stack: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Per stage script, the project files and packages it loads on top of ``stack``."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(REPO_ROOT), ",".join(stack), *scripts], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def project_files_by_script() -> dict[str, list[str]]:
+    """Every stage script's project files, each imported on top of the training stack."""
     scripts = sorted({stage_script(stage) for stage in STAGES.values()})
-    done = subprocess.run([sys.executable, "-c", PROBE_EACH_IN_A_FORK, str(REPO_ROOT), *scripts], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {script: loaded["files"] for script, loaded in probe(scripts, TRAINING_STACK).items()}
 
 
 def loaded_by(script: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, str(REPO_ROOT), script], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """What one stage script loads in a fresh interpreter."""
+    return probe([script])[script]
 
 
 def covered(path: str, deps: list[str]) -> bool:
@@ -95,8 +89,7 @@ def stage_script(stage: dict) -> str:
 def test_every_project_module_a_stage_loads_is_one_of_its_deps(name, project_files_by_script):
     stage = STAGES[name]
     deps = [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"]]
-    loaded = project_files_by_script[stage_script(stage)]
-    project = [f for f in loaded if f.startswith(("pipeline/", "stages/"))]
+    project = project_files_by_script[stage_script(stage)]
     assert stage_script(stage) in project
     missing = [f for f in project if not covered(f, deps)]
     assert missing == [], f"{name}: add to its deps in dvc.yaml: {missing}"
@@ -111,7 +104,7 @@ def test_light_stages_do_not_load_the_training_stack(name, allowed_heavy, projec
     heavy = {"torch", "lightning", "mlflow"} - allowed_heavy
     assert not packages & heavy, f"{name} loads {sorted(packages & heavy)}"
     # The forks that check the deps see what a fresh interpreter sees.
-    assert project_files_by_script[script] == [f for f in fresh["files"] if f.startswith(("pipeline/", "stages/"))]
+    assert project_files_by_script[script] == fresh["files"]
 
 
 def test_the_coverage_check_sees_a_missing_dep():

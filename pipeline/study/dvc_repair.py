@@ -7,8 +7,8 @@ validation failed" for an empty ``dvc.lock``).
 - The rwlock only records which live DVC processes read or write which paths: an unreadable one
   records nothing any process can use, and is removed (under DVC's own guard on it).
 - An unreadable ``dvc.lock`` is moved aside to ``dvc.lock.unreadable``, never deleted: DVC then runs
-  every stage again, and each reuses what it finished (searches their repeats, the champion its
-  retrainings), so no training is lost. ``git checkout dvc.lock`` restores a committed one instead.
+  every stage again, the searches reusing their finished repeats and the champion its retrainings,
+  so no training is lost. ``git checkout dvc.lock`` restores a committed one instead.
 
 ``make study``, ``make studies`` and ``make benchmarks`` run this (``python -m pipeline repair-dvc``)
 before ``dvc repro``; it touches nothing while DVC holds the repository's lock."""
@@ -81,6 +81,6 @@ def _repair_lockfile(repo_root: Path) -> str | None:
         path.replace(aside)
     return (
         f"moved {LOCKFILE} to {aside.name} ({aside.stat().st_size} bytes, not a lock file DVC can load; a kill "
-        "of DVC while it wrote it leaves it so): dvc repro runs every stage again, each reusing what it finished "
-        "(or `git checkout dvc.lock` restores the committed one)"
+        "of DVC while it wrote it leaves it so): dvc repro runs every stage again, the searches and the champion "
+        "reusing what they finished (or `git checkout dvc.lock` restores the committed one)"
     )
