@@ -26,8 +26,7 @@ from pipeline.tracking.models import log_registered_model
 from pipeline.tracking.observer import mlflow_params
 from pipeline.tracking.store import Tracker
 from pipeline.training.evaluator import TrainingContext, retrain_and_test
-from pipeline.training.fit import training_device
-from pipeline.training.lit_module import DivergedError
+from pipeline.training.device import training_device
 from pipeline.training.models import BuilderSource, check_builder
 
 
@@ -245,7 +244,7 @@ def _retrain_logged(
         own = dataclasses.replace(context, study_seed=summary["seed"], train_config=own_training(method, config).train)
         try:
             retrained = retrain_and_test(genome, seed, own, splits, config.champion.epochs, schedule)
-        except (DivergedError, RuntimeError, ValueError) as exc:
+        except (RuntimeError, ValueError) as exc:  # a DivergedError is a RuntimeError
             failure = f"{type(exc).__name__}: {exc}"
             tracker.set_tags(run_id, {"failure_reason": failure})
             tracker.end_run(run_id, "FAILED")

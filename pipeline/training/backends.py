@@ -13,7 +13,6 @@ from pipeline.evaluation import Evaluator
 from pipeline.search.fidelity import RungSchedule
 from pipeline.training.evaluator import SequentialEvaluator, TrainingContext, WorkerPoolEvaluator
 from pipeline.training.fidelity import RungScheduledEvaluator
-from pipeline.training.population import PopulationEvaluator
 from pipeline.training.ray_backend import RayEvaluator
 from pipeline.training.weights import WeightStore
 
@@ -63,5 +62,7 @@ def _training_evaluator(
     if execution.workers > 1:
         return WorkerPoolEvaluator(data, context, weight_store, workers=execution.workers)
     if uses_population(config, weight_rule):
+        from pipeline.training.population import PopulationEvaluator  # Lightning: only when it will train
+
         return PopulationEvaluator(data, context, max_group_size=execution.max_group_size)
     return SequentialEvaluator(data, context, weight_store)

@@ -27,7 +27,7 @@ from pipeline.data import PreparedData, TensorBatches, TensorSplit
 from pipeline.evaluation import EvaluationRecord, Proposal, Resume, StartCallback, evaluate_in_order
 from pipeline.space import genome_hash, genome_seed
 from pipeline.task import CLASSIFICATION, Task, task_of
-from pipeline.training.fit import fit_genome, training_device
+from pipeline.training.device import training_device
 from pipeline.training.models import BuilderSource, NetworkBuilder, freeze_conv_layers, network_builder
 from pipeline.training.schedule import replay_schedule
 from pipeline.training.weights import WeightStore, inherit_weights, merge_weights, transferable_fraction
@@ -36,6 +36,14 @@ if TYPE_CHECKING:
     from pipeline.config.sections import ModelConfig, StudyConfig, TrainConfig
 
 StateDict = Mapping[str, torch.Tensor]
+
+
+def fit_genome(*args: Any, **kwargs: Any) -> Any:
+    """``pipeline.training.fit.fit_genome``, with Lightning imported at the first training: a stage
+    that reuses every finished repeat never pays for that import (about half its start-up)."""
+    from pipeline.training import fit
+
+    return fit.fit_genome(*args, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,6 @@ class FitOutcome:
     seconds: float
 
 
-def training_device() -> torch.device:
-    """Where ``accelerator="auto"`` trains: the GPU when there is one, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def make_trainer(
     max_epochs: int, early_stopping: EarlyStoppingConfig | None = None, task: Task = CLASSIFICATION
 ) -> pl.Trainer:

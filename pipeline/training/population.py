@@ -47,7 +47,8 @@ from pipeline.training.evaluator import (
     train_proposal,
     trained_epochs,
 )
-from pipeline.training.fit import fit_genome, make_trainer, training_device
+from pipeline.training.device import training_device
+from pipeline.training.fit import fit_genome, make_trainer
 from pipeline.training.lit_module import EPOCH_METRICS_KEY, optimizer_of, rescaled_rate
 
 # The fused update in training_step is the optimiser: Lightning's note that there is none is expected.

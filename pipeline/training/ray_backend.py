@@ -19,7 +19,7 @@ from pipeline.errors import ExecutionError, first_line
 from pipeline.evaluation import EvaluationRecord, Proposal, StartCallback
 from pipeline.space import genome_seed
 from pipeline.training.evaluator import TrainingContext, _DriverSide, train_proposal
-from pipeline.training.fit import training_device
+from pipeline.training.device import training_device
 from pipeline.training.weights import WeightStore
 
 if TYPE_CHECKING:

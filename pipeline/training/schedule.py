@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 from pipeline.data import TensorSplit
 from pipeline.space import genome_seed
 from pipeline.task import CLASSIFICATION, Task
-from pipeline.training.fit import FitOutcome, fit_genome
 from pipeline.training.models import NetworkBuilder
 
 if TYPE_CHECKING:
     from pipeline.config.sections import TrainConfig
+    from pipeline.training.fit import FitOutcome
 
 
 def replay_schedule(
@@ -38,6 +38,8 @@ def replay_schedule(
     ends = [int(step["epochs"]) for step in schedule]
     if any(b <= a for a, b in zip(ends, ends[1:])):
         raise ValueError(f"a schedule's steps must end at increasing epochs, got {ends}")
+    from pipeline.training.fit import fit_genome  # Lightning, at the first replay
+
     seconds, previous = 0.0, None
     with tempfile.TemporaryDirectory(prefix="evohpo-replay-") as folder:
         for index, step in enumerate(schedule):
