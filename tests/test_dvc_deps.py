@@ -111,7 +111,7 @@ def test_every_project_module_a_stage_loads_is_one_of_its_deps(name, project_fil
 @pytest.mark.parametrize(
     "name, allowed_heavy",
     # The searches, the sensitivity stage and the champion load Lightning at their first training: one that
-    # reuses every finished repeat, or skips its method, starts in about 5 s instead of 7 (benchmarks/RESULTS.md).
+    # reuses every finished repeat, or skips its method, imports in 4.5 s instead of 7.6 (benchmarks/RESULTS.md).
     [("prepare", {"torch"}), ("report", {"mlflow"}), ("ga_search", {"torch", "mlflow"}),
      ("ga_sensitivity", {"torch", "mlflow"}), ("champion", {"torch", "mlflow"})],
 )  # fmt: skip

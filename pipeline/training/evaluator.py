@@ -40,7 +40,8 @@ StateDict = Mapping[str, torch.Tensor]
 
 def fit_genome(*args: Any, **kwargs: Any) -> Any:
     """``pipeline.training.fit.fit_genome``, with Lightning imported at the first training: a stage
-    that reuses every finished repeat never pays for that import (about half its start-up)."""
+    that reuses every finished repeat never pays for that import (3 of its 7.6 s of start-up on
+    2 CPU cores: ``benchmarks/stage_startup.py``)."""
     from pipeline.training import fit
 
     return fit.fit_genome(*args, **kwargs)
