@@ -33,25 +33,27 @@ class SoakPath(NamedTuple):
     moments: tuple[tuple[str, float, bool], ...]  # (after, seconds, only_the_stage)
 
 
+# Each kill costs a dvc start and a stage start: 14 kills over the four paths, each kind of moment at least
+# once (issue 25 trimmed them from 18, for the suite's time; what is asserted after them is unchanged).
 TINY_GENES = tiny_params()["space"]["genes"]
 PATHS = {
     # Anywhere from the search's start (workers starting, training, finishing); the stage alone once they train.
     "workers": SoakPath({"budget": {"evaluations": 6}, "execution": {"workers": 2, "threads_per_evaluation": 1}},
-                        "ga_search", 4, (("repeat 0 (seed", 10.0, False), ("] eval ", 2.0, True))),
+                        "ga_search", 3, (("repeat 0 (seed", 10.0, False), ("] eval ", 2.0, True))),
     # Within the first generations' successive halving (rung 1, then the promoted ones on from their state).
     "fidelity": SoakPath({"budget": {"evaluations": 6}, "fidelity": {"rungs": [1, 2], "eta": 2},
                           "space": {"genes": {**TINY_GENES, "epochs": {"type": "int", "low": 2, "high": 3}}}},
-                         "ga_search", 5, (("repeat 0 (seed", 4.0, False),)),
+                         "ga_search", 4, (("repeat 0 (seed", 4.0, False),)),
     # Rungs on two workers: anywhere, then the stage's process alone while the workers train a rung.
     "fidelity-workers": SoakPath({"budget": {"evaluations": 6}, "fidelity": {"rungs": [1, 2], "eta": 2},
                                   "execution": {"workers": 2, "threads_per_evaluation": 1},
                                   "space": {"genes": {**TINY_GENES, "epochs": {"type": "int", "low": 2, "high": 3}}}},
-                                 "ga_search", 4, (("repeat 0 (seed", 10.0, False), ("repeat 0 (seed", 8.0, True))),
+                                 "ga_search", 3, (("repeat 0 (seed", 10.0, False), ("repeat 0 (seed", 8.0, True))),
     # In the first variant's search, then in the second's (the first finished, or reused).
     "sensitivity": SoakPath({"budget": {"evaluations": 5},
                              "sensitivity": {"enabled": True, "repeats": 1, "population_size": [3, 4],
                                              "generations": [], "mutation_rate": [], "noise_level": []}},
-                            "ga_sensitivity", 5, (("] population_size-3: ", 5.0, False),
+                            "ga_sensitivity", 4, (("] population_size-3: ", 5.0, False),
                                                   ("] population_size-4: ", 4.0, False))),
 }  # fmt: skip
 
