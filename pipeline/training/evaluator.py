@@ -42,9 +42,9 @@ def fit_genome(*args: Any, **kwargs: Any) -> Any:
     """``pipeline.training.fit.fit_genome``, with Lightning imported at the first training: a stage
     that reuses every finished repeat never pays for that import (3 of its 7.6 s of start-up on
     2 CPU cores: ``benchmarks/stage_startup.py``)."""
-    from pipeline.training import fit
+    from pipeline.training.fit import fit_genome as fit_with_lightning
 
-    return fit.fit_genome(*args, **kwargs)
+    return fit_with_lightning(*args, **kwargs)
 
 
 @dataclass(frozen=True)
