@@ -15,16 +15,17 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.test_imports import DEFERRED
 
 STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 # Imports the stack named in argv[2] (comma-separated; none: a fresh interpreter), then each stage script
-# (argv[3:]) under another name than __main__ (its main() does not run), each in a fork of itself, where
+# (argv[4:]) under another name than __main__ (its main() does not run), each in a fork of itself, where
 # only project modules are new: with the training stack imported once, the same project files as a fresh
 # interpreter per stage, without paying the stack's import (seconds) per stage. Prints, per script, the
 # project files (pipeline/, stages/) and the top-level packages it loaded; then, where the script loaded the
-# evaluators, the project files once the modules a first training imports (AT_FIRST_TRAINING) are loaded too.
-AT_FIRST_TRAINING = ("pipeline.training.fit", "pipeline.training.population")
+# evaluators, the project files once the modules a first training imports (argv[3]: test_imports.DEFERRED) are
+# loaded too.
 PROBE = """
 import importlib, importlib.util, json, os, sys
 from pathlib import Path
@@ -33,24 +34,25 @@ sys.path.insert(0, str(root))
 for name in filter(None, sys.argv[2].split(",")):
     importlib.import_module(name)
 assert not [name for name in sys.modules if name.split(".")[0] in ("pipeline", "stages")], "stack loaded the project"
+
+def project_files():
+    files = {str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
+             if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)}
+    return sorted(f for f in files if f.startswith(("pipeline/", "stages/")))  # not a venv under root
+
 found = {}
-for script in sys.argv[3:]:
+for script in sys.argv[4:]:
     read, write = os.pipe()
     if os.fork() == 0:
         os.close(read)
         spec = importlib.util.spec_from_file_location("stage_under_test", root / script)
         module = sys.modules["stage_under_test"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
-                        if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)})
-        loaded = {"files": [f for f in files if f.startswith(("pipeline/", "stages/"))],  # not a venv under root
-                  "packages": sorted({name.split(".")[0] for name in sys.modules})}
+        loaded = {"files": project_files(), "packages": sorted({name.split(".")[0] for name in sys.modules})}
         if "pipeline.training.evaluator" in sys.modules:
-            for name in AT_FIRST_TRAINING:
+            for name in filter(None, sys.argv[3].split(",")):
                 importlib.import_module(name)
-        loaded["training"] = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values())
-                                     if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)
-                                     and m.__name__.startswith(("pipeline", "stage_under_test"))} | set(loaded["files"]))
+        loaded["training"] = project_files()
         os.write(write, json.dumps(loaded).encode())
         os._exit(0)
     os.close(write)
@@ -66,9 +68,8 @@ TRAINING_STACK = ("lightning.pytorch", "matplotlib.pyplot", "mlflow", "optuna", 
 
 def probe(scripts: list[str], stack: tuple[str, ...] = ()) -> dict[str, dict]:
     """Per stage script, the project files and packages it loads on top of ``stack``."""
-    probe_code = PROBE.replace("AT_FIRST_TRAINING", repr(AT_FIRST_TRAINING))
-    done = subprocess.run([sys.executable, "-c", probe_code, str(REPO_ROOT), ",".join(stack), *scripts], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", PROBE, str(REPO_ROOT), ",".join(stack), ",".join(sorted(DEFERRED)),
+                           *scripts], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 

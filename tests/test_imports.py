@@ -21,7 +21,8 @@ def module_name(path: Path) -> str:
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 # Imported at a stage's first training, so that a stage that reuses its finished work never loads Lightning
-# (benchmarks/stage_startup.py); their imports inside functions are edges of the graph like any other.
+# (benchmarks/stage_startup.py); their imports inside functions are edges of the graph like any other, and
+# tests/test_dvc_deps.py loads them to check a training stage's deps.
 DEFERRED = {"pipeline.training.fit", "pipeline.training.population"}
 
 
