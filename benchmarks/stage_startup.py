@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import subprocess
 import sys
@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.throughput import cpu_name  # noqa: E402
+
 STAGE_SCRIPTS = ["stages/search.py", "stages/sensitivity.py", "stages/champion.py", "stages/report.py"]
 IMPORT = (
     "import importlib.util, sys; sys.path.insert(0, {root!r}); {extra}"
@@ -33,13 +37,6 @@ def seconds_to_import(script: str, with_lightning: bool) -> float:
     return time.perf_counter() - started
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             with_lightning.append(seconds_to_import(script, with_lightning=True))
         rows.append({"script": script, "alone_s": round(statistics.median(alone), 2),
                      "with_lightning_s": round(statistics.median(with_lightning), 2)})  # fmt: skip
-    print(f"CPU: {cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores; median of {args.repeats}")
+    print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; median of {args.repeats}")
     print("| stage script | import alone (s) | with Lightning (s) | ratio |")
     print("|---|---|---|---|")
     for row in rows:
